@@ -1,0 +1,41 @@
+"""Plain-text and markdown tables: what the CLI prints and what studies write."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    """Numbers with ``digits`` significant figures; integers and strings as they are."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if value != 0 and (abs(value) >= 10**digits or abs(value) < 10 ** -(digits - 1)):
+            return f"{value:.{digits - 1}e}"
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub-flavoured markdown table with columns padded for reading as plain text too."""
+    cells = [[str(h) for h in headers]] + [[fmt(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(cells[0], widths)) + " |"]
+    lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in cells[1:]]
+    return "\n".join(lines)
+
+
+def mean_std(values: Sequence[float], digits: int = 4) -> str:
+    """``mean ± std`` of the values (population std), NaN-aware."""
+    finite = [float(v) for v in values if not math.isnan(float(v))]
+    if not finite:
+        return "nan"
+    m = sum(finite) / len(finite)
+    sd = math.sqrt(sum((v - m) ** 2 for v in finite) / len(finite))
+    return f"{fmt(m, digits)} ± {fmt(sd, 2)}"

@@ -1,0 +1,44 @@
+"""The command line, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from safectrl.studies.cli import main
+
+
+def test_data_command_prints_summary(tmp_path, capsys):
+    assert main(["data", "--scenario", "startup", "--episodes", "3", "--seed", "0", "--root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "safectrl/polycstr-startup-pi-n3-s0-v0" in out and "runaways" in out
+    assert (tmp_path / "safectrl" / "polycstr-startup-pi-n3-s0-v0").is_dir()
+
+
+def test_study_quick_writes_its_outputs(tmp_path):
+    out = tmp_path / "run"
+    assert main(["study", "--preset", "quick", "--out", str(out)]) == 0
+    for name in ("config.json", "episodes.csv", "summary.md", "trajectories.png"):
+        assert (out / name).stat().st_size > 0
+    assert json.loads((out / "config.json").read_text())["preset"]["name"] == "quick"
+    assert "PI nominal" in (out / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["data", "--episodes", "0"], "must be a positive integer"),
+    (["data", "--scenario", "shutdown"], "invalid choice"),
+    (["study", "--preset", "huge"], "invalid choice"),
+])
+def test_bad_arguments_exit_with_usage_error(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_console_script_is_installed():
+    proc = subprocess.run([sys.executable, "-m", "safectrl.studies.cli", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "study" in proc.stdout

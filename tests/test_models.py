@@ -1,0 +1,146 @@
+"""Physics of the polymerisation CSTR and the generic interval integrator."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import casadi as ca
+import numpy as np
+import pytest
+from scipy.integrate import solve_ivp
+
+from safectrl.controllers.pi import NOMINAL_TUNING, PIController
+from safectrl.models import compiled
+from safectrl.models import polycstr as pc
+from safectrl.models.core import ODEModel
+from safectrl.rl.polycstr_env import PolyCSTREnv
+from safectrl.rl.rollout import run_episode
+
+# SPEC §10: P, T -> f_I, T_c, A, I, R
+SPEC_STEADY_STATES = [
+    ((100.0, 350.0), (1.794, 339.90, 450.1, 9.87, 1.510e-6)),
+    ((70.0, 350.0), (0.750, 342.97, 483.2, 4.15, 9.79e-7)),
+    ((80.0, 350.0), (1.030, 341.95, 472.4, 5.69, 1.146e-6)),
+]
+
+
+@pytest.mark.parametrize("target, expected", SPEC_STEADY_STATES)
+def test_steady_states_match_spec(target, expected, nominal_params):
+    ss = pc.steady_state(*target, nominal_params)
+    got = (ss.u[0], ss.u[1], ss.x[0], ss.x[1], ss.x[2])
+    np.testing.assert_allclose(got, expected, rtol=5e-3)
+    residual = pc.MODEL.rhs_numpy(ss.x, ss.u, nominal_params)
+    assert np.all(np.abs(residual) / pc.X_SCALE < 1e-12)
+
+
+def test_unreachable_steady_state_names_the_bounds(nominal_params):
+    with pytest.raises(ValueError, match="outside the input bounds"):
+        pc.steady_state(130.0, 350.0, nominal_params)
+
+
+def test_open_loop_settles_where_spec_says(nominal_params):
+    x = np.array([440.0, 0.0, 0.0, 0.0, 350.0])
+    for _ in range(pc.EPISODE_STEPS):
+        x = pc.MODEL.step(x, np.array([1.0, 345.0]), nominal_params)
+    assert abs(x[3] - 109.0) < 1.5 and abs(x[4] - 355.0) < 0.5
+
+
+def test_rhs_numpy_equals_casadi(rng, nominal_params):
+    n = 200
+    x = np.column_stack([rng.uniform(0, 600, n), rng.uniform(0, 15, n), rng.uniform(0, 5e-6, n),
+                         rng.uniform(0, 200, n), rng.uniform(320, 400, n)])
+    u = np.column_stack([rng.uniform(0, 2.5, n), rng.uniform(300, 350, n)])
+    p = pc.MODEL.param_vector(nominal_params)
+    f = pc.MODEL.rhs_function()
+    cas = np.asarray(f.map(n)(x.T, u.T, np.tile(p, (n, 1)).T)).T
+    np.testing.assert_allclose(pc.MODEL.rhs_numpy(x, u, nominal_params), cas, rtol=1e-13, atol=0)
+
+
+def test_startup_episode_matches_scipy_bdf(nominal_params):
+    """The env's integrator against scipy BDF at rtol 1e-10, interval by interval, on a PI startup."""
+    env = PolyCSTREnv("startup")
+    ep = run_episode(env, PIController(NOMINAL_TUNING), seed=3)
+    states = ep.infos["state"]
+    u = np.clip(ep.actions, pc.U_LOW, pc.U_HIGH)
+    x = states[0].copy()
+    worst = 0.0
+    for k in range(ep.length):
+        sol = solve_ivp(lambda t, y: pc.MODEL.rhs_numpy(y, u[k], nominal_params), (0.0, pc.DT), x,
+                        method="BDF", rtol=1e-10, atol=1e-12 * pc.X_SCALE)
+        assert sol.success
+        x = sol.y[:, -1]
+        worst = max(worst, float(np.max(np.abs(states[k + 1] - x) / np.abs(x))))
+    print(f"worst relative error {worst:.2e}")
+    assert worst < 1e-5, worst
+
+
+def test_batch_equals_single_steps_with_different_params(rng, nominal_params):
+    n = 7
+    plants = [pc.mismatched(nominal_params, UA=rng.uniform(0.7, 1.1), dH=rng.uniform(0.9, 1.2)) for _ in range(n)]
+    p = np.stack([pc.MODEL.param_vector(q) for q in plants])
+    x = np.tile(pc.steady_state(100.0, 350.0).x, (n, 1)) * rng.uniform(0.95, 1.05, (n, 5))
+    u = np.column_stack([rng.uniform(0, 2.5, n), rng.uniform(300, 350, n)])
+    batch = pc.MODEL.step_batch(x, u, p)
+    for k in range(n):
+        np.testing.assert_array_equal(batch[k], pc.MODEL.step(x[k], u[k], plants[k]))
+
+
+def test_compiled_equals_virtual_machine(rng, nominal_params):
+    fn = pc.MODEL.interval_function()
+    comp = compiled.compile_function(fn)
+    p = pc.MODEL.param_vector(nominal_params)
+    for _ in range(5):
+        x = pc.steady_state(70.0, 350.0).x * rng.uniform(0.9, 1.1, 5)
+        u = np.array([rng.uniform(0, 2.5), rng.uniform(300, 350)])
+        a, b = fn(x, u, p), comp(x, u, p)
+        np.testing.assert_array_equal(np.asarray(a[0]), np.asarray(b[0]))
+
+
+def test_runaway_interval_is_recomputed_by_cvodes(nominal_params):
+    """A violent interval exceeds the RODAS4 error estimate; CVODES recomputes it, and it is counted."""
+    hot = np.array([450.0, 12.0, 2e-6, 100.0, 385.0])
+    u = np.array([2.5, 350.0])
+    p = pc.MODEL.param_vector(nominal_params)
+    _, err = pc.MODEL.interval_function()(hot, u, p)
+    assert float(err) > pc.MODEL.err_tol
+    before = pc.MODEL.fallbacks
+    got = pc.MODEL.step(hot, u, p)
+    assert pc.MODEL.fallbacks == before + 1
+    ref = solve_ivp(lambda t, y: pc.MODEL.rhs_numpy(y, u, nominal_params), (0.0, pc.DT), hot, method="BDF",
+                    rtol=1e-10, atol=1e-12 * pc.X_SCALE)
+    np.testing.assert_allclose(got, ref.y[:, -1], rtol=1e-5)
+
+
+@dataclass(frozen=True)
+class _DecayParams:
+    k: float = 0.5  # 1/s
+
+
+def _forced_decay(x, u, p, m, t):
+    return (-p.k * x[0] + u[0] * m.sin(t),)
+
+
+def test_time_varying_model_matches_analytic_solution():
+    """Generic core: dx/dt = -k x + u sin t, exact solution known in closed form."""
+    model = ODEModel(name="decay", states=("x",), inputs=("u",), params_type=_DecayParams, rhs=_forced_decay,
+                     dt=0.7, x_scale=[1.0], u_low=[-1.0], u_high=[1.0], substeps=8, time_varying=True)
+    k, u, x0, t0 = 0.5, 0.8, 1.3, 2.0
+
+    def exact(t):
+        # particular solution u (k sin t - cos t) / (k² + 1) plus homogeneous part matching x(t0) = x0
+        part = lambda s: u * (k * np.sin(s) - np.cos(s)) / (k**2 + 1)  # noqa: E731
+        return part(t) + (x0 - part(t0)) * np.exp(-k * (t - t0))
+
+    got = model.step(np.array([x0]), np.array([u]), _DecayParams(k=k), t0=t0)
+    np.testing.assert_allclose(got[0], exact(t0 + 0.7), rtol=1e-7)
+
+
+def test_parameter_vector_rejects_wrong_type():
+    with pytest.raises(TypeError, match="PolyCSTRParams"):
+        pc.MODEL.param_vector(_DecayParams())
+
+
+def test_interval_function_is_built_once():
+    assert pc.MODEL.interval_function() is pc.MODEL.interval_function()
+    assert isinstance(pc.MODEL.interval_function(), ca.Function)
+    assert pc.MODEL.interval_function().name_in() == ["x0", "u", "p"]
