@@ -211,6 +211,7 @@ class ODEModel:
         self._interval_fn: ca.Function | None = None
         self._adaptive_fn: ca.Function | None = None
         self._mapped: dict[int, ca.Function] = {}
+        self._direct: compiled.DirectCall | None = None
         #: Largest accepted RODAS4 error estimate per interval; above it CVODES recomputes the interval.
         self.err_tol = float(err_tol)
         #: Intervals recomputed by CVODES since construction (visible, never silent).
@@ -372,9 +373,16 @@ class ODEModel:
         u = np.broadcast_to(np.asarray(u, dtype=float), (n, self.nu))
         p = np.broadcast_to(np.asarray(p, dtype=float), (n, self.n_params))
         t0 = np.broadcast_to(np.asarray(t0, dtype=float), (n,))
-        args = [x.T, u.T, p.T] + ([t0[None, :]] if self.time_varying else [])
-        xf, err = self._batched(n)(*args)
-        xf = np.asarray(xf).T.reshape(n, self.nx)
+        if n == 1:  # one reactor: call the compiled code directly, skipping CasADi's argument conversion
+            if self._direct is None:
+                self._direct = compiled.DirectCall(self.interval_function())
+            args1 = [x[0], u[0], p[0]] + ([t0[:1]] if self.time_varying else [])
+            xf1, err = self._direct(*args1)
+            xf = xf1[None, :]
+        else:
+            args = [x.T, u.T, p.T] + ([t0[None, :]] if self.time_varying else [])
+            xf, err = self._batched(n)(*args)
+            xf = np.asarray(xf).T.reshape(n, self.nx)
         redo = ~(np.asarray(err).ravel() <= self.err_tol)  # NaN counts as too large
         for k in np.flatnonzero(redo):
             xf[k] = self._adaptive_step(x[k], u[k], p[k], t0[k])
