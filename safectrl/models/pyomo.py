@@ -90,7 +90,6 @@ PYOMO = MathNamespace(
 TIME_UNIT = 3600.0  # s per hour: the block's time is in hours
 #: Factor from each state's block unit to the SI unit of the right-hand side (R is in µmol/m³ in the block).
 TO_SI = {"A": 1.0, "I": 1.0, "R": 1e-6, "P": 1.0, "T": 1.0}
-STATE_UNITS = {"A": "kg/m³", "I": "kg/m³", "R": "µmol/m³", "P": "kg/m³", "T": "K"}
 #: Bounds of the states in block units (the temperature range is the env's observation range).
 STATE_BOUNDS = {"A": (0.0, None), "I": (0.0, None), "R": (0.0, None), "P": (0.0, None), "T": (200.0, 700.0)}
 #: Parameters that are stream quantities: Vars of the block's inlet, specified by ``inlet_spec``.
