@@ -44,9 +44,9 @@ Usage (full state known)::
     sol.u, sol.u_plan, sol.x_plan, sol.status, sol.iterations, sol.solve_time
 
 As a policy (``reset(seed=None)`` / ``act(obs)``, like every controller in safectrl), the NMPC needs an
-*observer*: an object with ``reset()`` and ``__call__(obs) -> Observed(x, u_prev, reference, t0)``, which
-maps an observation to the full state (e.g. through a state estimator, :mod:`safectrl.controllers.estimation`)
-and the reference. :mod:`safectrl.controllers.polycstr_nmpc` builds one for the polymerisation CSTR.
+*observer*: an object with ``reset(seed=None)`` and ``__call__(obs) -> Observed(x, u_prev, reference, t0,
+params)``, which maps an observation to the full state (e.g. through a state estimator,
+:mod:`safectrl.controllers.estimation`), the reference and optionally the parameters to predict with. :mod:`safectrl.controllers.polycstr_nmpc` builds one for the polymerisation CSTR.
 
 Time-varying models (``model.time_varying``) receive the absolute time ``t0`` of the first interval; the
 k-th interval starts at ``t0 + k dt``.
@@ -109,6 +109,7 @@ class Observed(NamedTuple):
     u_prev: np.ndarray  # (nu,) input applied in the last interval
     reference: np.ndarray | None  # (n_ref,) or (horizon, n_ref)
     t0: float  # time at the start of the next interval (time-varying models)
+    params: np.ndarray | None = None  # (n_params,) parameters to predict with (e.g. estimated); None: own
 
 
 class Observer(Protocol):
@@ -410,6 +411,7 @@ class NMPC:
             "ipopt.max_iter": cfg.max_iter,
             "ipopt.max_cpu_time": cfg.max_cpu_time,
             "ipopt.hessian_approximation": cfg.hessian,
+            "ipopt.bound_relax_factor": 0.0,
         }
         if cfg.warm_start:
             opts.update({
@@ -586,4 +588,4 @@ class NMPC:
         if self.observer is None:
             raise RuntimeError("act() needs an observer that maps observations to states; use solve(x, ...)")
         seen = self.observer(obs)
-        return self.solve(seen.x, seen.u_prev, seen.reference, seen.t0).u
+        return self.solve(seen.x, seen.u_prev, seen.reference, seen.t0, seen.params).u
