@@ -126,7 +126,8 @@ class ExtendedKalmanFilter:
         m = self.model
         for name in c.measured:
             if name not in m.states:
-                raise ValueError(f"unknown measured state {name!r}; {m.name} has states {', '.join(m.states)}")
+                raise ValueError(
+                    f"unknown measured state {name!r}; {m.name} has states {', '.join(m.states)}")
         for name in c.estimated_params:
             if name not in m.param_names:
                 raise ValueError(f"unknown parameter {name!r} of {m.name}")

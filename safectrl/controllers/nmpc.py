@@ -3,13 +3,15 @@ r"""Nonlinear model predictive control built from any :class:`~safectrl.models.c
 The optimal control problem solved at every control interval, for a horizon of N intervals with the
 inputs held over each interval (the plant's zero-order hold)::
 
-    minimise    sum_{k=0}^{N-1}  l(x_{k+1}, u_k, r_k)                       stage cost (default: tracking)
-                + sum_k sum_j  w_j ((u_{k,j} - u_{k-1,j}) / (u_high_j - u_low_j))²    move penalty, u_{-1} = u_prev
-                + sum_k sum_b  rho_b s_{k,b}                                  exact L1 penalty of soft bounds
-    subject to  x_0 = x (the measured or estimated state),  x_{k+1} = Phi(x_k, u_k, p, t_0 + k dt)
-                u_low <= u_k <= u_high                                       input bounds of the model
-                low_b - s_{k,b} <= x_{k+1,b} <= high_b + s_{k,b},  s >= 0     soft state bounds
-                low_b <= x_{k+1,b} <= high_b                                   hard state bounds
+    minimise    sum_{k=0}^{N-1}  l(x_{k+1}, u_k, r_k)                   stage cost (default: tracking)
+                + sum_k sum_j  w_j ((u_{k,j} - u_{k-1,j}) / range_j)²    move penalty, u_{-1} = u_prev
+                + sum_k sum_b  rho_b s_{k,b}                              exact L1 penalty of soft bounds
+    subject to  x_0 = x (measured or estimated),  x_{k+1} = Phi(x_k, u_k, p, t_0 + k dt)
+                u_low <= u_k <= u_high                                   input bounds of the model
+                low_b - s_{k,b} <= x_{k+1,b} <= high_b + s_{k,b}, s >= 0  soft state bounds
+                low_b <= x_{k+1,b} <= high_b                              hard state bounds
+
+with ``range_j = u_high_j - u_low_j``.
 
 The default stage cost is ``l = sum_i w_i (r_{k,i} - x_{k+1,i})²`` over the ``tracked`` states, so the
 reference ``r`` is a *trajectory* over the horizon (one row per interval end); a constant setpoint is the
@@ -46,7 +48,8 @@ Usage (full state known)::
 As a policy (``reset(seed=None)`` / ``act(obs)``, like every controller in safectrl), the NMPC needs an
 *observer*: an object with ``reset(seed=None)`` and ``__call__(obs) -> Observed(x, u_prev, reference, t0,
 params)``, which maps an observation to the full state (e.g. through a state estimator,
-:mod:`safectrl.controllers.estimation`), the reference and optionally the parameters to predict with. :mod:`safectrl.controllers.polycstr_nmpc` builds one for the polymerisation CSTR.
+:mod:`safectrl.controllers.estimation`), the reference and optionally the parameters to predict with.
+:mod:`safectrl.controllers.polycstr_nmpc` builds one for the polymerisation CSTR.
 
 Time-varying models (``model.time_varying``) receive the absolute time ``t0`` of the first interval; the
 k-th interval starts at ``t0 + k dt``.
@@ -244,12 +247,15 @@ class NMPC:
 
     # -- configuration checks -----------------------------------------------------------------------
 
-    def _validate(self, stage_cost: StageCost | None, n_ref: int | None, transition: ca.Function | None) -> None:
+    def _validate(
+        self, stage_cost: StageCost | None, n_ref: int | None, transition: ca.Function | None
+    ) -> None:
         cfg, m = self.config, self.model
         if cfg.horizon < 1:
             raise ValueError(f"horizon must be >= 1, got {cfg.horizon}")
         if cfg.discretisation not in ("collocation", "shooting"):
-            raise ValueError(f"discretisation must be 'collocation' or 'shooting', got {cfg.discretisation!r}")
+            raise ValueError(
+                f"discretisation must be 'collocation' or 'shooting', got {cfg.discretisation!r}")
         if transition is not None and cfg.discretisation != "shooting":
             raise ValueError("a transition function needs discretisation='shooting'")
         if cfg.collocation_elements < 1:
@@ -268,7 +274,8 @@ class NMPC:
                 raise ValueError("n_ref is only for a custom stage_cost; the default tracks config.tracked")
         if cfg.du_weights is not None and len(cfg.du_weights) != m.nu:
             raise ValueError(f"{len(cfg.du_weights)} du_weights for {m.nu} inputs")
-        if not (np.all(np.isfinite(m.u_low)) and np.all(np.isfinite(m.u_high)) and np.all(m.u_high > m.u_low)):
+        finite = np.all(np.isfinite(m.u_low)) and np.all(np.isfinite(m.u_high))
+        if not (finite and np.all(m.u_high > m.u_low)):
             raise ValueError(f"{m.name} needs finite input bounds with u_high > u_low")
         for b in cfg.state_bounds:
             if not b.low < b.high:
@@ -279,7 +286,7 @@ class NMPC:
     # -- the NLP, built once --------------------------------------------------------------------------
 
     def _interval_dynamics(self, transition: ca.Function | None) -> Callable:
-        """Returns ``step(x0, u, p, t0) -> (xf, equality residuals, collocation variables)`` for one interval."""
+        """``step(x0, u, p, t0) -> (xf, equality residuals, collocation variables)`` of one interval."""
         m, cfg = self.model, self.config
         s = ca.DM(m.x_scale)
         if cfg.discretisation == "shooting":
@@ -493,7 +500,8 @@ class NMPC:
         p = self._p if params is None else (
             params if isinstance(params, np.ndarray) else m.param_vector(params))
         args: dict[str, Any] = {
-            "p": np.concatenate([x, u_prev, ref.ravel(), p, [t0]]),  # ref row k = column k of the NLP's (n_ref, N)
+            # Row k of the reference is column k of the NLP's (n_ref, N) parameter.
+            "p": np.concatenate([x, u_prev, ref.ravel(), p, [t0]]),
             "lbx": self._w_lo, "ubx": self._w_hi, "lbg": self._g_lo, "ubg": self._g_hi,
         }
         if self._warm is not None and self.config.warm_start:
@@ -518,7 +526,8 @@ class NMPC:
         else:
             if self.config.strict:
                 self.stats.records.append(SolveRecord(status, False, False, iterations, solve_time))
-                raise NMPCSolveError(f"NMPC solve failed: IPOPT status {status} after {iterations} iterations")
+                raise NMPCSolveError(
+                    f"NMPC solve failed: IPOPT status {status} after {iterations} iterations")
             sol = self._fallback(x, u_prev, status, iterations, solve_time)
         self.stats.records.append(SolveRecord(status, success, sol.fallback, iterations, solve_time))
         self._last = sol
@@ -529,7 +538,8 @@ class NMPC:
         blocks = w.reshape(N, self._nw_block)
         u_plan = np.clip(np.asarray(self._plan_fn(w)).T, m.u_low, m.u_high)
         z = blocks[:, self._z_offset : self._z_offset + m.nx] * m.x_scale
-        slack = blocks[:, self._slack_offset :] * np.array([m.x_scale[m.states.index(b.state)] for b in self._soft])
+        soft_scale = np.array([m.x_scale[m.states.index(b.state)] for b in self._soft])
+        slack = blocks[:, self._slack_offset :] * soft_scale
         return NMPCSolution(
             u=u_plan[0].copy(),
             u_plan=u_plan,

@@ -42,7 +42,10 @@ NMPC_CONFIG = NMPCConfig(
 )
 
 #: Filter settings: sensor noise of the later paper's values (used even for noise-free measurements, as a
-#: floor on trust), small process noise, and a broad initial uncertainty on the unmeasured I and R.
+#: floor on trust), small process noise, and a broad initial uncertainty on the unmeasured I and R. The
+#: jacket's UA is estimated as a random walk: the integrating disturbance that makes the controller
+#: offset-free when the heat balance is wrong (heat transfer or heat of reaction; measured in
+#: :mod:`safectrl.studies.nmpc_study`). It cannot remove offsets caused by wrong kinetics.
 EKF_CONFIG = EKFConfig(
     measured=_MEASURED,
     measurement_std=(2.0, 0.5, 0.2),
@@ -53,6 +56,9 @@ EKF_CONFIG = EKFConfig(
     param_process_std=(10.0,),
     param_initial_std=(100.0,),
 )
+
+#: The same filter without the estimated UA: states only, no disturbance model (offsets under mismatch).
+EKF_CONFIG_STATES_ONLY = replace(EKF_CONFIG, estimated_params=(), param_process_std=(), param_initial_std=())
 
 
 class PolyCSTRObserver:

@@ -54,12 +54,13 @@ def _cmd_nmpc(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / f"nmpc-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
     if args.acceptance:
-        rows = nmpc_study.acceptance(args.episodes, args.data_episodes, root=args.root)
+        rows = nmpc_study.acceptance(args.episodes, args.data_episodes, noise=args.noise, root=args.root)
         print(nmpc_study.acceptance_table(rows))
         print(f"\nwritten to {nmpc_study.write_acceptance(rows, out)}")
         return 0 if all(r.passes() for r in rows if r.variant == "oracle") else 1
-    run = nmpc_study.run_nmpc_episode(args.scenario, variant, args.seed)
-    print(f"NMPC ({variant}), scenario {args.scenario}, seed {args.seed}\n")
+    run = nmpc_study.run_nmpc_episode(args.scenario, variant, args.seed, noise=args.noise)
+    noise = ", measurement noise" if args.noise else ""
+    print(f"NMPC ({variant}), scenario {args.scenario}, seed {args.seed}{noise}\n")
     print(report.markdown_table(["metric", "value"], nmpc_study.episode_summary(run)))
     path = out / f"nmpc-{args.scenario}-{variant}-seed{args.seed}.png"
     nmpc_study.prediction_figure(run, path, title=f"NMPC ({variant}), {args.scenario}, seed {args.seed}")
@@ -114,15 +115,16 @@ def _add_nmpc(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mismatch", action="store_true",
                    help="predict with the mismatched model (UA -20 %%, dH +10 %%) instead of the plant's")
     p.add_argument("--seed", type=_nonnegative_int, default=0, help="env seed (default 0)")
+    p.add_argument("--noise", action="store_true", help="measurement noise on A, P, T (SPEC §1 values)")
     p.add_argument("--out", default=None, help="output folder (default: runs/nmpc-TIMESTAMP)")
     p.add_argument("--acceptance", action="store_true",
-                   help="instead of one episode: oracle and mismatched NMPC on every scenario against PI data")
+                   help="instead of one episode: the NMPC variants on every scenario against PI data")
     p.add_argument("--episodes", type=_positive_int, default=10,
                    help="--acceptance: evaluation seeds per scenario (default 10)")
     p.add_argument("--data-episodes", type=_positive_int, default=100,
                    help="--acceptance: episodes of each PI dataset (default 100)")
     p.add_argument("--root", default=None,
-                   help="--acceptance: datasets folder (default: $MINARI_DATASETS_PATH or ~/.minari/datasets)")
+                   help="--acceptance: datasets folder (default: $MINARI_DATASETS_PATH or Minari's)")
 
 
 def _positive_int(text: str) -> int:

@@ -22,7 +22,13 @@ from tqdm.auto import tqdm  # noqa: E402
 
 from safectrl.controllers.nmpc import NMPC, NMPCConfig, NMPCSolution  # noqa: E402
 from safectrl.controllers.pi import PIController, PITuning, sample_tuning  # noqa: E402
-from safectrl.controllers.polycstr_nmpc import NMPC_CONFIG, polycstr_nmpc  # noqa: E402
+from safectrl.controllers.estimation import EKFConfig  # noqa: E402
+from safectrl.controllers.polycstr_nmpc import (  # noqa: E402
+    EKF_CONFIG,
+    EKF_CONFIG_STATES_ONLY,
+    NMPC_CONFIG,
+    polycstr_nmpc,
+)
 from safectrl.models import polycstr as pc  # noqa: E402
 from safectrl.rl.data import evaluation_seeds, load_episodes  # noqa: E402
 from safectrl.rl.polycstr_env import PolyCSTREnv  # noqa: E402
@@ -31,14 +37,20 @@ from safectrl.studies import report  # noqa: E402
 from safectrl.studies.datasets import generate_dataset, tuning_rng  # noqa: E402
 from safectrl.studies.metrics import EpisodeMetrics, episode_metrics  # noqa: E402
 
-VARIANTS = ("oracle", "mismatched")
+#: NMPC variants: the parameters the controller and its filter predict with, and the filter's settings.
+VARIANTS: dict[str, tuple[pc.PolyCSTRParams, EKFConfig]] = {
+    "oracle": (pc.PolyCSTRParams(), EKF_CONFIG),
+    "mismatched": (pc.mismatched(), EKF_CONFIG),
+    "mismatched, no UA estimate": (pc.mismatched(), EKF_CONFIG_STATES_ONLY),
+}
 
 
-def controller_params(variant: str) -> pc.PolyCSTRParams:
-    """The parameters the NMPC and its filter predict with: the plant's, or ``pc.mismatched()``."""
+def make_nmpc(variant: str, config: NMPCConfig = NMPC_CONFIG) -> NMPC:
+    """The reactor's NMPC of a named variant (see :data:`VARIANTS`)."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown NMPC variant {variant!r}; valid variants: {', '.join(VARIANTS)}")
-    return pc.PolyCSTRParams() if variant == "oracle" else pc.mismatched()
+    params, ekf = VARIANTS[variant]
+    return polycstr_nmpc(params, config, ekf)
 
 
 class _RecordingPolicy:
@@ -80,11 +92,15 @@ def run_nmpc_episode(
     seed: int = 0,
     config: NMPCConfig = NMPC_CONFIG,
     max_steps: int = pc.EPISODE_STEPS,
+    noise: bool = False,
 ) -> NMPCRun:
-    """One episode of the NMPC on the nominal plant; ``variant`` chooses the controller's parameters."""
-    nmpc = polycstr_nmpc(controller_params(variant), config)
+    """One episode of the NMPC on the nominal plant; ``variant`` chooses the controller's parameters.
+
+    ``noise`` adds the nominal measurement noise (:class:`~safectrl.models.polycstr.MeasurementNoise`).
+    """
+    nmpc = make_nmpc(variant, config)
     policy = _RecordingPolicy(nmpc)
-    env = PolyCSTREnv(scenario=scenario, max_steps=max_steps)
+    env = PolyCSTREnv(scenario=scenario, max_steps=max_steps, noise=noise)
     ep = run_episode(env, policy, seed)
     observer = nmpc.observer
     observer(ep.observations[-1])  # the estimate of the final state, for the error statistics
@@ -162,8 +178,10 @@ def episode_summary(run: NMPCRun) -> list[tuple[str, object]]:
         ("solves / failed / fallbacks", f"{st.solves} / {st.failures} / {st.fallbacks}"),
         ("solve time median / p95 ms", f"{report.fmt(float(np.median(times)))} / "
                                        f"{report.fmt(float(np.percentile(times, 95)))}"),
-        ("IPOPT iterations median / max", f"{int(np.median(st.iterations()))} / {int(st.iterations().max())}"),
-        ("mean |estimate - state| / scale, I and R", f"{report.fmt(float(err[1]))}, {report.fmt(float(err[2]))}"),
+        ("IPOPT iterations median / max",
+         f"{int(np.median(st.iterations()))} / {int(st.iterations().max())}"),
+        ("mean |estimate - state| / scale, I and R",
+         f"{report.fmt(float(err[1]))}, {report.fmt(float(err[2]))}"),
     ]
 
 
@@ -217,10 +235,10 @@ def acceptance_rows(rows: list[AcceptanceRow]) -> list[list]:
 
 
 def best_pi_episode(
-    scenario: str, episodes: int, data_seed: int, root: str | os.PathLike | None
+    scenario: str, episodes: int, data_seed: int, root: str | os.PathLike | None, progress: bool = True
 ) -> tuple[float, PITuning]:
     """Cost and tuning of the best episode of the scenario's PI dataset (generated if missing)."""
-    ds_id = generate_dataset(scenario, episodes, data_seed, root=root, progress=True)
+    ds_id = generate_dataset(scenario, episodes, data_seed, root=root, progress=progress)
     eps = load_episodes(ds_id, root)
     costs = np.array([-ep.rewards.sum() for ep in eps])
     best = int(np.argmin(costs))
@@ -232,9 +250,10 @@ def acceptance(
     data_episodes: int = 100,
     data_seed: int = 0,
     scenarios: tuple[str, ...] = tuple(pc.SCENARIOS),
-    variants: tuple[str, ...] = VARIANTS,
+    variants: tuple[str, ...] = tuple(VARIANTS),
     config: NMPCConfig = NMPC_CONFIG,
     max_steps: int = pc.EPISODE_STEPS,
+    noise: bool = False,
     root: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> list[AcceptanceRow]:
@@ -247,16 +266,17 @@ def acceptance(
         scenarios, variants: subsets to run.
         config: NMPC settings.
         max_steps: episode length in intervals (shorter only for smoke tests; costs then not comparable).
+        noise: measurement noise on A, P, T for the NMPC (the PI data stay noise-free).
         root: Minari datasets folder (default: Minari's).
     """
     seeds = evaluation_seeds(eval_episodes)
     rows = []
     for scenario in scenarios:
-        pi_best, tuning = best_pi_episode(scenario, data_episodes, data_seed, root)
+        pi_best, tuning = best_pi_episode(scenario, data_episodes, data_seed, root, progress)
         env = PolyCSTREnv(scenario=scenario, max_steps=max_steps)
         pi_costs = np.array([-run_episode(env, PIController(tuning), s).rewards.sum() for s in seeds])
         for variant in variants:
-            runs = [run_nmpc_episode(scenario, variant, s, config, max_steps)
+            runs = [run_nmpc_episode(scenario, variant, s, config, max_steps, noise)
                     for s in tqdm(seeds, desc=f"NMPC {variant} {scenario}", disable=not progress)]
             ms = [r.metrics for r in runs]
             times = np.concatenate([r.nmpc.stats.solve_times() for r in runs]) * 1e3
@@ -295,8 +315,8 @@ def write_acceptance(rows: list[AcceptanceRow], out: str | os.PathLike) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "nmpc_acceptance.md"
     path.write_text(
-        "# NMPC acceptance\n\nCost is -sum of rewards over the episode; final offsets are means over the last "
-        "10 h; estimation errors are mean |estimate - state| divided by the state's scale (I: 10 kg/m³, "
+        "# NMPC acceptance\n\nCost is -sum of rewards over the episode; final offsets are means over the "
+        "last 10 h; estimation errors are mean |estimate - state| divided by the state's scale (I: 10 kg/m³, "
         f"R: 1e-6 mol/m³).\n\n{acceptance_table(rows)}\n"
     )
     return path
