@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from safectrl.controllers.nmpc import NMPC, NMPCConfig, NMPCSolveError, StateBound, radau_coefficients
-from safectrl.controllers.polycstr_nmpc import NMPC_CONFIG, polycstr_nmpc, with_backoff
+from safectrl.controllers.polycstr_nmpc import BACKOFF, NMPC_CONFIG, polycstr_nmpc, with_backoff
 from safectrl.models import polycstr as pc
 from safectrl.models.core import ODEModel
 from safectrl.rl.polycstr_env import PolyCSTREnv
@@ -85,6 +85,18 @@ def test_time_varying_prediction_matches_the_model_integrator(discretisation):
     assert np.abs(simulate(DRIFT, [0.0], sol.u_plan, params, t0=0.0) - sim).max() > 0.1
 
 
+def test_a_given_transition_replaces_the_interval_integrator():
+    # An explicit-Euler step built from the model's own right-hand side, as a plant defined that way needs.
+    x, u, p = ca.SX.sym("x"), ca.SX.sym("u"), ca.SX.sym("p", LAG.n_params)
+    euler = ca.Function("lag_euler", [x, u, p], [x + LAG.dt * LAG.rhs_function()(x, u, p)])
+    cfg = replace(TRACK_Y, discretisation="shooting")
+    sol = NMPC(LAG, LagParams(), cfg, transition=euler).solve(np.array([0.0]), np.array([0.0]), np.array([0.7]))
+    y = [0.0]
+    for u_k in sol.u_plan[:, 0]:
+        y.append(y[-1] + LAG.dt * (u_k - y[-1]) / LagParams().tau)
+    np.testing.assert_allclose(sol.x_plan[:, 0], y, atol=1e-9)
+
+
 def test_reactor_prediction_matches_the_plant_integrator():
     ss = pc.steady_state(*pc.LOW_GRADE)
     nmpc = NMPC(pc.MODEL, pc.PolyCSTRParams(), NMPC_CONFIG)
@@ -92,7 +104,7 @@ def test_reactor_prediction_matches_the_plant_integrator():
     sim = simulate(pc.MODEL, ss.x, sol.u_plan, pc.PolyCSTRParams())
     assert np.abs(sol.x_plan[:, 4] - sim[:, 4]).max() < 5e-3  # K, Radau 3 points x 2 elements
     assert np.abs(sol.x_plan[:, 3] - sim[:, 3]).max() < 5e-3  # kg/m³
-    assert sol.x_plan[1:, 4].max() <= pc.T_MAX - 0.5 + 1e-6  # the back-off bound holds in the plan
+    assert sol.x_plan[1:, 4].max() <= pc.T_MAX - BACKOFF + 1e-6  # the back-off bound holds in the plan
 
 
 def test_custom_stage_cost_equals_the_default_tracking_cost():

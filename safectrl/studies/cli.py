@@ -53,6 +53,12 @@ def _cmd_nmpc(args: argparse.Namespace) -> int:
     variant = "mismatched" if args.mismatch else "oracle"
     out = Path(args.out) if args.out else Path("runs") / f"nmpc-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
+    if args.backoff_study:
+        chosen, rows = nmpc_study.backoff_study(episodes=args.episodes)
+        print(report.markdown_table(nmpc_study.BACKOFF_HEADERS, rows))
+        margin = nmpc_study.BACKOFF_MARGIN
+        print(f"\nchosen back-off: {chosen:g} K (smallest with peak T <= T_max - {margin:g} K)")
+        return 0
     if args.acceptance:
         rows = nmpc_study.acceptance(args.episodes, args.data_episodes, noise=args.noise, root=args.root)
         print(nmpc_study.acceptance_table(rows))
@@ -119,8 +125,10 @@ def _add_nmpc(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="output folder (default: runs/nmpc-TIMESTAMP)")
     p.add_argument("--acceptance", action="store_true",
                    help="instead of one episode: the NMPC variants on every scenario against PI data")
+    p.add_argument("--backoff-study", action="store_true",
+                   help="instead of one episode: choose the T back-off on tuning-seed startups")
     p.add_argument("--episodes", type=_positive_int, default=10,
-                   help="--acceptance: evaluation seeds per scenario (default 10)")
+                   help="--acceptance, --backoff-study: seeds per scenario and setting (default 10)")
     p.add_argument("--data-episodes", type=_positive_int, default=100,
                    help="--acceptance: episodes of each PI dataset (default 100)")
     p.add_argument("--root", default=None,

@@ -28,9 +28,10 @@ from safectrl.controllers.polycstr_nmpc import (  # noqa: E402
     EKF_CONFIG_STATES_ONLY,
     NMPC_CONFIG,
     polycstr_nmpc,
+    with_backoff,
 )
 from safectrl.models import polycstr as pc  # noqa: E402
-from safectrl.rl.data import evaluation_seeds, load_episodes  # noqa: E402
+from safectrl.rl.data import TUNING_SEED_OFFSET, evaluation_seeds, load_episodes  # noqa: E402
 from safectrl.rl.polycstr_env import PolyCSTREnv  # noqa: E402
 from safectrl.rl.rollout import Episode, run_episode  # noqa: E402
 from safectrl.studies import report  # noqa: E402
@@ -303,6 +304,49 @@ def acceptance(
                 pi_best_tuning_costs=pi_costs,
             ))
     return rows
+
+
+#: Back-offs tried by :func:`backoff_study`, K.
+BACKOFFS = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0)
+#: Required distance between the worst peak temperature and T_max on the tuning seeds, K (about one sensor
+#: standard deviation, 0.2 K, plus rounding).
+BACKOFF_MARGIN = 0.25
+
+
+def backoff_study(
+    backoffs: tuple[float, ...] = BACKOFFS, episodes: int = 10, progress: bool = True
+) -> tuple[float, list[list]]:
+    """Choose the temperature back-off of the reactor's NMPC on tuning seeds (never evaluation seeds).
+
+    Startup is the scenario whose optimum rides T_max. For every back-off, the oracle and the mismatched
+    NMPC run ``episodes`` tuning-seed startups without and with measurement noise. The choice is the
+    smallest back-off whose worst peak temperature over all four settings stays :data:`BACKOFF_MARGIN`
+    below T_max.
+
+    Returns:
+        The chosen back-off (NaN if none qualifies) and the table rows.
+    """
+    seeds = [TUNING_SEED_OFFSET + k for k in range(episodes)]
+    rows, chosen = [], float("nan")
+    for b in tqdm(backoffs, desc="back-off", disable=not progress):
+        worst = -np.inf
+        for noise in (False, True):
+            for variant in ("oracle", "mismatched"):
+                runs = [run_nmpc_episode("startup", variant, s, with_backoff(b), noise=noise) for s in seeds]
+                peaks = np.array([r.metrics.peak_T for r in runs])
+                worst = max(worst, float(peaks.max()))
+                rows.append([
+                    b, variant, "yes" if noise else "no", float(peaks.max()), float(np.median(peaks)),
+                    sum(r.metrics.violations for r in runs), report.mean_std([r.metrics.cost for r in runs]),
+                    sum(r.nmpc.stats.failures for r in runs),
+                ])
+        if np.isnan(chosen) and worst <= pc.T_MAX - BACKOFF_MARGIN:
+            chosen = float(b)
+    return chosen, rows
+
+
+BACKOFF_HEADERS = ("back-off K", "NMPC", "noise", "peak T max K", "peak T median K", "T>T_max intervals",
+                   "cost mean ± std", "failed solves")
 
 
 def acceptance_table(rows: list[AcceptanceRow]) -> str:
