@@ -11,9 +11,9 @@ from safectrl.studies import nmpc_study
 
 def test_acceptance_smoke_run_builds_the_table(tmp_path):
     rows = nmpc_study.acceptance(eval_episodes=2, data_episodes=3, scenarios=("grade_down",),
-                                 variants=("oracle", "mismatched, no UA estimate"), max_steps=60,
+                                 variants=("oracle", "mismatched, states-only EKF"), max_steps=60,
                                  root=tmp_path, progress=False)
-    assert [r.variant for r in rows] == ["oracle", "mismatched, no UA estimate"]
+    assert [r.variant for r in rows] == ["oracle", "mismatched, states-only EKF"]
     oracle, plain = rows
     assert oracle.costs.shape == (2,) and oracle.solves == 120 and oracle.failed_solves == 0
     assert oracle.violations == 0 and oracle.runaways == 0

@@ -522,7 +522,8 @@ class NMPC:
         success = status in CONVERGED and bool(np.all(np.isfinite(w)))
         iterations = int(st.get("iter_count", -1))
         if success:
-            sol = self._solution(x, w, status, iterations, solve_time, float(out["f"]))
+            u_plan, x_plan, max_slack = self._plan(x, w)
+            objective = float(out["f"])
             self._warm = {
                 "w": self._shift(w, self._nw_block),
                 "lam_x": self._shift(np.asarray(out["lam_x"]).ravel(), self._nw_block),
@@ -533,33 +534,36 @@ class NMPC:
                 self.stats.records.append(SolveRecord(status, False, False, iterations, solve_time))
                 raise NMPCSolveError(
                     f"NMPC solve failed: IPOPT status {status} after {iterations} iterations")
-            sol = self._fallback(x, u_prev, status, iterations, solve_time)
+            u_plan, x_plan = self._shifted_plan(x, u_prev)
+            objective = max_slack = float("nan")
+        sol = NMPCSolution(
+            u=u_plan[0].copy(),
+            u_plan=u_plan,
+            x_plan=x_plan,
+            status=status,
+            success=success,
+            fallback=not success,
+            iterations=iterations,
+            solve_time=solve_time,
+            objective=objective,
+            max_slack=max_slack,
+        )
         self.stats.records.append(SolveRecord(status, success, sol.fallback, iterations, solve_time))
         self._last = sol
         return sol
 
-    def _solution(self, x, w, status, iterations, solve_time, objective) -> NMPCSolution:
+    def _plan(self, x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        """Planned inputs (N, nu), predicted states (N+1, nx) and largest slack of an NLP solution ``w``."""
         m, N = self.model, self.config.horizon
         blocks = w.reshape(N, self._nw_block)
         u_plan = np.clip(np.asarray(self._plan_fn(w)).T, m.u_low, m.u_high)
         z = blocks[:, self._z_offset : self._z_offset + m.nx] * m.x_scale
         soft_scale = np.array([m.x_scale[m.states.index(b.state)] for b in self._soft])
         slack = blocks[:, self._slack_offset :] * soft_scale
-        return NMPCSolution(
-            u=u_plan[0].copy(),
-            u_plan=u_plan,
-            x_plan=np.vstack([x, z]),
-            status=status,
-            success=True,
-            fallback=False,
-            iterations=iterations,
-            solve_time=solve_time,
-            objective=objective,
-            max_slack=float(slack.max()) if slack.size else 0.0,
-        )
+        return u_plan, np.vstack([x, z]), float(slack.max()) if slack.size else 0.0
 
-    def _fallback(self, x, u_prev, status, iterations, solve_time) -> NMPCSolution:
-        """The previous plan shifted by one interval, or the previous input held if there is no plan."""
+    def _shifted_plan(self, x: np.ndarray, u_prev: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The fallback: the previous plan shifted by one interval, or the previous input held."""
         m, N = self.model, self.config.horizon
         if self._last is not None:
             u_plan = np.vstack([self._last.u_plan[1:], self._last.u_plan[-1:]])
@@ -570,18 +574,7 @@ class NMPC:
         if self._warm is not None:  # keep warm-starting from the last good solution, one more shift along
             self._warm = {k: self._shift(v, self._ng_block if k == "lam_g" else self._nw_block)
                           for k, v in self._warm.items()}
-        return NMPCSolution(
-            u=u_plan[0].copy(),
-            u_plan=u_plan,
-            x_plan=x_plan,
-            status=status,
-            success=False,
-            fallback=True,
-            iterations=iterations,
-            solve_time=solve_time,
-            objective=float("nan"),
-            max_slack=float("nan"),
-        )
+        return u_plan, x_plan
 
     # -- the common controller interface -------------------------------------------------------------
 

@@ -8,8 +8,9 @@ objective, limit and observer.
   the limit, so the back-off absorbs estimation and model error.
 * Observer: the observation carries A, P, T (measured), the errors and the previous inputs, not the
   initiator I and the radicals R. :class:`PolyCSTRObserver` reconstructs the full state with an
-  :class:`~safectrl.controllers.estimation.ExtendedKalmanFilter`; its first estimate puts I and R at their
-  quasi-steady state for the previous input. Oracle and realistic controllers differ only in the parameter
+  :class:`~safectrl.controllers.estimation.ExtendedKalmanFilter`, which also estimates UA and k0_p for
+  offset-free control; its first estimate puts I and R at their quasi-steady state for the previous
+  input, and the NMPC predicts with the estimated parameters. Oracle and realistic controllers differ only in the parameter
   object given to both the NMPC and the filter (``pc.PolyCSTRParams()`` or ``pc.mismatched()``).
 """
 
@@ -44,22 +45,23 @@ NMPC_CONFIG = NMPCConfig(
 )
 
 #: Filter settings: sensor noise of the later paper's values (used even for noise-free measurements, as a
-#: floor on trust), small process noise, and a broad initial uncertainty on the unmeasured I and R. The
-#: jacket's UA is estimated as a random walk: the integrating disturbance that makes the controller
-#: offset-free when the heat balance is wrong (heat transfer or heat of reaction; measured in
-#: :mod:`safectrl.studies.nmpc_study`). It cannot remove offsets caused by wrong kinetics.
+#: floor on trust), small process noise, and a broad initial uncertainty on the unmeasured I and R.
+#: Two parameters are estimated as random walks, one integrating disturbance per controlled output: the
+#: jacket's UA (heat balance) and the propagation factor k0_p (polymer balance). With them the controller
+#: is offset-free under the mismatch of ``pc.mismatched()`` (UA, dH) and under wrong kinetics (k0_p, k0_d,
+#: k0_t: ``tests/test_nmpc.py``); with UA alone, kinetic mismatch leaves offsets of 2-5 kg/m³ in P.
 EKF_CONFIG = EKFConfig(
     measured=_MEASURED,
     measurement_std=(2.0, 0.5, 0.2),
     process_std=(0.5, 0.05, 1e-8, 0.2, 0.05),
     initial_std=(2.0, 3.0, 5e-7, 0.5, 0.2),
     lower=(0.0, 0.0, 0.0, 0.0, 0.0),
-    estimated_params=("UA",),
-    param_process_std=(10.0,),
-    param_initial_std=(100.0,),
+    estimated_params=("UA", "k0_p"),
+    param_process_std=(10.0, 400.0),  # W/K, m³/(mol s) per interval: 2 % and 1 % of nominal
+    param_initial_std=(100.0, 8000.0),  # 20 % of nominal
 )
 
-#: The same filter without the estimated UA: states only, no disturbance model (offsets under mismatch).
+#: The same filter estimating states only, no disturbance model (offsets under any mismatch).
 EKF_CONFIG_STATES_ONLY = replace(EKF_CONFIG, estimated_params=(), param_process_std=(), param_initial_std=())
 
 

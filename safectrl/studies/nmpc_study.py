@@ -42,7 +42,7 @@ from safectrl.studies.metrics import EpisodeMetrics, episode_metrics  # noqa: E4
 VARIANTS: dict[str, tuple[pc.PolyCSTRParams, EKFConfig]] = {
     "oracle": (pc.PolyCSTRParams(), EKF_CONFIG),
     "mismatched": (pc.mismatched(), EKF_CONFIG),
-    "mismatched, no UA estimate": (pc.mismatched(), EKF_CONFIG_STATES_ONLY),
+    "mismatched, states-only EKF": (pc.mismatched(), EKF_CONFIG_STATES_ONLY),
 }
 
 
