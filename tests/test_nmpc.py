@@ -90,7 +90,8 @@ def test_a_given_transition_replaces_the_interval_integrator():
     x, u, p = ca.SX.sym("x"), ca.SX.sym("u"), ca.SX.sym("p", LAG.n_params)
     euler = ca.Function("lag_euler", [x, u, p], [x + LAG.dt * LAG.rhs_function()(x, u, p)])
     cfg = replace(TRACK_Y, discretisation="shooting")
-    sol = NMPC(LAG, LagParams(), cfg, transition=euler).solve(np.array([0.0]), np.array([0.0]), np.array([0.7]))
+    nmpc = NMPC(LAG, LagParams(), cfg, transition=euler)
+    sol = nmpc.solve(np.array([0.0]), np.array([0.0]), np.array([0.7]))
     y = [0.0]
     for u_k in sol.u_plan[:, 0]:
         y.append(y[-1] + LAG.dt * (u_k - y[-1]) / LagParams().tau)
@@ -152,6 +153,18 @@ def test_soft_bound_keeps_an_infeasible_start_solvable_and_a_hard_one_falls_back
     np.testing.assert_allclose(bad.u_plan[:-1], good.u_plan[1:])  # the shifted previous plan
     assert hard.stats.solves == 2 and hard.stats.failures == 1 and hard.stats.fallbacks == 1
     assert "Infeasible" in hard.stats.records[-1].status
+    assert hard.stats.records[-1].retried and hard.stats.retries == 1  # the cold retry failed too
+
+
+def test_a_failed_warm_start_is_retried_from_the_cold_guess():
+    nmpc = NMPC(LAG, LagParams(), TRACK_Y)
+    first = nmpc.solve(np.array([0.0]), np.array([0.0]), np.array([0.6]))
+    nmpc._warm["w"][:] = np.nan  # white box: a warm start IPOPT cannot use
+    second = nmpc.solve(np.array([0.1]), first.u, np.array([0.6]))
+    assert second.success and not second.fallback
+    assert nmpc.stats.records[-1].retried and nmpc.stats.retries == 1 and nmpc.stats.failures == 0
+    cold = NMPC(LAG, LagParams(), TRACK_Y).solve(np.array([0.1]), first.u, np.array([0.6]))
+    np.testing.assert_allclose(second.u_plan, cold.u_plan, atol=1e-7)
 
 
 def test_forced_solver_failure_holds_the_input_records_it_and_strict_raises():

@@ -37,9 +37,10 @@ costs agree to four digits in all four.
 The NLP is built once. Each call to :meth:`NMPC.solve` only sets the parameters (initial state, previous
 input, reference, model parameters, start time) and warm-starts IPOPT from the previous solution shifted
 by one interval (primal and dual). Every solve's status is checked and recorded in :attr:`NMPC.stats`.
-When a solve fails, the controller applies the next move of the previous plan (shifted), or holds the
-previous input if there is none, and counts the failure; ``NMPCConfig.strict`` raises
-:class:`NMPCSolveError` instead.
+When a warm-started attempt fails, one more attempt starts from the cold guess (``retry_cold``; counted
+in ``stats.retries``). When the solve still fails, the controller applies the next move of the previous
+plan (shifted), or holds the previous input if there is none, and counts the failure;
+``NMPCConfig.strict`` raises :class:`NMPCSolveError` instead.
 
 Usage (full state known)::
 
@@ -104,9 +105,10 @@ class NMPCConfig:
     state_bounds: tuple[StateBound, ...] = ()  # soft or hard bounds at every interval end
     strict: bool = False  # raise NMPCSolveError on a failed solve instead of falling back
     tol: float = 1e-8  # IPOPT convergence tolerance
-    max_iter: int = 200  # IPOPT iteration limit per solve
+    max_iter: int = 100  # IPOPT iteration limit per attempt
     max_cpu_time: float = 60.0  # s, IPOPT time limit per solve
     warm_start: bool = True  # start IPOPT from the shifted previous solution (primal and dual)
+    retry_cold: bool = True  # after a failed warm-started attempt, try once more from the cold guess
     hessian: str = "exact"  # "exact" or "limited-memory" (L-BFGS)
 
 
@@ -142,8 +144,8 @@ class NMPCSolution:
     status: str  # IPOPT's return status
     success: bool  # IPOPT's status is in CONVERGED and the solution is finite
     fallback: bool  # the applied input did not come from this solve
-    iterations: int  # IPOPT iterations
-    solve_time: float  # s, wall time of the solver call
+    iterations: int  # IPOPT iterations, over all attempts
+    solve_time: float  # s, wall time of the solver calls
     objective: float  # optimal value (NaN on failure)
     max_slack: float  # largest predicted soft-bound violation, physical units (0 if none)
 
@@ -152,11 +154,12 @@ class NMPCSolution:
 class SolveRecord:
     """Per-step statistics kept by the controller for studies."""
 
-    status: str
+    status: str  # IPOPT's status of the last attempt
     success: bool
     fallback: bool
-    iterations: int
-    solve_time: float  # s
+    iterations: int  # over all attempts
+    solve_time: float  # s, over all attempts
+    retried: bool = False  # the warm-started attempt failed and a cold one followed
 
 
 @dataclass
@@ -176,6 +179,10 @@ class NMPCStats:
     @property
     def fallbacks(self) -> int:
         return sum(r.fallback for r in self.records)
+
+    @property
+    def retries(self) -> int:
+        return sum(r.retried for r in self.records)
 
     def solve_times(self) -> np.ndarray:
         return np.array([r.solve_time for r in self.records])
@@ -509,18 +516,20 @@ class NMPC:
             "p": np.concatenate([x, u_prev, ref.ravel(), p, [t0]]),
             "lbx": self._w_lo, "ubx": self._w_hi, "lbg": self._g_lo, "ubg": self._g_hi,
         }
-        if self._warm is not None and self.config.warm_start:
-            args.update(x0=self._warm["w"], lam_x0=self._warm["lam_x"], lam_g0=self._warm["lam_g"])
+        cold = {"x0": self._initial_guess(x, np.clip(u_prev, m.u_low, m.u_high))}
+        warm = self._warm is not None and self.config.warm_start
+        if warm:
+            first = {"x0": self._warm["w"], "lam_x0": self._warm["lam_x"], "lam_g0": self._warm["lam_g"]}
         else:
-            args["x0"] = self._initial_guess(x, np.clip(u_prev, m.u_low, m.u_high))
-        t_start = time.perf_counter()
-        out = self._solver(**args)
-        solve_time = time.perf_counter() - t_start
-        st = self._solver.stats()
-        status = str(st.get("return_status", "unknown"))
+            first = cold
+        out, status, iterations, solve_time = self._attempt({**args, **first})
+        retried = warm and status not in CONVERGED and self.config.retry_cold
+        if retried:
+            out, status, its, seconds = self._attempt({**args, **cold})
+            iterations += its
+            solve_time += seconds
         w = np.asarray(out["x"]).ravel()
         success = status in CONVERGED and bool(np.all(np.isfinite(w)))
-        iterations = int(st.get("iter_count", -1))
         if success:
             u_plan, x_plan, max_slack = self._plan(x, w)
             objective = float(out["f"])
@@ -531,7 +540,7 @@ class NMPC:
             }
         else:
             if self.config.strict:
-                self.stats.records.append(SolveRecord(status, False, False, iterations, solve_time))
+                self.stats.records.append(SolveRecord(status, False, False, iterations, solve_time, retried))
                 raise NMPCSolveError(
                     f"NMPC solve failed: IPOPT status {status} after {iterations} iterations")
             u_plan, x_plan = self._shifted_plan(x, u_prev)
@@ -548,9 +557,17 @@ class NMPC:
             objective=objective,
             max_slack=max_slack,
         )
-        self.stats.records.append(SolveRecord(status, success, sol.fallback, iterations, solve_time))
+        self.stats.records.append(SolveRecord(status, success, sol.fallback, iterations, solve_time, retried))
         self._last = sol
         return sol
+
+    def _attempt(self, args: dict[str, Any]) -> tuple[dict[str, Any], str, int, float]:
+        """One IPOPT call: its outputs, return status, iterations and wall time (s)."""
+        t_start = time.perf_counter()
+        out = self._solver(**args)
+        solve_time = time.perf_counter() - t_start
+        st = self._solver.stats()
+        return out, str(st.get("return_status", "unknown")), int(st.get("iter_count", -1)), solve_time
 
     def _plan(self, x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         """Planned inputs (N, nu), predicted states (N+1, nx) and largest slack of an NLP solution ``w``."""

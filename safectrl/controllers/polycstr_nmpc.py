@@ -10,8 +10,9 @@ objective, limit and observer.
   initiator I and the radicals R. :class:`PolyCSTRObserver` reconstructs the full state with an
   :class:`~safectrl.controllers.estimation.ExtendedKalmanFilter`, which also estimates UA and k0_p for
   offset-free control; its first estimate puts I and R at their quasi-steady state for the previous
-  input, and the NMPC predicts with the estimated parameters. Oracle and realistic controllers differ only in the parameter
-  object given to both the NMPC and the filter (``pc.PolyCSTRParams()`` or ``pc.mismatched()``).
+  input, and the NMPC predicts with the estimated parameters. Oracle and realistic controllers differ
+  only in the parameter object given to both the NMPC and the filter (``pc.PolyCSTRParams()`` or
+  ``pc.mismatched()``).
 """
 
 from __future__ import annotations

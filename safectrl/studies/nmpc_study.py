@@ -176,7 +176,7 @@ def episode_summary(run: NMPCRun) -> list[tuple[str, object]]:
         ("peak T K", m.peak_T),
         ("intervals with T > T_max", m.violations),
         ("runaway", m.failure),
-        ("solves / failed / fallbacks", f"{st.solves} / {st.failures} / {st.fallbacks}"),
+        ("solves / retried cold / failed (fallback)", f"{st.solves} / {st.retries} / {st.failures}"),
         ("solve time median / p95 ms", f"{report.fmt(float(np.median(times)))} / "
                                        f"{report.fmt(float(np.percentile(times, 95)))}"),
         ("IPOPT iterations median / max",
@@ -198,7 +198,8 @@ class AcceptanceRow:
     violations: int  # intervals above T_max, summed over episodes
     peak_T: float  # K, highest over episodes
     runaways: int
-    failed_solves: int
+    failed_solves: int  # still failed after the cold retry: the fallback acted
+    retried_solves: int  # warm-started attempt failed, cold retry
     solves: int
     solve_ms_median: float
     solve_ms_p95: float
@@ -217,7 +218,8 @@ class AcceptanceRow:
 
 ACCEPTANCE_HEADERS = (
     "scenario", "NMPC", "cost mean ± std", "cost max", "best PI episode", "best PI tuning on eval seeds",
-    "max final |e_P|", "max final |e_T|", "T>T_max intervals", "peak T K", "runaways", "failed solves",
+    "max final |e_P|", "max final |e_T|", "T>T_max intervals", "peak T K", "runaways",
+    "failed/retried solves",
     "solve ms median/p95", "IPOPT it median/max", "est. err I, R", "criteria",
 )
 
@@ -226,7 +228,7 @@ def acceptance_rows(rows: list[AcceptanceRow]) -> list[list]:
     return [
         [r.scenario, r.variant, report.mean_std(r.costs), float(r.costs.max()), r.pi_best_cost,
          report.mean_std(r.pi_best_tuning_costs), float(r.final_abs_eP.max()), float(r.final_abs_eT.max()),
-         r.violations, r.peak_T, r.runaways, f"{r.failed_solves}/{r.solves}",
+         r.violations, r.peak_T, r.runaways, f"{r.failed_solves}/{r.retried_solves} of {r.solves}",
          f"{report.fmt(r.solve_ms_median, 3)}/{report.fmt(r.solve_ms_p95, 3)}",
          f"{report.fmt(r.iterations_median, 3)}/{r.iterations_max}",
          f"{report.fmt(r.estimation_error_I, 2)}, {report.fmt(r.estimation_error_R, 2)}",
@@ -293,6 +295,7 @@ def acceptance(
                 peak_T=float(max(m.peak_T for m in ms)),
                 runaways=sum(m.failure for m in ms),
                 failed_solves=sum(r.nmpc.stats.failures for r in runs),
+                retried_solves=sum(r.nmpc.stats.retries for r in runs),
                 solves=sum(r.nmpc.stats.solves for r in runs),
                 solve_ms_median=float(np.median(times)),
                 solve_ms_p95=float(np.percentile(times, 95)),
