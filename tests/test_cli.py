@@ -51,7 +51,12 @@ def test_nmpc_command_prints_summary_and_saves_the_prediction_figure(tmp_path, c
     assert (tmp_path / "nmpc-grade_up-oracle-seed3.png").stat().st_size > 0
 
 
-def test_nmpc_command_rejects_unknown_scenario(capsys):
-    with pytest.raises(SystemExit):
-        main(["nmpc", "--scenario", "shutdown"])
-    assert "invalid choice" in capsys.readouterr().err
+@pytest.mark.parametrize("argv, message", [
+    (["nmpc", "--scenario", "shutdown"], "invalid choice"),
+    (["nmpc", "--acceptance", "--backoff-study"], "not allowed with argument"),
+])
+def test_nmpc_command_rejects_bad_arguments(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err

@@ -50,15 +50,15 @@ def _cmd_nmpc(args: argparse.Namespace) -> int:
 
     from safectrl.studies import nmpc_study, report
 
-    variant = "mismatched" if args.mismatch else "oracle"
-    out = Path(args.out) if args.out else Path("runs") / f"nmpc-{time.strftime('%Y%m%d-%H%M%S')}"
-    out.mkdir(parents=True, exist_ok=True)
     if args.backoff_study:
         chosen, rows = nmpc_study.backoff_study(episodes=args.episodes)
         print(report.markdown_table(nmpc_study.BACKOFF_HEADERS, rows))
         margin = nmpc_study.BACKOFF_MARGIN
         print(f"\nchosen back-off: {chosen:g} K (smallest with peak T <= T_max - {margin:g} K)")
         return 0
+    variant = "mismatched" if args.mismatch else "oracle"
+    out = Path(args.out) if args.out else Path("runs") / f"nmpc-{time.strftime('%Y%m%d-%H%M%S')}"
+    out.mkdir(parents=True, exist_ok=True)
     if args.acceptance:
         rows = nmpc_study.acceptance(args.episodes, args.data_episodes, noise=args.noise, root=args.root)
         print(nmpc_study.acceptance_table(rows))
@@ -123,10 +123,11 @@ def _add_nmpc(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=_nonnegative_int, default=0, help="env seed (default 0)")
     p.add_argument("--noise", action="store_true", help="measurement noise on A, P, T (SPEC §1 values)")
     p.add_argument("--out", default=None, help="output folder (default: runs/nmpc-TIMESTAMP)")
-    p.add_argument("--acceptance", action="store_true",
-                   help="instead of one episode: the NMPC variants on every scenario against PI data")
-    p.add_argument("--backoff-study", action="store_true",
-                   help="instead of one episode: choose the T back-off on tuning-seed startups")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--acceptance", action="store_true",
+                      help="instead of one episode: the NMPC variants on every scenario against PI data")
+    mode.add_argument("--backoff-study", action="store_true",
+                      help="instead of one episode: choose the T back-off on tuning-seed startups")
     p.add_argument("--episodes", type=_positive_int, default=10,
                    help="--acceptance, --backoff-study: seeds per scenario and setting (default 10)")
     p.add_argument("--data-episodes", type=_positive_int, default=100,
