@@ -57,3 +57,21 @@ def test_bad_arguments_exit_with_usage_error(argv, message, capsys):
 def test_console_script_is_installed():
     proc = subprocess.run([sys.executable, "-m", "safectrl.studies.cli", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "study" in proc.stdout
+
+
+def test_nmpc_command_prints_summary_and_saves_the_prediction_figure(tmp_path, capsys):
+    assert main(["nmpc", "--scenario", "grade_up", "--seed", "3", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "NMPC (oracle), scenario grade_up, seed 3" in out and "solve time median / p95 ms" in out
+    assert (tmp_path / "nmpc-grade_up-oracle-seed3.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["nmpc", "--scenario", "shutdown"], "invalid choice"),
+    (["nmpc", "--acceptance", "--backoff-study"], "not allowed with argument"),
+])
+def test_nmpc_command_rejects_bad_arguments(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err

@@ -45,6 +45,36 @@ def _cmd_pi_tuning(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_nmpc(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from safectrl.studies import nmpc_study, report
+
+    if args.backoff_study:
+        chosen, rows = nmpc_study.backoff_study(episodes=args.episodes)
+        print(report.markdown_table(nmpc_study.BACKOFF_HEADERS, rows))
+        margin = nmpc_study.BACKOFF_MARGIN
+        print(f"\nchosen back-off: {chosen:g} K (smallest with peak T <= T_max - {margin:g} K)")
+        return 0
+    variant = "mismatched" if args.mismatch else "oracle"
+    out = Path(args.out) if args.out else Path("runs") / f"nmpc-{time.strftime('%Y%m%d-%H%M%S')}"
+    out.mkdir(parents=True, exist_ok=True)
+    if args.acceptance:
+        rows = nmpc_study.acceptance(args.episodes, args.data_episodes, noise=args.noise, root=args.root)
+        print(nmpc_study.acceptance_table(rows))
+        print(f"\nwritten to {nmpc_study.write_acceptance(rows, out)}")
+        return 0 if all(r.passes() for r in rows if r.variant == "oracle") else 1
+    run = nmpc_study.run_nmpc_episode(args.scenario, variant, args.seed, noise=args.noise)
+    noise = ", measurement noise" if args.noise else ""
+    print(f"NMPC ({variant}), scenario {args.scenario}, seed {args.seed}{noise}\n")
+    print(report.markdown_table(["metric", "value"], nmpc_study.episode_summary(run)))
+    path = out / f"nmpc-{args.scenario}-{variant}-seed{args.seed}.png"
+    nmpc_study.prediction_figure(run, path, title=f"NMPC ({variant}), {args.scenario}, seed {args.seed}")
+    print(f"\nfigure written to {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="safectrl",
@@ -57,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("data", "generate offline datasets (Minari) of randomly tuned PI control", _add_data, _cmd_data),
         ("pi-tuning", "derive the nominal PI tuning (SIMC + closed-loop choice)", _add_pi_tuning,
          _cmd_pi_tuning),
+        ("nmpc", "run the NMPC reference controller for one episode (or its acceptance table)", _add_nmpc,
+         _cmd_nmpc),
     ]
     for name, help_text, add, run in commands:
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -91,6 +123,26 @@ def _add_data(p: argparse.ArgumentParser) -> None:
 def _add_pi_tuning(p: argparse.ArgumentParser) -> None:
     p.add_argument("--episodes", type=_positive_int, default=5,
                    help="tuning episodes per scenario and plant (default 5)")
+
+
+def _add_nmpc(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scenario", choices=list(pc.SCENARIOS), default="grade_up")
+    p.add_argument("--mismatch", action="store_true",
+                   help="predict with the mismatched model (UA -20 %%, dH +10 %%) instead of the plant's")
+    p.add_argument("--seed", type=_nonnegative_int, default=0, help="env seed (default 0)")
+    p.add_argument("--noise", action="store_true", help="measurement noise on A, P, T (SPEC §1 values)")
+    p.add_argument("--out", default=None, help="output folder (default: runs/nmpc-TIMESTAMP)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--acceptance", action="store_true",
+                      help="instead of one episode: the NMPC variants on every scenario against PI data")
+    mode.add_argument("--backoff-study", action="store_true",
+                      help="instead of one episode: choose the T back-off on tuning-seed startups")
+    p.add_argument("--episodes", type=_positive_int, default=10,
+                   help="--acceptance, --backoff-study: seeds per scenario and setting (default 10)")
+    p.add_argument("--data-episodes", type=_positive_int, default=100,
+                   help="--acceptance: episodes of each PI dataset (default 100)")
+    p.add_argument("--root", default=None,
+                   help="--acceptance: datasets folder (default: $MINARI_DATASETS_PATH or Minari's)")
 
 
 def _positive_int(text: str) -> int:
