@@ -14,7 +14,7 @@ from safectrl.models import polycstr as pc
 from safectrl.rl import data
 from safectrl.rl.bc import BC, BCConfig
 from safectrl.rl.checkpoint import WEIGHTS, CheckpointError, load_policy, save_checkpoint
-from safectrl.rl.iql import IQL, IQLConfig, expectile_loss, return_range_scale
+from safectrl.rl.iql import IQL, IQLConfig, expectile_loss, learning_rewards
 from safectrl.rl.offline_data import Batch, Normalisation, OfflineData
 from safectrl.rl.policy import OfflinePolicy
 from safectrl.rl.training import make_agent, train
@@ -42,7 +42,7 @@ def transitions(tmp_path_factory) -> data.Transitions:
 @pytest.fixture(scope="module")
 def offline(transitions) -> OfflineData:
     norm = Normalisation.from_data(transitions.obs, pc.U_LOW, pc.U_HIGH)
-    return OfflineData.from_transitions(transitions, norm, return_range_scale(transitions))
+    return OfflineData.from_transitions(transitions, norm, learning_rewards(transitions, IQLConfig())[0])
 
 
 def test_expectile_loss_matches_hand_computed_values():
@@ -53,9 +53,19 @@ def test_expectile_loss_matches_hand_computed_values():
     assert expectile_loss(-diff, 0.7).item() == pytest.approx((0.7 * 5 + 0.3 * 9.25) / 4, rel=1e-6)
 
 
-def test_reward_scale_is_the_return_range_rule(transitions):
-    returns = [transitions.reward[transitions.episode == k].sum() for k in np.unique(transitions.episode)]
-    assert return_range_scale(transitions) == pytest.approx(1000.0 / (max(returns) - min(returns)))
+def test_learning_rewards_scale_by_complete_returns_and_clip_failures():
+    # three episodes of two steps: returns -10, -30 and a failure (-5, -1e6)
+    reward = np.array([-4.0, -6.0, -10.0, -20.0, -5.0, -1e6])
+    t = data.Transitions(obs=np.zeros((6, 7)), action=np.zeros((6, 2)), reward=reward, next_obs=np.zeros((6, 7)),
+                         done=np.array([0, 0, 0, 0, 0, 1], bool), episode=np.repeat([0, 1, 2], 2),
+                         step=np.tile([0, 1], 3), state=np.zeros((6, 5)))
+    r, scale = learning_rewards(t, IQLConfig())
+    assert scale == pytest.approx(1000.0 / 20.0)
+    np.testing.assert_allclose(r, [-200, -300, -500, -1000, -250, -1000])
+    r, scale = learning_rewards(t, IQLConfig(reward_scale=0.01, failure_penalty=50.0))
+    np.testing.assert_allclose(r, [-0.04, -0.06, -0.1, -0.2, -0.05, -50.0])
+    with pytest.raises(ValueError, match="failure_penalty"):
+        IQLConfig(failure_penalty=0.0)
 
 
 @pytest.mark.parametrize("algo", ["bc", "iql"])

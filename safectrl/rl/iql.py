@@ -11,12 +11,17 @@ in-data action values, so the actor regresses towards the better of the dataset'
 the IQL authors' locomotion settings (SPEC §5); ``done`` is set only by failure, never by the time limit.
 
 Reward scale (our decision, stored in every checkpoint). The env's reward ``-(e_P² + e_T²)`` spans seven
-decades (-1e-3 near the setpoint, -1e4 early in a startup, about -4e7 on the failure step that charges a
-runaway for the rest of the episode), and ``beta`` only means something relative to the reward scale.
-Default: the IQL authors' rule, ``r * 1000 / (max - min episode return)`` over the training data, which
-keeps the critics' targets bounded by ~1000 whatever the units. It leaves the reward's shape alone, so
-what IQL optimises is still the episode cost the study reports; the price is that in a dataset with a
-runaway, the small errors near the setpoint become small advantages and their weights stay close to one.
+decades: -1e-3 near the setpoint, -1e4 early in a startup, and about -4e7 on the step that charges a
+runaway for the rest of the episode. ``beta`` only means something relative to the reward scale, and the
+critics must regress all of it. The IQL authors' rule, ``r * 1000 / (max - min episode return)``, lets the
+three runaways of the startup dataset set the scale: every other return then lies within 2.5 units of
+zero while the three failure targets sit at -1000; the critics fit neither, the advantages are noise
+(mean weight ~5) and the resulting policy ran away in 5 of 20 tuning episodes (BC: none). We therefore
+apply the same rule to the episodes that did not fail, and clip a failure step's scaled reward at
+``-failure_penalty`` (default 1000, the spread of complete returns): a runaway stays worse than the
+median complete episode by hundreds of advantage units, far beyond where ``exp(beta A)`` has vanished,
+and every target stays within a few thousand units. The shape of the reward is untouched otherwise, so
+IQL still optimises the tracking cost the study reports.
 """
 
 from __future__ import annotations
@@ -45,7 +50,8 @@ class IQLConfig:
     expectile: float = 0.7  # of the V regression; 0.5 is the mean (SARSA), -> 1 approaches max over data actions
     beta: float = 3.0  # inverse temperature of the advantage weights
     max_weight: float = 100.0  # advantage weights are clipped here
-    reward_scale: float | None = None  # multiplies env rewards; None: 1000 / (max - min episode return) of the data
+    reward_scale: float | None = None  # multiplies env rewards; None: 1000 / (max - min return) of complete episodes
+    failure_penalty: float = 1000.0  # a failure step's scaled reward is clipped at -failure_penalty
 
     def __post_init__(self) -> None:
         if not 0.0 < self.expectile < 1.0:
@@ -54,6 +60,8 @@ class IQLConfig:
             raise ValueError(f"discount must be in [0, 1), got {self.discount}")
         if self.reward_scale is not None and not self.reward_scale > 0:
             raise ValueError(f"reward_scale must be positive, got {self.reward_scale}")
+        if not self.failure_penalty > 0:
+            raise ValueError(f"failure_penalty must be positive, got {self.failure_penalty}")
 
 
 def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
@@ -63,12 +71,25 @@ def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
 
 
 def return_range_scale(t: Transitions, target: float = 1000.0) -> float:
-    """``target / (max - min)`` of the undiscounted episode returns in ``t`` (the IQL authors' rule)."""
-    returns = np.bincount(t.episode, weights=t.reward)[np.unique(t.episode)]
-    spread = float(returns.max() - returns.min())
+    """``target / (max - min)`` of the undiscounted returns of the episodes in ``t`` that did not fail.
+
+    The IQL authors' rule, restricted to complete episodes (all episodes if every one failed).
+    """
+    episodes = np.unique(t.episode)
+    returns = np.bincount(t.episode, weights=t.reward)[episodes]
+    complete = ~np.isin(episodes, t.episode[t.done])
+    spread = float(np.ptp(returns[complete] if complete.any() else returns))
     if not spread > 0:
         raise ValueError("all episodes have the same return; give IQLConfig.reward_scale explicitly")
     return target / spread
+
+
+def learning_rewards(t: Transitions, config: IQLConfig) -> tuple[np.ndarray, float]:
+    """The rewards IQL learns from, (n,), and the scale used: ``scale * r``, failure steps clipped."""
+    scale = config.reward_scale if config.reward_scale is not None else return_range_scale(t)
+    reward = scale * np.asarray(t.reward, dtype=float)
+    reward = np.where(t.done, np.maximum(reward, -config.failure_penalty), reward)
+    return reward, scale
 
 
 class IQL:
@@ -77,7 +98,7 @@ class IQL:
     Args:
         obs_dim: observation size.
         act_dim: action size.
-        config: hyperparameters (``reward_scale`` is applied by the data, see :class:`OfflineData`).
+        config: hyperparameters (the data carry the rewards of :func:`learning_rewards`).
         seed: initialises every network (torch's global generator is left untouched).
     """
 

@@ -88,7 +88,7 @@ class Batch(NamedTuple):
 
     obs: torch.Tensor  # (batch, n_obs), normalised
     action: torch.Tensor  # (batch, n_act), in [-1, 1]
-    reward: torch.Tensor  # (batch,), scaled
+    reward: torch.Tensor  # (batch,), as given to OfflineData (IQL: scaled, see safectrl.rl.iql)
     next_obs: torch.Tensor  # (batch, n_obs), normalised
     done: torch.Tensor  # (batch,), 1.0 where the episode failed (no bootstrap), else 0.0
 
@@ -99,17 +99,20 @@ class OfflineData:
 
     data: Batch
     normalisation: Normalisation
-    reward_scale: float  # multiplies the env reward
 
     def __len__(self) -> int:
         return len(self.data.reward)
 
     @classmethod
-    def from_transitions(cls, t: Transitions, normalisation: Normalisation, reward_scale: float = 1.0
+    def from_transitions(cls, t: Transitions, normalisation: Normalisation, reward: np.ndarray | None = None
                          ) -> OfflineData:
-        """Convert flat transitions (physical units) with a given normalisation and reward scale.
+        """Convert flat transitions (physical units) with a given normalisation.
 
-        ``done`` is the env's termination flag (failure); time-limit truncation is not terminal.
+        Args:
+            t: the transitions; ``done`` is the env's termination flag (failure), truncation is not terminal.
+            normalisation: observation and action maps.
+            reward: (n,) the rewards to learn from (e.g. :func:`safectrl.rl.iql.learning_rewards`);
+                None: the env's rewards as recorded.
         """
         if len(t) == 0:
             raise ValueError("no transitions to train on")
@@ -119,16 +122,16 @@ class OfflineData:
                 f"normalisation {normalisation.obs_dim} and {normalisation.act_dim}")
         if not (np.all(t.action >= normalisation.action_low) and np.all(t.action <= normalisation.action_high)):
             raise ValueError("dataset actions lie outside the action bounds")
-        if not (np.isfinite(reward_scale) and reward_scale > 0):
-            raise ValueError(f"reward_scale must be positive and finite, got {reward_scale}")
-        arrays = (normalisation.obs_to_net(t.obs), normalisation.action_to_net(t.action),
-                  reward_scale * np.asarray(t.reward, dtype=float), normalisation.obs_to_net(t.next_obs),
+        reward = np.asarray(t.reward if reward is None else reward, dtype=float)
+        if reward.shape != (len(t),):
+            raise ValueError(f"need one reward per transition, ({len(t)},), got shape {reward.shape}")
+        arrays = (normalisation.obs_to_net(t.obs), normalisation.action_to_net(t.action), reward,
+                  normalisation.obs_to_net(t.next_obs),
                   np.asarray(t.done, dtype=float))
         for name, a in zip(Batch._fields, arrays):
             if not np.all(np.isfinite(a)):
                 raise ValueError(f"transitions contain non-finite {name}")
-        return cls(Batch(*(torch.as_tensor(a, dtype=torch.float32) for a in arrays)), normalisation,
-                   float(reward_scale))
+        return cls(Batch(*(torch.as_tensor(a, dtype=torch.float32) for a in arrays)), normalisation)
 
     def sample(self, batch_size: int, generator: torch.Generator) -> Batch:
         """``batch_size`` transitions drawn uniformly with replacement."""

@@ -26,7 +26,7 @@ from safectrl.controllers.pi import NOMINAL_TUNING, PIController, PITuning
 from safectrl.models import polycstr as pc
 from safectrl.rl import data
 from safectrl.rl.checkpoint import save_checkpoint
-from safectrl.rl.iql import return_range_scale
+from safectrl.rl.iql import learning_rewards
 from safectrl.rl.offline_data import Normalisation, OfflineData
 from safectrl.rl.polycstr_env import PolyCSTREnv
 from safectrl.rl.rollout import Episode, Policy, run_episode
@@ -80,11 +80,9 @@ def train_policy(
     config = AGENTS[algo][1]()
     if steps is not None:
         config = replace(config, steps=steps)
-    reward_scale = 1.0
-    if algo == "iql":
-        reward_scale = config.reward_scale or return_range_scale(transitions)
+    reward, reward_scale = (transitions.reward, None) if algo == "bc" else learning_rewards(transitions, config)
     normalisation = Normalisation.from_data(transitions.obs, pc.U_LOW, pc.U_HIGH)
-    offline = OfflineData.from_transitions(transitions, normalisation, reward_scale)
+    offline = OfflineData.from_transitions(transitions, normalisation, reward)
     agent = make_agent(algo, normalisation.obs_dim, normalisation.act_dim, config, seed)
     t0 = time.perf_counter()
     history = train(agent, offline, seed, progress=progress)
