@@ -266,6 +266,20 @@ def test_train_and_evaluate_from_the_command_line(tmp_path, capsys):
     assert len((tmp_path / "eval" / "episodes.csv").read_text().splitlines()) == 1 + 4 * 2
 
 
+def test_evaluate_merges_training_seeds_into_one_row(tmp_path, capsys):
+    root = tmp_path / "minari"
+    for seed in ("0", "1"):
+        assert main(["train", "--algo", "bc", "--scenario", "grade_down", "--steps", "20", "--seed", seed,
+                     "--episodes", "2", "--root", str(root), "--out", str(tmp_path / f"bc-{seed}")]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--policy", str(tmp_path / "bc-0"), "--policy", str(tmp_path / "bc-1"), "--seeds", "3",
+                 "--merge-seeds", "--out", str(tmp_path / "eval")]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if "BC grade_down" in line]
+    assert len(rows) == 1 and rows[0].split("|")[3].strip() == "6"
+    lines = (tmp_path / "eval" / "episodes.csv").read_text().splitlines()
+    assert sorted({line.split(",")[2] for line in lines[1:]}) == ["0", "1"]
+
+
 @pytest.mark.parametrize("argv, message", [
     (["train", "--algo", "sac"], "invalid choice"),
     (["train", "--algo", "bc", "--steps", "0"], "must be a positive integer"),

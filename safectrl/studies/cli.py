@@ -66,7 +66,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     scenarios = None if args.scenario is None else list(pc.SCENARIOS) if args.scenario == "all" else [args.scenario]
     seeds = evaluation_seeds(args.seeds)
-    table = evaluation_report(args.policy, scenarios, seeds, baselines=args.baselines, out=args.out,
+    table = evaluation_report(args.policy, scenarios, seeds, baselines=args.baselines,
+                              merge_seeds=args.merge_seeds, out=args.out,
                               episodes=args.episodes, dataset_seed=args.dataset_seed, root=args.root)
     print(f"\nevaluation seeds {seeds[0]}..{seeds[-1]}; cost = -sum of rewards over 100 h; final offsets: "
           f"means over the last 10 h\n")
@@ -139,6 +140,8 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=_positive_int, default=10, help="evaluation episodes, seeds 0..N-1 (default 10)")
     p.add_argument("--baselines", action="store_true",
                    help="add the nominal PI and the dataset's median and best PI tunings")
+    p.add_argument("--merge-seeds", action="store_true",
+                   help="one row per algorithm and training set, pooling the episodes of all training seeds")
     p.add_argument("--out", default=None, help="also write episodes.csv, summary.md, trajectories.png here")
     _add_dataset_options(p)
     p.add_argument("--threads", type=_positive_int, default=1, help="torch CPU threads (default 1)")

@@ -165,8 +165,12 @@ def metrics_of(results: dict[str, list[Episode]]) -> dict[str, list[EpisodeMetri
     return {label: [episode_metrics(ep) for ep in eps] for label, eps in results.items()}
 
 
-def policy_label(path: str | os.PathLike, taken: Sequence[str] = ()) -> str:
-    """A short table label for a checkpoint: its folder name, or the whole path if that name is taken."""
+def policy_label(path: str | os.PathLike, record: dict, merge_seeds: bool, taken: Sequence[str] = ()) -> str:
+    """Table label of a checkpoint: its folder name (the whole path if that name is taken), or with
+    ``merge_seeds`` "<ALGO> <scenario|pooled>", shared by every training seed of the same setting."""
+    if merge_seeds:
+        scenarios = record.get("scenarios", [])
+        return f"{str(record.get('algo', '?')).upper()} {scenarios[0] if len(scenarios) == 1 else 'pooled'}"
     p = Path(path)
     folder = p.parent if p.is_file() else p
     return folder.name if folder.name not in taken else str(folder)
@@ -177,6 +181,7 @@ def evaluation_report(
     scenarios: Sequence[str] | None,
     seeds: Sequence[int],
     baselines: bool = False,
+    merge_seeds: bool = False,
     out: str | os.PathLike | None = None,
     episodes: int = 100,
     dataset_seed: int = 0,
@@ -190,9 +195,10 @@ def evaluation_report(
         scenarios: where to evaluate; None: every scenario each policy was trained on.
         seeds: evaluation seeds.
         baselines: add the nominal PI and the dataset's median and best PI tunings.
+        merge_seeds: one row per algorithm and training set, pooling the episodes of all its training seeds.
         out: if given, also write ``episodes.csv``, ``summary.md`` and ``trajectories.png`` there.
         episodes, dataset_seed, root: the dataset whose tunings are the baselines.
-        progress: a progress bar over (scenario, controller) pairs.
+        progress: a progress bar over scenarios.
     """
     from tqdm.auto import tqdm
 
@@ -200,21 +206,30 @@ def evaluation_report(
     from safectrl.studies import report
     from safectrl.studies.study import SUMMARY_HEADERS, _summary_rows
 
-    policies: dict[str, Policy] = {}
+    groups: dict[str, list[Policy]] = {}
     trained_on: dict[str, list[str]] = {}
     for path in policy_paths:
-        label = policy_label(path, list(policies))
-        policies[label] = load_policy(path)
-        trained_on[label] = list(policies[label].info.get("scenarios", pc.SCENARIOS))
+        policy = load_policy(path)
+        label = policy_label(path, policy.info, merge_seeds, list(groups))
+        groups.setdefault(label, []).append(policy)
+        trained_on[label] = list(policy.info.get("scenarios", pc.SCENARIOS))
     wanted = list(scenarios) if scenarios else list(dict.fromkeys(s for v in trained_on.values() for s in v))
     if not wanted:
         raise ValueError("nothing to evaluate: give a policy or a scenario")
     results: dict[str, dict[str, list[EpisodeMetrics]]] = {}
+    records = []
     panels: dict[str, list[plots.Trace]] = {}
-    bar = tqdm(wanted, desc="evaluate", disable=not progress)
-    for scenario in bar:
-        chosen = {k: p for k, p in policies.items() if scenarios or scenario in trained_on[k]}
-        eps = compare(chosen, scenario, seeds, baselines, episodes, dataset_seed, root)
+    for scenario in tqdm(wanted, desc="evaluate", disable=not progress):
+        eps: dict[str, list[Episode]] = {}
+        for label, group in groups.items():
+            if scenarios or scenario in trained_on[label]:
+                runs = [(policy.info.get("seed"), evaluate(policy, scenario, seeds)) for policy in group]
+                eps[label] = [ep for _, run in runs for ep in run]
+                records += [(scenario, label, train_seed, ep) for train_seed, run in runs for ep in run]
+        if baselines:
+            base = compare({}, scenario, seeds, True, episodes, dataset_seed, root)
+            eps.update(base)
+            records += [(scenario, label, None, ep) for label, run in base.items() for ep in run]
         results[scenario] = metrics_of(eps)
         panels[scenario] = [plots.Trace(v[0], k, color=f"C{i}") for i, (k, v) in enumerate(eps.items())]
     table = report.markdown_table(SUMMARY_HEADERS, _summary_rows(results))
@@ -223,14 +238,13 @@ def evaluation_report(
         folder.mkdir(parents=True, exist_ok=True)
         with open(folder / "episodes.csv", "w", newline="") as fh:
             writer = csv.writer(fh)
-            writer.writerow(["scenario", "controller", "seed", *EpisodeMetrics.__dataclass_fields__])
-            for scenario, by_ctrl in results.items():
-                for ctrl, ms in by_ctrl.items():
-                    for s, m in zip(seeds, ms):
-                        writer.writerow([scenario, ctrl, s, *m.as_dict().values()])
+            writer.writerow(["scenario", "controller", "train_seed", "seed", *EpisodeMetrics.__dataclass_fields__])
+            for scenario, label, train_seed, ep in records:
+                writer.writerow([scenario, label, train_seed, ep.seed, *episode_metrics(ep).as_dict().values()])
         (folder / "summary.md").write_text(
-            f"# Offline RL evaluation\n\nEvaluation seeds {seeds[0]}..{seeds[-1]} ({len(seeds)} episodes per "
-            f"row). Cost is -sum of rewards over 100 h; final offsets are means over the last 10 h.\n\n"
-            f"{table}\n\n![trajectories](trajectories.png)\n")
-        plots.trajectory_figure(panels, folder / "trajectories.png", title=f"first evaluation seed ({seeds[0]})")
+            f"# Offline RL evaluation\n\nEvaluation seeds {seeds[0]}..{seeds[-1]} ({len(seeds)} per controller and "
+            f"training seed). Cost is -sum of rewards over 100 h; final offsets are means over the last 10 h."
+            f"\n\n{table}\n\n![trajectories](trajectories.png)\n")
+        plots.trajectory_figure(panels, folder / "trajectories.png",
+                                title=f"first evaluation seed ({seeds[0]}), first training seed")
     return table
