@@ -21,7 +21,8 @@ apply the same rule to the episodes that did not fail, and clip a failure step's
 ``-failure_penalty`` (default 1000, the spread of complete returns): a runaway stays worse than the
 median complete episode by hundreds of advantage units, far beyond where ``exp(beta A)`` has vanished,
 and every target stays within a few thousand units. The shape of the reward is untouched otherwise, so
-IQL still optimises the tracking cost the study reports.
+IQL still optimises the tracking cost the study reports. Measured on the tuning seeds (startup, training
+seed 0, 50 000 steps, env seeds 500000-500019): no runaway, mean cost 9.2e4 (BC 1.4e5).
 """
 
 from __future__ import annotations
