@@ -19,6 +19,7 @@ from safectrl.rl.offline_data import Batch, Normalisation, OfflineData
 from safectrl.rl.policy import OfflinePolicy
 from safectrl.rl.training import make_agent, train
 from safectrl.studies import datasets
+from safectrl.studies import offline as offline_study
 from safectrl.studies.cli import main
 
 SMALL = (32, 32)
@@ -34,8 +35,12 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def transitions(tmp_path_factory) -> data.Transitions:
-    root = tmp_path_factory.mktemp("minari")
+def root(tmp_path_factory):
+    return tmp_path_factory.mktemp("minari")
+
+
+@pytest.fixture(scope="module")
+def transitions(root) -> data.Transitions:
     return data.load_transitions(datasets.generate_dataset("startup", episodes=3, seed=0, root=root), root)
 
 
@@ -241,6 +246,14 @@ def test_load_policy_is_importable_from_rl_without_studies():
     import safectrl.rl
 
     assert safectrl.rl.load_policy is load_policy
+
+
+def test_dataset_baselines_are_the_median_and_best_episodes_tunings(root, transitions):
+    costs = [-transitions.reward[transitions.episode == k].sum() for k in range(3)]
+    meta = data.episode_metadata(data.load_dataset(datasets.dataset_id("startup", 3, 0), root))
+    picked = offline_study.dataset_tunings("startup", episodes=3, dataset_seed=0, root=root)
+    for label, k in (("PI dataset best", np.argmin(costs)), ("PI dataset median", np.argsort(costs)[1])):
+        assert picked[label].Kp_P == meta[k]["Kp_P"] and picked[label].Ki_T == meta[k]["Ki_T"]
 
 
 # -- command line ------------------------------------------------------------------------------------------
