@@ -1,6 +1,8 @@
 """Gymnasium environments, offline datasets, networks and learning agents.
 
-Importing :mod:`safectrl` registers the environments; nothing here imports torch at import time.
+Importing :mod:`safectrl` registers the environments; nothing here imports torch at import time:
+``from safectrl.rl import load_policy`` (a trained BC/IQL policy from its checkpoint folder) and
+``OfflinePolicy`` import torch on first use.
 """
 
 from __future__ import annotations
@@ -18,3 +20,14 @@ def register_envs() -> None:
             entry_point="safectrl.rl.polycstr_env:PolyCSTREnv",
             vector_entry_point="safectrl.rl.polycstr_env:PolyCSTRVectorEnv",
         )
+
+
+_LAZY = {"load_policy": "safectrl.rl.checkpoint", "OfflinePolicy": "safectrl.rl.policy"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

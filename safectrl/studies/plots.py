@@ -126,3 +126,27 @@ def distribution_figure(
     fig.tight_layout(rect=(0, 0, 0.93, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def loss_figure(steps: np.ndarray, curves: dict[str, np.ndarray], path: str | os.PathLike, title: str = "") -> None:
+    """Training curves, one panel each, against the gradient step; log scale where a curve stays positive.
+
+    Args:
+        steps: (n,) gradient step of each point.
+        curves: name -> (n,) values (e.g. block means of a loss).
+        path: output file (PNG or PDF by extension).
+        title: figure title.
+    """
+    fig, axes = plt.subplots(1, len(curves), figsize=(3.6 * len(curves), 3.2), squeeze=False)
+    for ax, (name, values) in zip(axes[0], curves.items()):
+        ax.plot(steps, values, lw=1.2)
+        if np.all(values > 0):
+            ax.set_yscale("log")
+        ax.set_title(name)
+        ax.set_xlabel("gradient step")
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,55 @@
+"""Behaviour cloning: regress the dataset's actions on its observations.
+
+The simplest offline agent and the baseline IQL must beat: a deterministic actor trained by mean squared
+error in normalised coordinates (:mod:`safectrl.rl.networks`). It copies the average of the PI tunings
+that produced the data, good and bad alike, and ignores the rewards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from safectrl.rl.networks import Actor, cosine_adam, regression_loss, seeded_init
+from safectrl.rl.offline_data import Batch
+
+
+@dataclass(frozen=True)
+class BCConfig:
+    hidden: tuple[int, ...] = (256, 256)  # units per hidden layer of the actor (ReLU)
+    lr: float = 3e-4  # Adam learning rate, decayed to 0 over `steps` by a cosine schedule (as IQL's actor)
+    batch_size: int = 256  # transitions per gradient step
+    steps: int = 20_000  # gradient steps (~260 passes over a 20 000-transition dataset)
+
+
+class BC:
+    """Behaviour cloning agent.
+
+    Args:
+        obs_dim: observation size.
+        act_dim: action size.
+        config: hyperparameters.
+        seed: initialises the actor's weights (torch's global generator is left untouched).
+    """
+
+    algo = "bc"
+
+    def __init__(self, obs_dim: int, act_dim: int, config: BCConfig = BCConfig(), seed: int = 0) -> None:
+        self.config = config
+        with seeded_init(seed):
+            self.actor = Actor(obs_dim, act_dim, config.hidden)
+        self.actor_optimizer, self.actor_schedule = cosine_adam(self.actor, config.lr, config.steps)
+
+    def networks(self) -> dict[str, torch.nn.Module]:
+        """Every trained network by name, for the checkpoint."""
+        return {"actor": self.actor}
+
+    def update(self, batch: Batch) -> dict[str, float]:
+        """One gradient step on the squared error between the actor's and the dataset's actions."""
+        loss = regression_loss(self.actor, batch.obs, batch.action)
+        self.actor_optimizer.zero_grad()
+        loss.backward()
+        self.actor_optimizer.step()
+        self.actor_schedule.step()
+        return {"actor_loss": loss.item()}

@@ -1,0 +1,250 @@
+"""Offline RL on the PI datasets: datasets -> training -> checkpoint folder, and closed-loop evaluation.
+
+Training (:func:`train_policy`) generates or reuses the Minari PI datasets of the chosen scenarios, fits
+BC or IQL on them, and writes a checkpoint folder (:mod:`safectrl.rl.checkpoint`) with the loss curves
+as ``losses.csv`` and ``losses.png``. One scenario gives a policy for that scenario; several give one
+pooled policy (the observation carries the setpoint through e_P = P_sp - P, so one network can serve all).
+
+Evaluation (:func:`compare`) runs every policy, the nominal PI and two of the dataset's own PI tunings
+(its median and its best episode, re-run) on the same evaluation seeds, disjoint from the data seeds.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+import safectrl
+from safectrl.controllers.pi import NOMINAL_TUNING, PIController, PITuning
+from safectrl.models import polycstr as pc
+from safectrl.rl import data
+from safectrl.rl.checkpoint import save_checkpoint
+from safectrl.rl.iql import learning_rewards
+from safectrl.rl.offline_data import Normalisation, OfflineData
+from safectrl.rl.polycstr_env import PolyCSTREnv
+from safectrl.rl.rollout import Episode, Policy, run_episode
+from safectrl.rl.training import AGENTS, make_agent, train
+from safectrl.studies import datasets, plots
+from safectrl.studies.metrics import EpisodeMetrics, episode_metrics
+
+#: Loss curves are written as means over this many blocks of steps (fewer if there are fewer steps).
+LOSS_POINTS = 500
+
+
+def default_out_dir(algo: str, scenarios: Sequence[str], seed: int) -> Path:
+    name = scenarios[0] if len(scenarios) == 1 else "pooled"
+    return Path("runs") / f"{algo}-{name}-s{seed}"
+
+
+def train_policy(
+    algo: str,
+    scenarios: Sequence[str],
+    steps: int | None = None,
+    seed: int = 0,
+    out: str | os.PathLike | None = None,
+    episodes: int = 100,
+    dataset_seed: int = 0,
+    root: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> Path:
+    """Train ``algo`` ("bc" | "iql") on the PI datasets of ``scenarios`` and write its checkpoint folder.
+
+    Args:
+        algo: "bc" or "iql"; hyperparameters are the module's config defaults.
+        scenarios: one scenario (a policy for it) or several (one pooled policy).
+        steps: gradient steps (None: the config's default).
+        seed: training seed (initial weights and minibatches).
+        out: checkpoint folder (default ``runs/<algo>-<scenario|pooled>-s<seed>``).
+        episodes: episodes per dataset; dataset_seed: which dataset; root: Minari folder.
+        progress: progress bars.
+
+    Returns:
+        The checkpoint folder (``model.safetensors``, ``config.json``, ``losses.csv``, ``losses.png``).
+    """
+    if algo not in AGENTS:
+        raise ValueError(f"unknown algorithm {algo!r}; valid: {', '.join(AGENTS)}")
+    scenarios = list(dict.fromkeys(scenarios))
+    if not scenarios:
+        raise ValueError("no scenario given")
+    for s in scenarios:
+        pc.get_scenario(s)
+    ids = [datasets.generate_dataset(s, episodes, dataset_seed, root=root, progress=progress) for s in scenarios]
+    transitions = data.load_transitions(ids, root)
+    config = AGENTS[algo][1]()
+    if steps is not None:
+        config = replace(config, steps=steps)
+    reward, reward_scale = (transitions.reward, None) if algo == "bc" else learning_rewards(transitions, config)
+    normalisation = Normalisation.from_data(transitions.obs, pc.U_LOW, pc.U_HIGH)
+    offline = OfflineData.from_transitions(transitions, normalisation, reward)
+    agent = make_agent(algo, normalisation.obs_dim, normalisation.act_dim, config, seed)
+    t0 = time.perf_counter()
+    history = train(agent, offline, seed, progress=progress)
+    seconds = time.perf_counter() - t0
+    folder = Path(out) if out is not None else default_out_dir(algo, scenarios, seed)
+    save_checkpoint(folder, agent, normalisation, record={
+        "scenarios": scenarios,
+        "datasets": ids,
+        "dataset_episodes": episodes,
+        "dataset_seed": dataset_seed,
+        "transitions": len(transitions),
+        "seed": seed,
+        "reward_scale": reward_scale,
+        "observations": list(pc.OBSERVATIONS),
+        "inputs": list(pc.INPUTS),
+        "train_seconds": round(seconds, 1),
+        "torch_threads": torch.get_num_threads(),
+        "safectrl": safectrl.__version__,
+        "torch": torch.__version__,
+    })
+    steps_logged, curves = _block_means(history, LOSS_POINTS)
+    _write_loss_csv(folder / "losses.csv", steps_logged, curves)
+    plots.loss_figure(steps_logged, curves, folder / "losses.png",
+                      title=f"{algo.upper()} on {' + '.join(scenarios)}, seed {seed}")
+    return folder
+
+
+def _block_means(history: dict[str, np.ndarray], points: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Means of each curve over ``points`` consecutive blocks, and the last step of each block."""
+    n = len(next(iter(history.values())))
+    edges = np.linspace(0, n, min(points, n) + 1).astype(int)
+    return edges[1:], {k: np.add.reduceat(v, edges[:-1]) / np.diff(edges) for k, v in history.items()}
+
+
+def _write_loss_csv(path: Path, steps: np.ndarray, curves: dict[str, np.ndarray]) -> None:
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["step", *curves])
+        for k, step in enumerate(steps):
+            writer.writerow([int(step), *(f"{c[k]:.6g}" for c in curves.values())])
+
+
+def evaluate(policy: Policy, scenario: str, seeds: Sequence[int]) -> list[Episode]:
+    """Closed-loop episodes of ``policy`` on the nominal plant of ``scenario``, one per seed."""
+    env = PolyCSTREnv(scenario=scenario)
+    return [run_episode(env, policy, s) for s in seeds]
+
+
+def dataset_tunings(scenario: str, episodes: int = 100, dataset_seed: int = 0,
+                    root: str | os.PathLike | None = None) -> dict[str, PITuning]:
+    """The PI tunings of the dataset's median-cost and lowest-cost episodes (ranked on the data seeds)."""
+    ds_id = datasets.generate_dataset(scenario, episodes, dataset_seed, root=root)
+    eps = data.load_episodes(ds_id, root)
+    meta = data.episode_metadata(data.load_dataset(ds_id, root))
+    order = np.argsort([-ep.rewards.sum() for ep in eps], kind="stable")
+    fields = NOMINAL_TUNING.as_dict()
+    pick = {"PI dataset median": order[len(order) // 2], "PI dataset best": order[0]}
+    return {label: PITuning(**{k: float(meta[i][k]) for k in fields}) for label, i in pick.items()}
+
+
+def compare(
+    policies: dict[str, Policy],
+    scenario: str,
+    seeds: Sequence[int],
+    baselines: bool = True,
+    episodes: int = 100,
+    dataset_seed: int = 0,
+    root: str | os.PathLike | None = None,
+) -> dict[str, list[Episode]]:
+    """Episodes of every policy (and, with ``baselines``, of the nominal and dataset PI) on ``seeds``."""
+    controllers: dict[str, Policy] = dict(policies)
+    if baselines:
+        controllers["PI nominal"] = PIController(NOMINAL_TUNING)
+        for label, tuning in dataset_tunings(scenario, episodes, dataset_seed, root).items():
+            controllers[label] = PIController(tuning)
+    return {label: evaluate(ctrl, scenario, seeds) for label, ctrl in controllers.items()}
+
+
+def metrics_of(results: dict[str, list[Episode]]) -> dict[str, list[EpisodeMetrics]]:
+    return {label: [episode_metrics(ep) for ep in eps] for label, eps in results.items()}
+
+
+def policy_label(path: str | os.PathLike, record: dict, merge_seeds: bool, taken: Sequence[str] = ()) -> str:
+    """Table label of a checkpoint: its folder name (the whole path if that name is taken), or with
+    ``merge_seeds`` "<ALGO> <scenario|pooled>", shared by every training seed of the same setting."""
+    if merge_seeds:
+        scenarios = record.get("scenarios", [])
+        return f"{str(record.get('algo', '?')).upper()} {scenarios[0] if len(scenarios) == 1 else 'pooled'}"
+    p = Path(path)
+    folder = p.parent if p.is_file() else p
+    return folder.name if folder.name not in taken else str(folder)
+
+
+def evaluation_report(
+    policy_paths: Sequence[str | os.PathLike],
+    scenarios: Sequence[str] | None,
+    seeds: Sequence[int],
+    baselines: bool = False,
+    merge_seeds: bool = False,
+    out: str | os.PathLike | None = None,
+    episodes: int = 100,
+    dataset_seed: int = 0,
+    root: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> str:
+    """Evaluate checkpoints (and optionally the PI baselines) and return the summary table (markdown).
+
+    Args:
+        policy_paths: checkpoint folders.
+        scenarios: where to evaluate; None: every scenario each policy was trained on.
+        seeds: evaluation seeds.
+        baselines: add the nominal PI and the dataset's median and best PI tunings.
+        merge_seeds: one row per algorithm and training set, pooling the episodes of all its training seeds.
+        out: if given, also write ``episodes.csv``, ``summary.md`` and ``trajectories.png`` there.
+        episodes, dataset_seed, root: the dataset whose tunings are the baselines.
+        progress: a progress bar over scenarios.
+    """
+    from tqdm.auto import tqdm
+
+    from safectrl.rl.checkpoint import load_policy
+    from safectrl.studies import report
+    from safectrl.studies.study import SUMMARY_HEADERS, _summary_rows
+
+    groups: dict[str, list[Policy]] = {}
+    trained_on: dict[str, list[str]] = {}
+    for path in policy_paths:
+        policy = load_policy(path)
+        label = policy_label(path, policy.info, merge_seeds, list(groups))
+        groups.setdefault(label, []).append(policy)
+        trained_on[label] = list(policy.info.get("scenarios", pc.SCENARIOS))
+    wanted = list(scenarios) if scenarios else list(dict.fromkeys(s for v in trained_on.values() for s in v))
+    if not wanted:
+        raise ValueError("nothing to evaluate: give a policy or a scenario")
+    results: dict[str, dict[str, list[EpisodeMetrics]]] = {}
+    records = []
+    panels: dict[str, list[plots.Trace]] = {}
+    for scenario in tqdm(wanted, desc="evaluate", disable=not progress):
+        eps: dict[str, list[Episode]] = {}
+        for label, group in groups.items():
+            if scenarios or scenario in trained_on[label]:
+                runs = [(policy.info.get("seed"), evaluate(policy, scenario, seeds)) for policy in group]
+                eps[label] = [ep for _, run in runs for ep in run]
+                records += [(scenario, label, train_seed, ep) for train_seed, run in runs for ep in run]
+        if baselines:
+            base = compare({}, scenario, seeds, True, episodes, dataset_seed, root)
+            eps.update(base)
+            records += [(scenario, label, None, ep) for label, run in base.items() for ep in run]
+        results[scenario] = metrics_of(eps)
+        panels[scenario] = [plots.Trace(v[0], k, color=f"C{i}") for i, (k, v) in enumerate(eps.items())]
+    table = report.markdown_table(SUMMARY_HEADERS, _summary_rows(results))
+    if out is not None:
+        folder = Path(out)
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / "episodes.csv", "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["scenario", "controller", "train_seed", "seed", *EpisodeMetrics.__dataclass_fields__])
+            for scenario, label, train_seed, ep in records:
+                writer.writerow([scenario, label, train_seed, ep.seed, *episode_metrics(ep).as_dict().values()])
+        (folder / "summary.md").write_text(
+            f"# Offline RL evaluation\n\nEvaluation seeds {seeds[0]}..{seeds[-1]} ({len(seeds)} per controller and "
+            f"training seed). Cost is -sum of rewards over 100 h; final offsets are means over the last 10 h."
+            f"\n\n{table}\n\n![trajectories](trajectories.png)\n")
+        plots.trajectory_figure(panels, folder / "trajectories.png",
+                                title=f"first evaluation seed ({seeds[0]}), first training seed")
+    return table

@@ -1,0 +1,305 @@
+"""Offline RL: losses, one update, overfitting, IQL vs BC on a bandit, determinism, safe checkpoints, CLI."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from safectrl.models import polycstr as pc
+from safectrl.rl import data
+from safectrl.rl.bc import BC, BCConfig
+from safectrl.rl.checkpoint import WEIGHTS, CheckpointError, load_policy, save_checkpoint
+from safectrl.rl.iql import IQL, IQLConfig, expectile_loss, learning_rewards
+from safectrl.rl.offline_data import Batch, Normalisation, OfflineData
+from safectrl.rl.policy import OfflinePolicy
+from safectrl.rl.training import make_agent, train
+from safectrl.studies import datasets
+from safectrl.studies import offline as offline_study
+from safectrl.studies.cli import main
+
+SMALL = (32, 32)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small networks train fastest, and reproducibly, on one thread; the machine is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return tmp_path_factory.mktemp("minari")
+
+
+@pytest.fixture(scope="module")
+def transitions(root) -> data.Transitions:
+    return data.load_transitions(datasets.generate_dataset("startup", episodes=3, seed=0, root=root), root)
+
+
+@pytest.fixture(scope="module")
+def offline(transitions) -> OfflineData:
+    norm = Normalisation.from_data(transitions.obs, pc.U_LOW, pc.U_HIGH)
+    return OfflineData.from_transitions(transitions, norm, learning_rewards(transitions, IQLConfig())[0])
+
+
+def test_expectile_loss_matches_hand_computed_values():
+    diff = torch.tensor([-2.0, -1.0, 0.5, 3.0])
+    # weights 0.3, 0.3, 0.7, 0.7 on the squares 4, 1, 0.25, 9: (1.2 + 0.3 + 0.175 + 6.3) / 4
+    assert expectile_loss(diff, 0.7).item() == pytest.approx(1.99375, rel=1e-6)
+    assert expectile_loss(diff, 0.5).item() == pytest.approx(0.5 * (diff**2).mean().item(), rel=1e-6)
+    assert expectile_loss(-diff, 0.7).item() == pytest.approx((0.7 * 5 + 0.3 * 9.25) / 4, rel=1e-6)
+
+
+def test_learning_rewards_scale_by_complete_returns_and_clip_failures():
+    # three episodes of two steps: returns -10, -30 and a failure (-5, -1e6)
+    reward = np.array([-4.0, -6.0, -10.0, -20.0, -5.0, -1e6])
+    t = data.Transitions(obs=np.zeros((6, 7)), action=np.zeros((6, 2)), reward=reward, next_obs=np.zeros((6, 7)),
+                         done=np.array([0, 0, 0, 0, 0, 1], bool), episode=np.repeat([0, 1, 2], 2),
+                         step=np.tile([0, 1], 3), state=np.zeros((6, 5)))
+    r, scale = learning_rewards(t, IQLConfig())
+    assert scale == pytest.approx(1000.0 / 20.0)
+    np.testing.assert_allclose(r, [-200, -300, -500, -1000, -250, -1000])
+    r, scale = learning_rewards(t, IQLConfig(reward_scale=0.01, failure_penalty=50.0))
+    np.testing.assert_allclose(r, [-0.04, -0.06, -0.1, -0.2, -0.05, -50.0])
+    with pytest.raises(ValueError, match="failure_penalty"):
+        IQLConfig(failure_penalty=0.0)
+
+
+@pytest.mark.parametrize("algo", ["bc", "iql"])
+def test_one_update_returns_finite_losses_and_moves_the_networks(algo, offline):
+    agent = make_agent(algo, 7, 2, BCConfig(SMALL) if algo == "bc" else IQLConfig(SMALL), seed=0)
+    before = {name: [p.clone() for p in net.parameters()] for name, net in agent.networks().items()}
+    losses = agent.update(offline.sample(64, torch.Generator().manual_seed(0)))
+    assert losses and all(np.isfinite(v) for v in losses.values())
+    for name, net in agent.networks().items():
+        moved = max((p - q).abs().max().item() for p, q in zip(net.parameters(), before[name]))
+        assert moved > 0, f"{name} did not change"
+    if algo == "iql":  # the targets move by tau of the way towards the critics
+        for p, p_old, t, t_old in zip(agent.q.parameters(), before["q"], agent.q_target.parameters(),
+                                      before["q_target"]):
+            torch.testing.assert_close(t, t_old + agent.config.tau * (p - t_old))
+
+
+def test_bc_overfits_a_batch_of_64_transitions(offline):
+    idx = torch.arange(0, len(offline), len(offline) // 64)[:64]
+    batch = Batch(*(x[idx] for x in offline.data))
+    agent = BC(7, 2, BCConfig(hidden=(256, 256), lr=1e-3, steps=1500), seed=0)
+    first = agent.update(batch)["actor_loss"]
+    for _ in range(1500 - 1):
+        last = agent.update(batch)["actor_loss"]
+    assert last < 1e-5 < first
+    policy = OfflinePolicy(agent.actor, offline.normalisation)
+    obs = offline.normalisation.obs_mean + batch.obs.double().numpy() * offline.normalisation.obs_std
+    wanted = offline.normalisation.action_from_net(batch.action.double().numpy())
+    assert np.all(np.abs(policy.act(obs) - wanted) <= 0.01 * (pc.U_HIGH - pc.U_LOW))
+
+
+def test_iql_picks_the_better_of_two_behaviours_where_bc_averages_them():
+    """A one-state, one-step bandit: action -0.5 earns -1, +0.5 earns 0. With expectile 0.7, V = -0.3 and
+    the advantage weights exp(3 A) are 2.46 and 0.12, so IQL's action tends to 0.45; BC's to the mean, 0."""
+    n = 256
+    good = torch.arange(n) % 2 == 0
+    action = torch.where(good, 0.5, -0.5).unsqueeze(-1)
+    state = torch.ones(n, 3)
+    batch = Batch(state, action, torch.where(good, 0.0, -1.0), state, torch.ones(n))
+    norm = Normalisation(np.zeros(3), np.ones(3), np.array([-1.0]), np.array([1.0]))
+    iql = IQL(3, 1, IQLConfig(hidden=(64, 64), steps=500, critic_lr=1e-3, actor_lr=1e-3), seed=0)
+    bc = BC(3, 1, BCConfig(hidden=(64, 64), steps=500, lr=1e-3), seed=0)
+    for _ in range(500):
+        iql.update(batch)
+        bc.update(batch)
+    assert OfflinePolicy(iql.actor, norm).act(np.ones(3)).item() == pytest.approx(0.45, abs=0.05)
+    assert OfflinePolicy(bc.actor, norm).act(np.ones(3)).item() == pytest.approx(0.0, abs=0.05)
+    assert iql.value(state[:1]).item() == pytest.approx(-0.3, abs=0.03)
+
+
+@pytest.mark.parametrize("algo", ["bc", "iql"])
+def test_training_is_deterministic_for_a_seed(algo, offline):
+    def run(seed):
+        agent = make_agent(algo, 7, 2, replace(BCConfig(SMALL) if algo == "bc" else IQLConfig(SMALL), steps=40),
+                           seed=seed)
+        return agent, train(agent, offline, seed=seed)
+
+    (a, ha), (b, hb), (c, _) = run(3), run(3), run(4)
+    for name in a.networks():
+        for p, q, r in zip(a.networks()[name].parameters(), b.networks()[name].parameters(),
+                           c.networks()[name].parameters()):
+            assert torch.equal(p, q)
+        assert not all(torch.equal(p, r) for p, r in zip(a.networks()[name].parameters(),
+                                                          c.networks()[name].parameters()))
+    for k in ha:
+        np.testing.assert_array_equal(ha[k], hb[k])
+
+
+def test_actions_stay_inside_the_bounds_even_far_outside_the_data(offline):
+    policy = OfflinePolicy(make_agent("bc", 7, 2, BCConfig(SMALL), seed=1).actor, offline.normalisation)
+    far = offline.normalisation.obs_mean + 1e3 * np.random.default_rng(0).standard_normal((500, 7))
+    u = policy.act(far)
+    assert u.shape == (500, 2) and np.all(u >= pc.U_LOW) and np.all(u <= pc.U_HIGH)
+    assert policy.act(far[0]).shape == (2,)
+    with pytest.raises(ValueError, match="shape"):
+        policy.act(np.zeros(5))
+    with pytest.raises(ValueError, match="not finite"):
+        policy.act(np.full(7, np.nan))
+
+
+def test_normalisation_round_trips_and_rejects_actions_outside_the_bounds(transitions):
+    norm = Normalisation.from_data(transitions.obs, pc.U_LOW, pc.U_HIGH)
+    np.testing.assert_allclose(norm.action_from_net(norm.action_to_net(transitions.action)), transitions.action)
+    assert np.all(np.abs(norm.action_to_net(transitions.action)) <= 1.0)
+    again = Normalisation.from_dict(json.loads(json.dumps(norm.as_dict())))
+    np.testing.assert_array_equal(again.obs_std, norm.obs_std)
+    outside = replace(transitions, action=transitions.action + np.array([0.0, 100.0]))
+    with pytest.raises(ValueError, match="outside the action bounds"):
+        OfflineData.from_transitions(outside, norm)
+    with pytest.raises(ValueError, match="incomplete"):
+        Normalisation.from_dict({"obs_mean": [0.0]})
+
+
+# -- checkpoints -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def checkpoint(tmp_path, offline):
+    agent = make_agent("iql", 7, 2, IQLConfig(SMALL, steps=20), seed=0)
+    train(agent, offline, seed=0)
+    return save_checkpoint(tmp_path / "ckpt", agent, offline.normalisation, {"scenarios": ["startup"]}), agent
+
+
+def test_save_load_gives_identical_actions(checkpoint, offline):
+    folder, agent = checkpoint
+    obs = offline.normalisation.obs_mean + np.random.default_rng(1).standard_normal((100, 7)) * 20
+    expected = OfflinePolicy(agent.actor, offline.normalisation).act(obs)
+    for path in (folder, folder / WEIGHTS):
+        loaded = load_policy(path)
+        np.testing.assert_array_equal(loaded.act(obs), expected)
+    assert loaded.algo == "iql" and loaded.info["scenarios"] == ["startup"]
+    loaded.reset(seed=3)  # one observation at a time (other float32 kernels than a batch): still identical
+    np.testing.assert_array_equal(loaded.act(obs[0]), OfflinePolicy(agent.actor, offline.normalisation).act(obs[0]))
+
+
+class _Payload:
+    """Unpickling this object would create a file: proof that code ran."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_pickle_payload_is_refused_and_never_executed(checkpoint, tmp_path):
+    folder, agent = checkpoint
+    marker = tmp_path / "code-ran"
+    (folder / WEIGHTS).write_bytes(pickle.dumps(_Payload(marker)))
+    with pytest.raises(CheckpointError, match="pickle payload"):
+        load_policy(folder)
+    torch.save(agent.actor.state_dict(), folder / WEIGHTS)  # a torch.save zip renamed .safetensors
+    with pytest.raises(CheckpointError, match="zip archive"):
+        load_policy(folder)
+    pt = tmp_path / "policy.pt"
+    pt.write_bytes(pickle.dumps(_Payload(marker)))
+    with pytest.raises(CheckpointError, match="pickle-based"):
+        load_policy(pt)
+    assert not marker.exists()
+
+
+def test_corrupted_or_mismatched_checkpoints_give_clear_errors(checkpoint, tmp_path):
+    folder, _ = checkpoint
+    weights = (folder / WEIGHTS).read_bytes()
+    record = json.loads((folder / "config.json").read_text())
+
+    flipped = bytearray(weights)
+    flipped[-5] ^= 0xFF
+    (folder / WEIGHTS).write_bytes(bytes(flipped))
+    with pytest.raises(CheckpointError, match="SHA-256"):
+        load_policy(folder)
+    (folder / WEIGHTS).write_bytes(weights[: len(weights) // 2])
+    with pytest.raises(CheckpointError, match="corrupted|not a safetensors"):
+        load_policy(folder)
+    (folder / WEIGHTS).write_bytes(weights)
+
+    (folder / "config.json").write_text(json.dumps({**record, "config": {**record["config"], "hidden": [64, 64]}}))
+    with pytest.raises(CheckpointError, match="do not match the recorded config"):
+        load_policy(folder)
+    (folder / "config.json").write_text(json.dumps({**record, "format_version": 99}))
+    with pytest.raises(CheckpointError, match="format version 99"):
+        load_policy(folder)
+    (folder / "config.json").write_text(json.dumps(record)[:-20])
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        load_policy(folder)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        load_policy(tmp_path / "nowhere")
+    with pytest.raises(CheckpointError, match="no config.json"):
+        load_policy(tmp_path)
+
+
+def test_load_policy_is_importable_from_rl_without_studies():
+    import safectrl.rl
+
+    assert safectrl.rl.load_policy is load_policy
+
+
+def test_dataset_baselines_are_the_median_and_best_episodes_tunings(root, transitions):
+    costs = [-transitions.reward[transitions.episode == k].sum() for k in range(3)]
+    meta = data.episode_metadata(data.load_dataset(datasets.dataset_id("startup", 3, 0), root))
+    picked = offline_study.dataset_tunings("startup", episodes=3, dataset_seed=0, root=root)
+    for label, k in (("PI dataset best", np.argmin(costs)), ("PI dataset median", np.argsort(costs)[1])):
+        assert picked[label].Kp_P == meta[k]["Kp_P"] and picked[label].Ki_T == meta[k]["Ki_T"]
+
+
+# -- command line ------------------------------------------------------------------------------------------
+
+
+def test_train_and_evaluate_from_the_command_line(tmp_path, capsys):
+    root, ckpt = tmp_path / "minari", tmp_path / "iql-pooled"
+    assert main(["train", "--algo", "iql", "--scenario", "pooled", "--steps", "30", "--episodes", "2",
+                 "--root", str(root), "--out", str(ckpt)]) == 0
+    for name in ("model.safetensors", "config.json", "losses.csv", "losses.png"):
+        assert (ckpt / name).stat().st_size > 0
+    record = json.loads((ckpt / "config.json").read_text())
+    assert record["scenarios"] == list(pc.SCENARIOS) and record["transitions"] == 3 * 2 * pc.EPISODE_STEPS
+    header = (ckpt / "losses.csv").read_text().splitlines()[0]
+    assert header == "step,value_loss,q_loss,actor_loss,weight_mean"
+    capsys.readouterr()
+    assert main(["evaluate", "--policy", str(ckpt), "--scenario", "grade_up", "--seeds", "2", "--baselines",
+                 "--episodes", "2", "--root", str(root), "--out", str(tmp_path / "eval")]) == 0
+    out = capsys.readouterr().out
+    for label in ("iql-pooled", "PI nominal", "PI dataset median", "PI dataset best"):
+        assert label in out
+    assert "grade_up" in out and "startup" not in out
+    assert len((tmp_path / "eval" / "episodes.csv").read_text().splitlines()) == 1 + 4 * 2
+
+
+def test_evaluate_merges_training_seeds_into_one_row(tmp_path, capsys):
+    root = tmp_path / "minari"
+    for seed in ("0", "1"):
+        assert main(["train", "--algo", "bc", "--scenario", "grade_down", "--steps", "20", "--seed", seed,
+                     "--episodes", "2", "--root", str(root), "--out", str(tmp_path / f"bc-{seed}")]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--policy", str(tmp_path / "bc-0"), "--policy", str(tmp_path / "bc-1"), "--seeds", "3",
+                 "--merge-seeds", "--out", str(tmp_path / "eval")]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if "BC grade_down" in line]
+    assert len(rows) == 1 and rows[0].split("|")[3].strip() == "6"
+    lines = (tmp_path / "eval" / "episodes.csv").read_text().splitlines()
+    assert sorted({line.split(",")[2] for line in lines[1:]}) == ["0", "1"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--algo", "sac"], "invalid choice"),
+    (["train", "--algo", "bc", "--steps", "0"], "must be a positive integer"),
+    (["evaluate"], "--policy"),
+])
+def test_bad_training_arguments_exit_with_usage_error(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
