@@ -204,7 +204,7 @@ def evaluation_report(
 
     from safectrl.rl.checkpoint import load_policy
     from safectrl.studies import report
-    from safectrl.studies.study import SUMMARY_HEADERS, _summary_rows
+    from safectrl.studies.study import controller_rows, summary_headers
 
     groups: dict[str, list[Policy]] = {}
     trained_on: dict[str, list[str]] = {}
@@ -232,7 +232,9 @@ def evaluation_report(
             records += [(scenario, label, None, ep) for label, run in base.items() for ep in run]
         results[scenario] = metrics_of(eps)
         panels[scenario] = [plots.Trace(v[0], k, color=f"C{i}") for i, (k, v) in enumerate(eps.items())]
-    table = report.markdown_table(SUMMARY_HEADERS, _summary_rows(results))
+    reference = "PI nominal" if baselines else None
+    rows = [r for scenario, by in results.items() for r in controller_rows(scenario, by, reference)]
+    table = report.markdown_table(summary_headers(reference or "reference"), rows)
     if out is not None:
         folder = Path(out)
         folder.mkdir(parents=True, exist_ok=True)

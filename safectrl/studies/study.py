@@ -195,21 +195,30 @@ def summary_headers(reference: str) -> tuple[str, ...]:
             "ms / decision")
 
 
+def controller_rows(scenario: str, by_controller: dict[str, list[EpisodeMetrics]],
+                    reference: str | None = None) -> list[list[Any]]:
+    """Summary rows (see :func:`summary_headers`) of one scenario; costs also relative to ``reference``'s
+    episodes on the same seeds (paired ratio), "n/a" without one."""
+    ref = [m.cost for m in by_controller.get(reference, [])] if reference else []
+    rows = []
+    for controller, ms in by_controller.items():
+        ratio = report.mean_std([m.cost / r for m, r in zip(ms, ref)]) if ref and len(ref) == len(ms) else "n/a"
+        rows.append([
+            scenario, controller, len(ms), report.mean_std([m.cost for m in ms]), ratio,
+            report.mean_std([m.final_abs_eP for m in ms]), report.mean_std([m.final_abs_eT for m in ms]),
+            report.mean_std([m.iae_P for m in ms]), int(sum(m.violations for m in ms)),
+            float(max(m.worst_exceedance for m in ms)), int(sum(m.failure for m in ms)),
+            report.mean_std([m.decision_ms for m in ms], 2),
+        ])
+    return rows
+
+
 def summary_rows(results: StudyResults, variant: str, reference: str) -> list[list[Any]]:
     """Table rows of one variant; costs also relative to ``reference`` on the same seeds (paired ratio)."""
     rows = []
     for scenario in results.preset.scenarios:
-        ref = [m.cost for m in results.metrics.get((variant, scenario, reference), [])]
-        for controller in results.preset.controllers:
-            ms = results.metrics[(variant, scenario, controller)]
-            ratio = report.mean_std([m.cost / r for m, r in zip(ms, ref)]) if ref else "n/a"
-            rows.append([
-                scenario, controller, len(ms), report.mean_std([m.cost for m in ms]), ratio,
-                report.mean_std([m.final_abs_eP for m in ms]), report.mean_std([m.final_abs_eT for m in ms]),
-                report.mean_std([m.iae_P for m in ms]), int(sum(m.violations for m in ms)),
-                float(max(m.worst_exceedance for m in ms)), int(sum(m.failure for m in ms)),
-                report.mean_std([m.decision_ms for m in ms], 2),
-            ])
+        by_controller = {c: results.metrics[(variant, scenario, c)] for c in results.preset.controllers}
+        rows += controller_rows(scenario, by_controller, reference)
     return rows
 
 
