@@ -231,7 +231,10 @@ class ExactCorrector:
             p["lo"].value, p["hi"].value = lo[k], hi[k]
             if self.trust > 0:
                 p["y_ref"].value = y_ref[k]
-            self.problem.solve(solver=self.solver, **self.solver_options)
+            try:
+                self.problem.solve(solver=self.solver, **self.solver_options)
+            except cp.error.SolverError as err:
+                raise CorrectionError(f"{self.solver} failed on state {k}: {err}") from err
             if self.problem.status != cp.OPTIMAL:
                 raise CorrectionError(f"{self.solver} returned status {self.problem.status!r} for state {k}")
             action[k] = np.clip(self._y.value, lo[k], hi[k])  # solver tolerance can leave y a hair outside
