@@ -145,11 +145,11 @@ def problems(net: PICNN, n: int, seed: int, half_width: float = 2.0):
     return x, y_ref, lo, hi
 
 
-@pytest.mark.parametrize("trust", [0.0, 0.5])
+@pytest.mark.parametrize("trust, solver", [(0.0, "HIGHS"), (0.5, "HIGHS"), (0.5, "CLARABEL")])
 @pytest.mark.parametrize("slope", [0.0, 0.1])
-def test_exact_program_value_equals_the_forward_pass_at_its_argmin(trust, slope):
+def test_exact_program_value_equals_the_forward_pass_at_its_argmin(trust, solver, slope):
     net = random_picnn(11, hidden=(24, 24), slope=slope)
-    corrector = ExactCorrector(net, trust)
+    corrector = ExactCorrector(net, trust, solver=solver)
     assert corrector.problem.is_dpp()
     x, y_ref, lo, hi = problems(net, 25, seed=1)
     res = corrector.correct(x, y_ref, lo, hi)

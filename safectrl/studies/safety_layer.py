@@ -399,3 +399,129 @@ def write_json(obj, path: str | os.PathLike) -> None:
 def set_torch_threads(n: int = 1) -> None:
     """Long runs share a small machine: one torch thread."""
     torch.set_num_threads(n)
+
+
+# -- choosing H and λ on tuning seeds --------------------------------------------------------------------
+
+
+def tune(
+    horizons: Sequence[int],
+    trusts: Sequence[float],
+    episodes: int = 8,
+    policy: str = "PI dataset gains",
+    method: str = "gd",
+    data_episodes: int = 100,
+    data_seed: int = 0,
+    root: str | os.PathLike | None = None,
+    base: SafetyLayerConfig = SafetyLayerConfig(),
+    progress: bool = True,
+) -> list[list]:
+    """Closed-loop cost of ``policy`` + filter for each (H, λ) on tuning seeds (never evaluation seeds).
+
+    Returns rows (H, λ, then per scenario mean cost relative to the unfiltered policy, episodes with
+    violations, runaways; and the mean relative cost over scenarios).
+    """
+    seeds = list(range(data.TUNING_SEED_OFFSET, data.TUNING_SEED_OFFSET + episodes))
+    scenarios = list(pc.SCENARIOS)
+    trs = {s: data.load_transitions(datasets.generate_dataset(s, data_episodes, data_seed, root=root), root)
+           for s in scenarios}
+    baseline = {s: run_controller(s, BASE_POLICIES[policy](s), seeds).metrics for s in scenarios}
+    rows = []
+    for H in horizons:
+        cfg = SafetyLayerConfig(target=CostTargetConfig(**{**asdict(base.target), "horizon": H}), train=base.train,
+                                val_fraction=base.val_fraction, split_seed=base.split_seed)
+        models = {s: train_cost_model(trs[s], cfg, progress, desc=f"H={H} {s}")[0] for s in scenarios}
+        for trust in tqdm(trusts, desc=f"H={H} trust", disable=not progress):
+            row: list = [H, trust]
+            rel = []
+            for s in scenarios:
+                filt = make_filter(BASE_POLICIES[policy](s), models[s], method, FilterSettings(trust=trust))
+                ms = run_controller(s, filt, seeds).metrics
+                r = np.mean([m.cost for m in ms]) / np.mean([m.cost for m in baseline[s]])
+                rel.append(r)
+                row += [float(r), sum(m.violations > 0 for m in ms), sum(m.failure for m in ms)]
+            rows.append(row + [float(np.mean(rel))])
+    base_row: list = ["-", "none"]
+    for s in scenarios:
+        base_row += [1.0, sum(m.violations > 0 for m in baseline[s]), sum(m.failure for m in baseline[s])]
+    return [base_row + [1.0]] + rows
+
+
+def tune_headers() -> list[str]:
+    cols = ["H", "λ"]
+    for s in pc.SCENARIOS:
+        cols += [f"{s} cost / unfiltered", f"{s} viol. eps", f"{s} runaways"]
+    return cols + ["mean cost / unfiltered"]
+
+
+# -- what the command line runs --------------------------------------------------------------------------
+
+
+def evaluate(
+    models_dir: str | os.PathLike,
+    scenarios: Sequence[str],
+    policies: Sequence[str],
+    methods: Sequence[str],
+    n_seeds: int,
+    settings: FilterSettings,
+    out: str | os.PathLike,
+    progress: bool = True,
+) -> str:
+    """The closed-loop table on evaluation seeds; writes ``summary.md``, ``episodes.csv`` and ``config.json``."""
+    import csv
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    seeds = data.evaluation_seeds(n_seeds)
+    models = {s: load_scenario_model(models_dir, s) for s in scenarios}
+    factories = {POLICY_LABELS[p]: POLICIES[p] for p in policies}
+    rows, runs = closed_loop_table(models, factories, seeds, methods, settings, progress)
+    write_json({"models": str(models_dir), "scenarios": list(scenarios), "policies": list(policies),
+                "methods": list(methods), "eval_seeds": seeds, "settings": asdict(settings),
+                "cost_models": {s: load_cost_model_metadata(checkpoint_dir(models_dir, s)) for s in scenarios}},
+               out / "config.json")
+    with open(out / "episodes.csv", "w", newline="") as fh:
+        writer = None
+        for (scenario, name), run in runs.items():
+            for ep, m in zip(run.episodes, run.metrics):
+                rec = {"scenario": scenario, "controller": name, "seed": ep.seed, **m.as_dict()}
+                if writer is None:
+                    writer = csv.DictWriter(fh, fieldnames=list(rec))
+                    writer.writeheader()
+                writer.writerow(rec)
+    header = (f"# PICNN safety layer, closed loop\n\nEvaluation seeds {seeds[0]}..{seeds[-1]}; λ = "
+              f"{settings.trust:g}; rate limit {settings.rate}; cost models from {models_dir}. Cost is -sum "
+              f"of rewards over 100 h; final offsets are means over the last 10 h; ± is the std over seeds.")
+    return write_table(rows, out / "summary.md", header)
+
+
+def figure_for_episode(
+    models_dir: str | os.PathLike,
+    scenario: str,
+    policy: str,
+    seed: int,
+    step: int,
+    path: str | os.PathLike,
+    settings: FilterSettings = FilterSettings(),
+    data_episodes: int = 100,
+    data_seed: int = 0,
+    root: str | os.PathLike | None = None,
+) -> dict[str, np.ndarray]:
+    """Run ``policy`` (unfiltered) for ``step`` intervals from ``seed`` and draw the cost surface there."""
+    model = load_scenario_model(models_dir, scenario)
+    ep = run_controller(scenario, POLICIES[policy](scenario), [seed]).episodes[0]
+    if not 0 <= step < ep.length:
+        raise ValueError(f"step must lie in [0, {ep.length}) for this episode, got {step}")
+    tr = data.load_transitions(datasets.generate_dataset(scenario, data_episodes, data_seed, root=root), root)
+    obs = ep.observations[step]
+    title = (f"{scenario}, {policy}, seed {seed}, t = {step * pc.DT / 3600:g} h: P = {obs[_OBS_P]:.1f} kg/m³, "
+             f"T = {obs[_OBS_T]:.1f} K (setpoint {pc.get_scenario(scenario).setpoint})")
+    return cost_surface_figure(model, obs, ep.actions[step], path, settings, data_actions=tr.action, title=title)
+
+
+#: Policies the command line can wrap, by name, and their names in tables.
+POLICIES: dict[str, Callable[[str], Policy]] = {
+    "pi-nominal": BASE_POLICIES["PI nominal"],
+    "pi-dataset": BASE_POLICIES["PI dataset gains"],
+}
+POLICY_LABELS = {"pi-nominal": "PI nominal", "pi-dataset": "PI dataset gains"}
