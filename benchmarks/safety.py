@@ -44,7 +44,7 @@ def naive_solve(layers, k: int, y_ref: np.ndarray, lo: np.ndarray, hi: np.ndarra
     problem.solve(solver=solver, **options)
     if problem.status != cp.OPTIMAL:
         raise RuntimeError(f"naive {solver} solve: status {problem.status}")
-    return y.value, problem.value
+    return problem.value, problem.solver_stats.solve_time
 
 
 def per_action(fn, n_actions: int, repeats: int = 3) -> float:
@@ -87,42 +87,60 @@ def main() -> None:
         times[f"{m} single"] = per_action(lambda: [filt.correct(obs[k : k + 1], raw[k : k + 1]) for k in range(n)], n)
         times[f"{m} batched"] = per_action(lambda: filt.correct(obs, raw), n)
 
-    # exact (re-solved with Parameters) vs naive (rebuilt per state), on identical numbers and solver
-    exact: ExactCorrector = filters["exact"].corrector
+    # exact (built once, DPP, re-solved) vs naive (rebuilt per state): same numbers, solver and options
     box = sl.action_box(settings.rate)
     lo, hi = box.bounds(obs)
     x = model.state_features(obs)
     y_lo, y_hi, y_ref = model.scale_action(lo), model.scale_action(hi), model.scale_action(np.clip(raw, lo, hi))
-    layers = exact.net.export(torch.as_tensor(x))
-    reference = exact.correct(x, y_ref, y_lo, y_hi)
-    n_naive = min(n, 50)
-    naive_values = np.empty(n_naive)
+    n_cmp = min(n, 50)
+    rebuild_rows = []
+    for trust in (0.0, settings.trust):
+        exact = ExactCorrector(model.picnn, trust)
+        layers = exact.net.export(torch.as_tensor(x[:n_cmp]))
+        exact.correct(x[:1], y_ref[:1], y_lo[:1], y_hi[:1])  # the one-off compilation
+        values = {"exact": np.empty(n_cmp), "naive": np.empty(n_cmp)}
+        solver_ms = {"exact": 0.0, "naive": 0.0}
 
-    def run_naive():
-        for k in range(n_naive):
-            naive_values[k] = naive_solve(layers, k, y_ref[k], y_lo[k], y_hi[k], exact.trust, exact.solver,
-                                          exact.solver_options)[1]
+        def run_exact():
+            solver_ms["exact"] = 0.0
+            for k in range(n_cmp):
+                values["exact"][k] = exact.correct(x[k : k + 1], y_ref[k : k + 1], y_lo[k : k + 1],
+                                                   y_hi[k : k + 1]).objective[0]
+                solver_ms["exact"] += exact.problem.solver_stats.solve_time * 1e3 / n_cmp
 
-    times["naive cvxpy rebuilt per state"] = per_action(run_naive, n_naive, repeats=1)
-    times["exact re-solve (no export, same states)"] = per_action(
-        lambda: exact.correct(x[:n_naive], y_ref[:n_naive], y_lo[:n_naive], y_hi[:n_naive]), n_naive)
-    agree = float(np.max(np.abs(naive_values - reference.objective[:n_naive])))
+        def run_naive():
+            solver_ms["naive"] = 0.0
+            for k in range(n_cmp):
+                values["naive"][k], t = naive_solve(layers, k, y_ref[k], y_lo[k], y_hi[k], trust, exact.solver,
+                                                    exact.solver_options)
+                solver_ms["naive"] += t * 1e3 / n_cmp
+
+        t_exact, t_naive = per_action(run_exact, n_cmp), per_action(run_naive, n_cmp)
+        agree = float(np.max(np.abs(values["exact"] - values["naive"])))
+        rebuild_rows.append((trust, exact.solver, t_exact, solver_ms["exact"], t_naive, solver_ms["naive"], agree))
+
     gd = filters["gd"].correct(obs, raw)[0]
     ex = filters["exact"].correct(obs, raw)[0]
-
+    print(f"correction through SafetyFilter.correct (export, solve, unit conversions), λ = {settings.trust}:\n")
     print("| method | ms per action |")
     print("|---|---|")
     for name, t in times.items():
         print(f"| {name} | {t:.3f} |")
     print()
-    print(f"exact (built once, DPP) vs naive rebuild per state: {times['naive cvxpy rebuilt per state'] / times['exact re-solve (no export, same states)']:.1f}x faster "
-          f"(solver {exact.solver}; optimal values agree to {agree:.1e})")
     print(f"GD vs exact, single state:  {times['exact single'] / times['gd single']:.1f}x faster")
     print(f"GD vs exact, batched:       {times['exact batched'] / times['gd batched']:.1f}x faster")
     print(f"batched vs single, GD:      {times['gd single'] / times['gd batched']:.1f}x faster per action")
     print(f"batched vs single, exact:   {times['exact single'] / times['exact batched']:.1f}x faster per action")
     print(f"GD vs exact corrected actions: max |difference| f_I {np.max(np.abs(gd - ex)[:, 0]):.1e} kg/h, "
-          f"T_c {np.max(np.abs(gd - ex)[:, 1]):.1e} K")
+          f"T_c {np.max(np.abs(gd - ex)[:, 1]):.1e} K\n")
+    print(f"exact program built once (DPP, Parameters) vs the same program rebuilt from constants per state, "
+          f"{n_cmp} states, one state per call:\n")
+    print("| λ | solver | built once: ms per state (solver ms) | rebuilt: ms per state (solver ms) | "
+          "speed-up | speed-up of the cvxpy part | optimal values agree to |")
+    print("|---|---|---|---|---|---|---|")
+    for trust, solver, te, se, tn, sn, agree in rebuild_rows:
+        print(f"| {trust:g} | {solver} | {te:.2f} ({se:.2f}) | {tn:.2f} ({sn:.2f}) | {tn / te:.1f}x | "
+              f"{(tn - sn) / (te - se):.1f}x | {agree:.1e} |")
 
 
 if __name__ == "__main__":
