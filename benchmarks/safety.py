@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 
 import cvxpy as cp
 import numpy as np
@@ -20,7 +21,6 @@ import torch
 from safectrl.models import polycstr as pc
 from safectrl.rl import data
 from safectrl.safety.correction import ExactCorrector
-from safectrl.safety.cost_model import CostModelTrainConfig
 from safectrl.studies import datasets
 from safectrl.studies import safety_layer as sl
 
@@ -70,7 +70,8 @@ def main() -> None:
         model = sl.load_scenario_model(args.models, args.scenario)
         source = f"checkpoint {args.models}/{args.scenario}"
     else:
-        cfg = sl.SafetyLayerConfig(train=CostModelTrainConfig(epochs=20))
+        default = sl.SafetyLayerConfig()
+        cfg = sl.SafetyLayerConfig(target=default.target, train=replace(default.train, epochs=20))
         model, _ = sl.train_cost_model(tr, cfg, progress=True, desc="cost model (20 epochs)")
         source = "trained here for 20 epochs"
     idx = np.random.default_rng(0).choice(len(tr), args.states, replace=False)

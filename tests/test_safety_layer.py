@@ -74,7 +74,7 @@ def small_models(tmp_path_factory):
     """Cost models of grade_up trained briefly on a 4-episode dataset (enough to exercise the plumbing)."""
     root = tmp_path_factory.mktemp("safety")
     cfg = sl.SafetyLayerConfig(target=sl.CostTargetConfig(horizon=3),
-                               train=sl.CostModelTrainConfig(hidden=(16, 16), epochs=3))
+                               train=sl.CostModelTrainConfig(hidden=(16, 16), epochs=3, huber_delta=0.01))
     _, rep = sl.train_for_scenario("grade_up", sl.checkpoint_dir(root / "models", "grade_up"), episodes=4,
                                    root=root / "minari", config=cfg, progress=False)
     return root, rep

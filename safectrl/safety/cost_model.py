@@ -43,6 +43,8 @@ class CostModelTrainConfig:
     batch_size: int = 256  # transitions per gradient step
     epochs: int = 100  # passes over the training set; the epoch of lowest validation error is kept
     seed: int = 0  # weight initialisation and minibatch order
+    huber_delta: float | None = None  # None: mean squared error; else Huber loss with this threshold, in
+    #                                   standard deviations of the targets (robust to a heavy tail)
 
 
 @dataclass(frozen=True)
@@ -150,7 +152,7 @@ def fit_cost_model(
     config: CostModelTrainConfig = CostModelTrainConfig(),
     progress: Callable[[int, float, float], None] | None = None,
 ) -> tuple[ConvexCostModel, TrainingReport]:
-    """Regress a convex cost model on (obs, action) -> target by Adam on the mean squared error.
+    """Regress a convex cost model on (obs, action) -> target by Adam on the mean squared (or Huber) error.
 
     Args:
         train: (obs (N, n_obs), action (N, n_act), target (N,)) arrays; they set the normalisation.
@@ -190,12 +192,16 @@ def fit_cost_model(
             net.train()
             sse = 0.0
             for idx in torch.randperm(len(t), generator=gen).split(config.batch_size):
-                loss = torch.mean((net(x[idx], y[idx]) - t[idx]) ** 2)
+                err = net(x[idx], y[idx]) - t[idx]
+                if config.huber_delta is None:
+                    loss = torch.mean(err**2)
+                else:
+                    loss = torch.nn.functional.huber_loss(err, torch.zeros_like(err), delta=config.huber_delta)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
                 net.clamp_()
-                sse += loss.item() * len(idx)
+                sse += torch.sum(err.detach() ** 2).item()
             train_rmse.append(math.sqrt(sse / len(t)) * cost_std)
             pred = model.cost_from_network(_evaluate(net, vx, vy))
             val_rmse.append(float(np.sqrt(np.mean((pred - v_target) ** 2))))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from typing import Callable, Sequence
 
 from safectrl.models import polycstr as pc
@@ -53,9 +54,10 @@ def _cmd_safety(args: argparse.Namespace) -> int:
     sl.set_torch_threads(1)
     scenarios = list(pc.SCENARIOS) if getattr(args, "scenario", "all") == "all" else [args.scenario]
     if args.safety_command == "train":
+        default = sl.SafetyLayerConfig()
         cfg = sl.SafetyLayerConfig(
-            target=sl.CostTargetConfig(horizon=args.horizon, penalty=args.penalty),
-            train=sl.CostModelTrainConfig(epochs=args.epochs, seed=args.train_seed),
+            target=replace(default.target, horizon=args.horizon, penalty=args.penalty),
+            train=replace(default.train, epochs=args.epochs, seed=args.train_seed),
         )
         rows = []
         for scenario in scenarios:
@@ -149,7 +151,7 @@ def _add_safety(p: argparse.ArgumentParser) -> None:
     train.add_argument("--seed", type=_nonnegative_int, default=0, help="dataset seed (default 0)")
     train.add_argument("--root", default=None, help="Minari datasets folder")
     train.add_argument("--out", default="runs/safety-models", help=models_help)
-    train.add_argument("--horizon", type=_positive_int, default=10, help="H of the cost-to-go (default 10)")
+    train.add_argument("--horizon", type=_positive_int, default=20, help="H of the cost-to-go (default 20)")
     train.add_argument("--penalty", type=float, default=100.0, help="cost per K above T_max (default 100)")
     train.add_argument("--epochs", type=_positive_int, default=100, help="training epochs (default 100)")
     train.add_argument("--train-seed", type=_nonnegative_int, default=0, help="initialisation seed (default 0)")
@@ -159,7 +161,7 @@ def _add_safety(p: argparse.ArgumentParser) -> None:
     ev.add_argument("--policy", nargs="+", choices=SAFETY_POLICIES, default=list(SAFETY_POLICIES))
     ev.add_argument("--methods", nargs="+", choices=["gd", "exact"], default=["gd", "exact"])
     ev.add_argument("--episodes", type=_positive_int, default=5, help="evaluation seeds 0.. (default 5)")
-    ev.add_argument("--trust", type=float, default=1.0, help="λ of the trust term (default 1)")
+    ev.add_argument("--trust", type=float, default=0.3, help="λ of the trust term (default 0.3)")
     ev.add_argument("--rate", type=float, nargs=2, default=None, metavar=("DF_I", "DT_C"),
                     help="optional rate limit per interval, kg/h and K")
     ev.add_argument("--out", default=None, help="output folder (default runs/safety-eval-TIMESTAMP)")
@@ -169,11 +171,11 @@ def _add_safety(p: argparse.ArgumentParser) -> None:
     fig.add_argument("--policy", choices=SAFETY_POLICIES, default="pi-dataset")
     fig.add_argument("--seed", type=_nonnegative_int, default=0, help="evaluation seed of the episode")
     fig.add_argument("--step", type=_nonnegative_int, default=100, help="interval of the episode (default 100)")
-    fig.add_argument("--trust", type=float, default=1.0, help="λ of the trust term (default 1)")
+    fig.add_argument("--trust", type=float, default=0.3, help="λ of the trust term (default 0.3)")
     fig.add_argument("--root", default=None, help="Minari datasets folder (for the dataset's actions)")
     fig.add_argument("--out", default="cost_surface.png", help="output file (PNG or PDF)")
     tune = sub.add_parser("tune", help="choose H and λ by closed-loop cost on tuning seeds")
-    tune.add_argument("--horizons", type=_positive_int, nargs="+", default=[1, 3, 10, 20])
+    tune.add_argument("--horizons", type=_positive_int, nargs="+", default=[1, 3, 10, 20, 30, 40, 60])
     tune.add_argument("--trusts", type=float, nargs="+", default=[0.1, 0.3, 1.0, 3.0])
     tune.add_argument("--episodes", type=_positive_int, default=8, help="tuning seeds per scenario (default 8)")
     tune.add_argument("--root", default=None, help="Minari datasets folder")
