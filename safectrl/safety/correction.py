@@ -23,9 +23,10 @@ physical actions in and out (:class:`~safectrl.safety.filter.SafetyFilter` does)
   (s the leaky slope; layer 0 has no A-term). Because A_i >= 0 and the activations are non-decreasing, any
   feasible z over-estimates the forward pass, so the optimum is min_y f(x, y) + trust term — exactly. The
   problem is built once in cvxpy with A_i, B_i, c_i, lo, hi, y_ref as Parameters (DPP, checked) and re-solved
-  per state: an LP (trust = 0) or a QP (trust > 0), both by HiGHS by default (measured on this problem:
-  HiGHS's QP solver is about twice as fast as Clarabel and exact to 1e-13; Clarabel remains an option).
-  Every solve's status is checked.
+  per state: an LP (trust = 0, HiGHS's simplex) or a QP (trust > 0, Clarabel's interior point). HiGHS's QP
+  solver is about twice as fast on most states but cycled without end on a state of a start-up episode
+  (its iteration limit then ends it with status "user_limit"), so it is not the default. Every solve's
+  status is checked.
 """
 
 from __future__ import annotations
@@ -170,7 +171,7 @@ class ExactCorrector:
     Args:
         net: the cost network (copied as float64).
         trust: weight of ‖y − y_ref‖²/2; 0 gives an LP, > 0 a QP.
-        solver: a cvxpy solver name (default HiGHS, for the LP and the QP alike).
+        solver: a cvxpy solver name; default HiGHS for the LP, Clarabel for the QP.
         solver_options: keyword options of that solver; default for Clarabel: gap and feasibility
             tolerances of 1e-10 (its defaults, 1e-8, leave errors of ~1e-6 in the optimal value).
     """
@@ -181,7 +182,7 @@ class ExactCorrector:
             raise ValueError(f"trust must be >= 0, got {trust}")
         self.net = _frozen_float64(net)
         self.trust = float(trust)
-        self.solver = solver or cp.HIGHS
+        self.solver = solver or (cp.HIGHS if self.trust == 0 else cp.CLARABEL)
         if solver_options is None and self.solver == cp.CLARABEL:
             solver_options = {"tol_gap_abs": 1e-10, "tol_gap_rel": 1e-10, "tol_feas": 1e-10}
         self.solver_options = dict(solver_options or {})

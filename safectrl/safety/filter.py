@@ -118,7 +118,7 @@ class SafetyFilter:
         method: "gd" (projected gradient descent) or "exact" (the LP/QP in cvxpy).
         trust: weight λ of the trust term, network cost units per squared standardised action unit.
         gd: step size, budget and stopping rule of "gd".
-        solver: cvxpy solver of "exact" (default HiGHS).
+        solver: cvxpy solver of "exact" (default HiGHS for λ = 0, Clarabel for λ > 0).
     """
 
     def __init__(

@@ -391,7 +391,7 @@ def cost_surface_figure(
         ax.set_xlabel("f_I [kg/h]")
         ax.set_ylabel("T_c [K]")
         ax.set_title("whole input box" if k == 0 else "near the policy action")
-        ax.legend(loc="lower left", fontsize=8, framealpha=0.8, markerscale=1.5)
+        ax.legend(loc="lower left", fontsize=8, framealpha=0.8)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
