@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
+from dataclasses import replace
 from typing import Callable, Sequence
 
 from safectrl.models import polycstr as pc
@@ -108,6 +110,46 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_safety(args: argparse.Namespace) -> int:
+    from safectrl.studies import report
+    from safectrl.studies import safety_layer as sl
+
+    sl.set_torch_threads(1)
+    scenarios = list(pc.SCENARIOS) if getattr(args, "scenario", "all") == "all" else [args.scenario]
+    if args.safety_command == "train":
+        default = sl.SafetyLayerConfig()
+        cfg = sl.SafetyLayerConfig(
+            target=replace(default.target, horizon=args.horizon, penalty=args.penalty),
+            train=replace(default.train, epochs=args.epochs, seed=args.train_seed),
+        )
+        rows = []
+        for scenario in scenarios:
+            _, rep = sl.train_for_scenario(scenario, sl.checkpoint_dir(args.out, scenario), args.episodes,
+                                           args.seed, args.root, cfg)
+            rows.append([scenario, rep.extra["train_episodes"], rep.extra["val_episodes"],
+                         rep.extra["val_transitions"], rep.target_std, rep.val_rmse_best, rep.val_mae_best,
+                         rep.val_r2_best, rep.best_epoch])
+        print(f"\ncost models (H = {args.horizon}) written to {args.out}\n")
+        print(report.markdown_table(["scenario", "train episodes", "val episodes", "val transitions",
+                                     "target std", "val RMSE", "val MAE", "val R²", "best epoch"], rows))
+    elif args.safety_command == "eval":
+        settings = sl.FilterSettings(trust=args.trust, rate=tuple(args.rate) if args.rate else None)
+        out = args.out or f"runs/safety-eval-{time.strftime('%Y%m%d-%H%M%S')}"
+        print(sl.evaluate(args.models, scenarios, args.policy, args.methods, args.episodes, settings, out))
+        print(f"\nwritten to {out}")
+    elif args.safety_command == "figure":
+        settings = sl.FilterSettings(trust=args.trust)
+        pts = sl.figure_for_episode(args.models, args.scenario, args.policy, args.seed, args.step, args.out,
+                                    settings, root=args.root)
+        print(f"policy action {pts['policy']}, GD result {pts['gd_path'][-1]} after {len(pts['gd_path']) - 1} "
+              f"steps, exact optimum {pts['qp_optimum']} (λ = {args.trust:g}), LP optimum {pts['lp_optimum']}")
+        print(f"written to {args.out}")
+    else:  # tune
+        rows = sl.tune(args.horizons, args.trusts, args.episodes, root=args.root)
+        print(report.markdown_table(sl.tune_headers(), rows))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="safectrl",
@@ -125,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("train", "train an offline RL policy (BC or IQL) on the PI datasets", _add_train, _cmd_train),
         ("evaluate", "evaluate offline RL checkpoints in closed loop (optionally against PI)", _add_evaluate,
          _cmd_evaluate),
+        ("safety", "PICNN safety layer: train cost models, evaluate filtered policies, draw the cost surface",
+         _add_safety, _cmd_safety),
     ]
     for name, help_text, add, run in commands:
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -213,6 +257,50 @@ def _add_dataset_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset-seed", type=_nonnegative_int, default=0, help="PI dataset seed (default 0)")
     p.add_argument("--root", default=None,
                    help="datasets folder (default: $MINARI_DATASETS_PATH or ~/.minari/datasets)")
+
+
+#: Policies ``safectrl safety eval`` can wrap (the keys of ``safectrl.studies.safety_layer.POLICIES``; listed
+#: here so that building the parser does not import torch).
+SAFETY_POLICIES = ("pi-nominal", "pi-dataset")
+
+
+def _add_safety(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="safety_command", required=True, metavar="SUBCOMMAND")
+    models_help = "folder of cost models, one sub-folder per scenario (default runs/safety-models)"
+    train = sub.add_parser("train", help="train the PICNN cost model of each scenario on its PI dataset")
+    train.add_argument("--scenario", choices=[*pc.SCENARIOS, "all"], default="all")
+    train.add_argument("--episodes", type=_positive_int, default=100, help="dataset episodes (default 100)")
+    train.add_argument("--seed", type=_nonnegative_int, default=0, help="dataset seed (default 0)")
+    train.add_argument("--root", default=None, help="Minari datasets folder")
+    train.add_argument("--out", default="runs/safety-models", help=models_help)
+    train.add_argument("--horizon", type=_positive_int, default=20, help="H of the cost-to-go (default 20)")
+    train.add_argument("--penalty", type=float, default=100.0, help="cost per K above T_max (default 100)")
+    train.add_argument("--epochs", type=_positive_int, default=100, help="training epochs (default 100)")
+    train.add_argument("--train-seed", type=_nonnegative_int, default=0, help="initialisation seed (default 0)")
+    ev = sub.add_parser("eval", help="closed loop on evaluation seeds: each policy raw and filtered")
+    ev.add_argument("--models", default="runs/safety-models", help=models_help)
+    ev.add_argument("--scenario", choices=[*pc.SCENARIOS, "all"], default="all")
+    ev.add_argument("--policy", nargs="+", choices=SAFETY_POLICIES, default=list(SAFETY_POLICIES))
+    ev.add_argument("--methods", nargs="+", choices=["gd", "exact"], default=["gd", "exact"])
+    ev.add_argument("--episodes", type=_positive_int, default=5, help="evaluation seeds 0.. (default 5)")
+    ev.add_argument("--trust", type=float, default=0.3, help="λ of the trust term (default 0.3)")
+    ev.add_argument("--rate", type=float, nargs=2, default=None, metavar=("DF_I", "DT_C"),
+                    help="optional rate limit per interval, kg/h and K")
+    ev.add_argument("--out", default=None, help="output folder (default runs/safety-eval-TIMESTAMP)")
+    fig = sub.add_parser("figure", help="the cost surface over the input box at one state of an episode")
+    fig.add_argument("--models", default="runs/safety-models", help=models_help)
+    fig.add_argument("--scenario", choices=list(pc.SCENARIOS), default="grade_down")
+    fig.add_argument("--policy", choices=SAFETY_POLICIES, default="pi-dataset")
+    fig.add_argument("--seed", type=_nonnegative_int, default=0, help="evaluation seed of the episode")
+    fig.add_argument("--step", type=_nonnegative_int, default=20, help="interval of the episode (default 20)")
+    fig.add_argument("--trust", type=float, default=0.3, help="λ of the trust term (default 0.3)")
+    fig.add_argument("--root", default=None, help="Minari datasets folder (for the dataset's actions)")
+    fig.add_argument("--out", default="cost_surface.png", help="output file (PNG or PDF)")
+    tune = sub.add_parser("tune", help="choose H and λ by closed-loop cost on tuning seeds")
+    tune.add_argument("--horizons", type=_positive_int, nargs="+", default=[1, 3, 10, 20, 30, 40, 60])
+    tune.add_argument("--trusts", type=float, nargs="+", default=[0.1, 0.3, 1.0, 3.0])
+    tune.add_argument("--episodes", type=_positive_int, default=8, help="tuning seeds per scenario (default 8)")
+    tune.add_argument("--root", default=None, help="Minari datasets folder")
 
 
 def _positive_int(text: str) -> int:

@@ -1,0 +1,148 @@
+"""Latency of the PICNN action correction: gradient descent vs the exact program, single and batched, and
+the exact program (built once, DPP, re-solved) vs a naive cvxpy formulation rebuilt for every state.
+
+Run: ``python benchmarks/safety.py [--models DIR] [--scenario grade_up] [--states 200]``. With ``--models``
+the checkpoint ``DIR/<scenario>`` (``safectrl safety train``) is used; otherwise a cost model is trained
+for 20 epochs on the scenario's PI dataset first. States and policy actions are the dataset's. Every time
+is measured in this process; the ratios compare methods on the same states, with the same objective
+(λ = FilterSettings().trust) and solver.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import replace
+
+import cvxpy as cp
+import numpy as np
+import torch
+
+from safectrl.models import polycstr as pc
+from safectrl.rl import data
+from safectrl.safety.correction import ExactCorrector
+from safectrl.studies import datasets
+from safectrl.studies import safety_layer as sl
+
+
+def naive_solve(layers, k: int, y_ref: np.ndarray, lo: np.ndarray, hi: np.ndarray, trust: float, solver: str,
+                options: dict) -> tuple[np.ndarray, float]:
+    """The same epigraph program written with the numbers of state k as constants: rebuilt every call."""
+    m = y_ref.shape[0]
+    y = cp.Variable(m)
+    constraints = [y >= lo, y <= hi]
+    z = None
+    for i in range(len(layers)):
+        pre = layers.B[i][k] @ y + layers.c[i][k]
+        if i > 0:
+            pre = pre + layers.A[i][k] @ z
+        if i < len(layers) - 1:
+            z = cp.Variable(layers.c[i].shape[1])
+            constraints += [z >= pre, z >= 0]
+    objective = cp.sum(pre) + (0.5 * trust * cp.sum_squares(y - y_ref) if trust > 0 else 0)
+    problem = cp.Problem(cp.Minimize(objective), constraints)
+    problem.solve(solver=solver, **options)
+    if problem.status != cp.OPTIMAL:
+        raise RuntimeError(f"naive {solver} solve: status {problem.status}")
+    return problem.value, problem.solver_stats.solve_time
+
+
+def per_action(fn, n_actions: int, repeats: int = 3) -> float:
+    """Best-of-``repeats`` wall time of ``fn()`` divided by the number of actions it corrects, in ms."""
+    best = np.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best / n_actions * 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=None, help="folder of trained cost models (safectrl safety train)")
+    parser.add_argument("--scenario", default="grade_up", choices=list(pc.SCENARIOS))
+    parser.add_argument("--states", type=int, default=200, help="states to correct per measurement")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    tr = data.load_transitions(datasets.generate_dataset(args.scenario, 100, 0, progress=True))
+    if args.models:
+        model = sl.load_scenario_model(args.models, args.scenario)
+        source = f"checkpoint {args.models}/{args.scenario}"
+    else:
+        default = sl.SafetyLayerConfig()
+        cfg = sl.SafetyLayerConfig(target=default.target, train=replace(default.train, epochs=20))
+        model, _ = sl.train_cost_model(tr, cfg, progress=True, desc="cost model (20 epochs)")
+        source = "trained here for 20 epochs"
+    idx = np.random.default_rng(0).choice(len(tr), args.states, replace=False)
+    obs, raw = tr.obs[idx], tr.action[idx]
+    settings = sl.FilterSettings()
+    n = len(obs)
+    print(f"cost model: {source}; PICNN hidden {model.picnn.config.hidden}; λ = {settings.trust}; "
+          f"{n} dataset states of {args.scenario}; torch threads {torch.get_num_threads()}\n")
+
+    filters = {m: sl.make_filter(sl.BASE_POLICIES["PI nominal"](args.scenario), model, m, settings)
+               for m in ("gd", "exact")}
+    times: dict[str, float] = {}
+    for m, filt in filters.items():
+        times[f"{m} single"] = per_action(lambda: [filt.correct(obs[k : k + 1], raw[k : k + 1]) for k in range(n)], n)
+        times[f"{m} batched"] = per_action(lambda: filt.correct(obs, raw), n)
+
+    # exact (built once, DPP, re-solved) vs naive (rebuilt per state): same numbers, solver and options
+    box = sl.action_box(settings.rate)
+    lo, hi = box.bounds(obs)
+    x = model.state_features(obs)
+    y_lo, y_hi, y_ref = model.scale_action(lo), model.scale_action(hi), model.scale_action(np.clip(raw, lo, hi))
+    n_cmp = min(n, 50)
+    rebuild_rows = []
+    for trust in (0.0, settings.trust):
+        exact = ExactCorrector(model.picnn, trust)
+        layers = exact.net.export(torch.as_tensor(x[:n_cmp]))
+        exact.correct(x[:1], y_ref[:1], y_lo[:1], y_hi[:1])  # the one-off compilation
+        values = {"exact": np.empty(n_cmp), "naive": np.empty(n_cmp)}
+        solver_ms = {"exact": 0.0, "naive": 0.0}
+
+        def run_exact():
+            solver_ms["exact"] = 0.0
+            for k in range(n_cmp):
+                values["exact"][k] = exact.correct(x[k : k + 1], y_ref[k : k + 1], y_lo[k : k + 1],
+                                                   y_hi[k : k + 1]).objective[0]
+                solver_ms["exact"] += exact.problem.solver_stats.solve_time * 1e3 / n_cmp
+
+        def run_naive():
+            solver_ms["naive"] = 0.0
+            for k in range(n_cmp):
+                values["naive"][k], t = naive_solve(layers, k, y_ref[k], y_lo[k], y_hi[k], trust, exact.solver,
+                                                    exact.solver_options)
+                solver_ms["naive"] += t * 1e3 / n_cmp
+
+        t_exact, t_naive = per_action(run_exact, n_cmp), per_action(run_naive, n_cmp)
+        agree = float(np.max(np.abs(values["exact"] - values["naive"])))
+        rebuild_rows.append((trust, exact.solver, t_exact, solver_ms["exact"], t_naive, solver_ms["naive"], agree))
+
+    gd = filters["gd"].correct(obs, raw)[0]
+    ex = filters["exact"].correct(obs, raw)[0]
+    print(f"correction through SafetyFilter.correct (export, solve, unit conversions), λ = {settings.trust}:\n")
+    print("| method | ms per action |")
+    print("|---|---|")
+    for name, t in times.items():
+        print(f"| {name} | {t:.3f} |")
+    print()
+    print(f"GD vs exact, single state:  {times['exact single'] / times['gd single']:.1f}x faster")
+    print(f"GD vs exact, batched:       {times['exact batched'] / times['gd batched']:.1f}x faster")
+    print(f"batched vs single, GD:      {times['gd single'] / times['gd batched']:.1f}x faster per action")
+    print(f"batched vs single, exact:   {times['exact single'] / times['exact batched']:.1f}x faster per action")
+    print(f"GD vs exact corrected actions: max |difference| f_I {np.max(np.abs(gd - ex)[:, 0]):.1e} kg/h, "
+          f"T_c {np.max(np.abs(gd - ex)[:, 1]):.1e} K\n")
+    print(f"exact program built once (DPP, Parameters) vs the same program rebuilt from constants per state, "
+          f"{n_cmp} states, one state per call:\n")
+    print("| λ | solver | built once: ms per state (solver ms) | rebuilt: ms per state (solver ms) | "
+          "speed-up | speed-up of the cvxpy part | optimal values agree to |")
+    print("|---|---|---|---|---|---|---|")
+    for trust, solver, te, se, tn, sn, agree in rebuild_rows:
+        print(f"| {trust:g} | {solver} | {te:.2f} ({se:.2f}) | {tn:.2f} ({sn:.2f}) | {tn / te:.1f}x | "
+              f"{(tn - sn) / (te - se):.1f}x | {agree:.1e} |")
+
+
+if __name__ == "__main__":
+    main()

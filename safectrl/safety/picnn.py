@@ -1,0 +1,164 @@
+r"""Partially input-convex neural network (PICNN; Amos, Xu & Kolter, "Input convex neural networks", ICML 2017).
+
+A scalar function f(x, y) of a state x (free, non-convex path u) and an action y (convex path z). For
+layers i = 0 .. k-1, with u_0 = x and z_0 absent::
+
+    u_{i+1} = relu(Wt_i u_i + bt_i)
+    z_{i+1} = g_i( W_i^z (z_i ∘ relu(W_i^zu u_i + b_i^z)) + W_i^y (y ∘ (W_i^yu u_i + b_i^y)) + W_i^u u_i + b_i )
+    f(x, y) = z_k
+
+Layer 0 has no z-term; the last layer is linear (g_{k-1} = identity, width 1); the hidden g_i are the
+(leaky) ReLU with slope ``negative_slope`` in [0, 1]. f is convex in y because every W_i^z is non-negative
+(kept so by :meth:`PICNN.clamp_`) and every g_i is convex and non-decreasing; all other weights are free.
+
+For a fixed state the network is, layer by layer, ``z_{i+1} = g_i(A_i z_i + B_i y + c_i)`` with
+
+    A_i = W_i^z diag(relu(W_i^zu u_i + b_i^z)) >= 0,   B_i = W_i^y diag(W_i^yu u_i + b_i^y),   c_i = W_i^u u_i + b_i,
+
+the numbers :meth:`PICNN.export` returns (batched over states) and the exact convex program of
+:mod:`safectrl.safety.correction` is built from.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+@dataclass(frozen=True)
+class PICNNConfig:
+    """Shape of a PICNN."""
+
+    state_dim: int  # size of x, the input of the non-convex path
+    action_dim: int  # size of y, the input of the convex path
+    hidden: tuple[int, ...] = (64, 64)  # widths of the hidden layers (both paths); the output has width 1
+    negative_slope: float = 0.0  # slope of the hidden activations g_i for negative inputs: 0 ReLU, (0, 1] leaky
+
+    def __post_init__(self) -> None:
+        if self.state_dim < 1 or self.action_dim < 1:
+            raise ValueError(f"state_dim and action_dim must be >= 1, got {self.state_dim}, {self.action_dim}")
+        if not self.hidden or any(int(w) < 1 for w in self.hidden):
+            raise ValueError(f"hidden must be a non-empty tuple of positive widths, got {self.hidden}")
+        if not 0.0 <= self.negative_slope <= 1.0:
+            raise ValueError(f"negative_slope must lie in [0, 1] for convexity, got {self.negative_slope}")
+        object.__setattr__(self, "hidden", tuple(int(w) for w in self.hidden))
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """Output widths of the k layers of the convex path (the last is 1)."""
+        return (*self.hidden, 1)
+
+
+@dataclass(frozen=True)
+class AffineLayers:
+    """A PICNN at fixed states as affine layers ``z_{i+1} = g_i(A_i z_i + B_i y + c_i)``; batch first.
+
+    ``A[0]`` is None (layer 0 has no z-term); ``A[i]`` has shape (N, widths[i], widths[i-1]) and is >= 0,
+    ``B[i]`` (N, widths[i], action_dim), ``c[i]`` (N, widths[i]). The last layer is linear.
+    """
+
+    A: list[np.ndarray | None]
+    B: list[np.ndarray]
+    c: list[np.ndarray]
+    negative_slope: float
+
+    def __len__(self) -> int:
+        return len(self.B)
+
+    def forward(self, y: np.ndarray) -> np.ndarray:
+        """f at actions ``y`` (N, action_dim), one per exported state; returns (N,)."""
+        z = None
+        for i in range(len(self)):
+            pre = np.einsum("noa,na->no", self.B[i], y) + self.c[i]
+            if z is not None:
+                pre = pre + np.einsum("noh,nh->no", self.A[i], z)
+            z = np.maximum(pre, self.negative_slope * pre) if i < len(self) - 1 else pre
+        return z[:, 0]
+
+
+class PICNN(nn.Module):
+    """f(x, y), convex in y. Batched: ``x`` (N, state_dim), ``y`` (N, action_dim) -> (N,).
+
+    Initialisation: the gates start near one (biases 1, small gate weights), so at initialisation the
+    network is a plain input-convex net with a mean-preserving non-negative z-path (W^z ~ U(0, 2/n), so each
+    unit's z-input averages the previous layer's activations) plus the affine y- and u-terms.
+    """
+
+    def __init__(self, config: PICNNConfig) -> None:
+        super().__init__()
+        self.config = config
+        widths = config.widths
+        k = len(widths)
+        u_widths = (config.state_dim, *config.hidden[: k - 1])  # width of u_i entering layer i
+        self.state_path = nn.ModuleList(nn.Linear(u_widths[i], u_widths[i + 1]) for i in range(k - 1))
+        self.gate_z = nn.ModuleList(nn.Linear(u_widths[i], widths[i - 1]) for i in range(1, k))
+        self.weight_z = nn.ParameterList(nn.Parameter(torch.empty(widths[i], widths[i - 1])) for i in range(1, k))
+        self.gate_y = nn.ModuleList(nn.Linear(u_widths[i], config.action_dim) for i in range(k))
+        self.weight_y = nn.ParameterList(nn.Parameter(torch.empty(widths[i], config.action_dim)) for i in range(k))
+        self.linear_u = nn.ModuleList(nn.Linear(u_widths[i], widths[i]) for i in range(k))
+        self.reset_parameters()
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.config.widths)
+
+    def reset_parameters(self) -> None:
+        for gate in (*self.gate_z, *self.gate_y):
+            nn.init.uniform_(gate.weight, -0.1 / math.sqrt(gate.in_features), 0.1 / math.sqrt(gate.in_features))
+            nn.init.ones_(gate.bias)
+        for w in self.weight_z:
+            nn.init.uniform_(w, 0.0, 2.0 / w.shape[1])
+        for w in self.weight_y:
+            nn.init.kaiming_uniform_(w, a=math.sqrt(5))  # nn.Linear's default
+        for lin in (*self.state_path, *self.linear_u):
+            lin.reset_parameters()
+
+    @torch.no_grad()
+    def clamp_(self) -> None:
+        """Project every W^z onto W^z >= 0 (call after each optimiser step)."""
+        for w in self.weight_z:
+            w.clamp_(min=0.0)
+
+    def check_convex(self) -> None:
+        """Raise ValueError unless every W^z is non-negative (e.g. after loading weights)."""
+        for i, w in enumerate(self.weight_z, start=1):
+            if not torch.all(w >= 0):
+                raise ValueError(f"W^z of layer {i} has negative entries (min {w.min().item():.3g}): "
+                                 "f would not be convex in the action")
+
+    def _act(self, v: torch.Tensor) -> torch.Tensor:
+        s = self.config.negative_slope
+        return F.relu(v) if s == 0.0 else F.leaky_relu(v, s)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        u, z = x, None
+        for i in range(self.num_layers):
+            pre = F.linear(y * self.gate_y[i](u), self.weight_y[i]) + self.linear_u[i](u)
+            if z is not None:
+                pre = pre + F.linear(z * F.relu(self.gate_z[i - 1](u)), self.weight_z[i - 1])
+            if i < self.num_layers - 1:
+                z = self._act(pre)
+                u = F.relu(self.state_path[i](u))
+            else:
+                z = pre
+        return z[:, 0]
+
+    @torch.no_grad()
+    def export(self, x: torch.Tensor) -> AffineLayers:
+        """The affine layers A_i(x), B_i(x), c_i(x) at states ``x`` (N, state_dim), as float64 arrays."""
+        u = x
+        A: list[np.ndarray | None] = [None]
+        B, c = [], []
+        for i in range(self.num_layers):
+            B.append((self.weight_y[i][None] * self.gate_y[i](u)[:, None, :]).double().numpy())
+            c.append(self.linear_u[i](u).double().numpy())
+            if i > 0:
+                A.append((self.weight_z[i - 1][None] * F.relu(self.gate_z[i - 1](u))[:, None, :]).double().numpy())
+            if i < self.num_layers - 1:
+                u = F.relu(self.state_path[i](u))
+        return AffineLayers(A=A, B=B, c=c, negative_slope=self.config.negative_slope)
