@@ -18,19 +18,34 @@ def test_data_command_prints_summary(tmp_path, capsys):
     assert (tmp_path / "safectrl" / "polycstr-startup-pi-n3-s0-v0").is_dir()
 
 
-def test_study_quick_writes_its_outputs(tmp_path):
+def test_study_quick_writes_its_outputs_and_resumes(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["study", "--preset", "quick", "--out", str(out)]) == 0
-    for name in ("config.json", "episodes.csv", "summary.md", "trajectories.png"):
+    for name in ("config.json", "episodes.csv", "summary.md", "trajectories_nominal.png",
+                 "trajectories_mismatch.png", "distributions.png"):
         assert (out / name).stat().st_size > 0
     assert json.loads((out / "config.json").read_text())["preset"]["name"] == "quick"
-    assert "PI nominal" in (out / "summary.md").read_text()
+    summary = (out / "summary.md").read_text()
+    assert "PI nominal" in summary and "## mismatch" in summary
+    capsys.readouterr()
+    assert main(["study", "--preset", "quick", "--out", str(out), "--serial"]) == 0
+    assert "already done, resuming" in capsys.readouterr().out
+    assert (out / "summary.md").read_text() == summary
+
+
+def test_study_refuses_a_folder_of_another_configuration(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps({"preset": {"name": "other"}}))
+    with pytest.raises(ValueError, match="different configuration"):
+        main(["study", "--preset", "quick", "--out", str(out)])
 
 
 @pytest.mark.parametrize("argv, message", [
     (["data", "--episodes", "0"], "must be a positive integer"),
     (["data", "--scenario", "shutdown"], "invalid choice"),
     (["study", "--preset", "huge"], "invalid choice"),
+    (["study", "--workers", "2", "--scheduler", "tcp://127.0.0.1:8786"], "not allowed with"),
 ])
 def test_bad_arguments_exit_with_usage_error(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:

@@ -193,3 +193,16 @@ def test_plant_change_through_reset_options():
 def test_nominal_pi_episode_runs_to_truncation():
     ep = run_episode(PolyCSTREnv("grade_up"), PIController(NOMINAL_TUNING), seed=0)
     assert ep.length == pc.EPISODE_STEPS and ep.truncations[-1] and not ep.terminations.any()
+
+
+def test_non_finite_state_terminates_with_failure_instead_of_raising():
+    """Absurd kinetics make the integration break down: CVODES gives up, the env reports a failure."""
+    from dataclasses import replace
+
+    env = PolyCSTREnv("startup", plant=replace(pc.PolyCSTRParams(), k0_p=1e30))
+    first, _ = env.reset(seed=0)
+    obs, reward, term, trunc, info = env.step([1.0, 340.0])
+    assert term and not trunc and info["failure"]
+    assert np.isnan(info["state"]).all() and info["cost"] == np.inf
+    np.testing.assert_array_equal(obs, first)  # the last finite observation is repeated
+    assert reward == -(pc.T_RUNAWAY - 350.0) ** 2 * pc.EPISODE_STEPS

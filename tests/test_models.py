@@ -144,3 +144,17 @@ def test_interval_function_is_built_once():
     assert pc.MODEL.interval_function() is pc.MODEL.interval_function()
     assert isinstance(pc.MODEL.interval_function(), ca.Function)
     assert pc.MODEL.interval_function().name_in() == ["x0", "u", "p"]
+
+
+def test_direct_call_equals_casadi_and_checks_sizes(rng, nominal_params):
+    fn = pc.MODEL.interval_function()
+    direct = compiled.DirectCall(fn)
+    p = pc.MODEL.param_vector(nominal_params)
+    x = pc.steady_state(100.0, 350.0).x * rng.uniform(0.9, 1.1, 5)
+    u = np.array([1.2, 338.0])
+    xf, err = direct(x, u, p)
+    ref = fn(x, u, p)
+    np.testing.assert_array_equal(xf, np.asarray(ref[0]).ravel())
+    assert err[0] == float(ref[1])
+    with pytest.raises(ValueError, match="input 1 needs 2 numbers, got 3"):
+        direct(x, np.ones(3), p)

@@ -33,7 +33,8 @@ def _cmd_data(args: argparse.Namespace) -> int:
 def _cmd_study(args: argparse.Namespace) -> int:
     from safectrl.studies.study import run_study
 
-    run_study(args.preset, args.out)
+    run_study(args.preset, args.out, force=args.force, scheduler=args.scheduler, workers=args.workers,
+              serial=args.serial)
     return 0
 
 
@@ -67,7 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_study(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=["quick", "full"], default="quick",
                    help="quick: a few minutes on 2 cores; full: the published numbers (default: quick)")
-    p.add_argument("--out", default=None, help="output folder (default: runs/study-PRESET-TIMESTAMP)")
+    p.add_argument("--out", default=None,
+                   help="output folder (default: runs/study-PRESET); an existing run there is resumed")
+    p.add_argument("--force", action="store_true", help="rebuild cached artifacts and rerun every episode")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", metavar="tcp://HOST:PORT", default=None,
+                       help="send tasks to this running Dask scheduler")
+    where.add_argument("--workers", type=_positive_int, default=None,
+                       help="start a local Dask cluster with this many worker processes")
+    where.add_argument("--serial", action="store_true", help="run every task in this process (debugging)")
 
 
 def _add_data(p: argparse.ArgumentParser) -> None:

@@ -79,3 +79,50 @@ def trajectory_figure(panels: dict[str, Sequence[Trace]], path: str | os.PathLik
     fig.tight_layout(rect=(0, 0.04, 1, 0.97 if title else 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def distribution_figure(
+    metrics: dict,
+    variants: Sequence[str],
+    scenarios: Sequence[str],
+    controllers: Sequence[str],
+    path: str | os.PathLike,
+) -> None:
+    """Per-seed cost, final |e_P| and intervals above T_max: one column per scenario, one point per episode.
+
+    Args:
+        metrics: ``(variant, scenario, controller) -> list of EpisodeMetrics``.
+    """
+    rows = (("cost", "episode cost", True), ("final_abs_eP", "final |e_P| [kg/m³]", True),
+            ("violations", "intervals with T > T_max", False))
+    fig, axes = plt.subplots(len(rows), len(scenarios), figsize=(4.8 * len(scenarios), 9.0), squeeze=False)
+    rng = np.random.default_rng(0)  # jitter only
+    width = 0.8 / max(1, len(variants))
+    for col, scenario in enumerate(scenarios):
+        for row, (attr, label, log) in enumerate(rows):
+            ax = axes[row, col]
+            for v, variant in enumerate(variants):
+                for c, controller in enumerate(controllers):
+                    ms = metrics.get((variant, scenario, controller), [])
+                    y = np.array([getattr(m, attr) for m in ms], dtype=float)
+                    if log:
+                        y = np.maximum(y, 1e-4)
+                    x = c + (v - (len(variants) - 1) / 2) * width + rng.uniform(-0.25, 0.25, len(y)) * width
+                    ax.scatter(x, y, s=14, color=f"C{v}", alpha=0.75, label=variant if c == 0 else None)
+            if log:
+                ax.set_yscale("log")
+            else:
+                ax.set_ylim(bottom=-0.5, top=max(ax.get_ylim()[1], 1.5))
+                ax.yaxis.get_major_locator().set_params(integer=True)
+            ax.set_xticks(range(len(controllers)))
+            ax.set_xticklabels(controllers, rotation=35, ha="right", fontsize=8)
+            ax.grid(alpha=0.3)
+            if col == 0:
+                ax.set_ylabel(label)
+            if row == 0:
+                ax.set_title(scenario)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper right", frameon=False, title="plant")
+    fig.tight_layout(rect=(0, 0, 0.93, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,125 @@
+"""Parallel execution: same results whichever executor runs the tasks; dead workers and restarts lose nothing."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from safectrl.studies.executor import (
+    DaskExecutor,
+    LocalPool,
+    ResultStore,
+    SerialExecutor,
+    Task,
+    make_executor,
+    run_tasks,
+)
+
+
+def _pi_episode(scenario: str, seed: int) -> dict:
+    """A short closed-loop episode: enough physics to make executor differences visible."""
+    from safectrl.controllers.pi import NOMINAL_TUNING, PIController
+    from safectrl.rl.polycstr_env import PolyCSTREnv
+    from safectrl.rl.rollout import run_episode
+
+    ep = run_episode(PolyCSTREnv(scenario, noise=True, max_steps=15), PIController(NOMINAL_TUNING), seed)
+    return {"cost": float(-ep.rewards.sum()), "states": ep.infos["state"], "pid": os.getpid()}
+
+
+def _die_once(marker: str, value: int) -> dict:
+    """Kill the worker process the first time it runs; return normally afterwards."""
+    path = Path(marker)
+    if not path.exists():
+        path.write_text("died")
+        os._exit(1)
+    return {"value": value}
+
+
+def _count_calls(log: str, value: int) -> dict:
+    with open(log, "a") as fh:
+        fh.write(f"{value}\n")
+    return {"value": value}
+
+
+def _tasks():
+    return [Task(f"{s}/{k}", _pi_episode, (s, k)) for s in ("startup", "grade_up") for k in range(3)]
+
+
+def _compare(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key]["cost"] == b[key]["cost"]
+        np.testing.assert_array_equal(a[key]["states"], b[key]["states"])
+
+
+def test_local_pool_and_dask_local_cluster_give_identical_results(tmp_path):
+    serial = run_tasks(_tasks(), SerialExecutor(), ResultStore(tmp_path / "serial"), progress=False)
+    pool = LocalPool(workers=2)
+    try:
+        local = run_tasks(_tasks(), pool, ResultStore(tmp_path / "pool"), progress=False)
+    finally:
+        pool.close()
+    dask = DaskExecutor(workers=2)
+    try:
+        distributed = run_tasks(_tasks(), dask, ResultStore(tmp_path / "dask"), progress=False)
+    finally:
+        dask.close()
+    _compare(serial, local)
+    _compare(serial, distributed)
+    assert {r["pid"] for r in local.values()} != {os.getpid()}  # really ran elsewhere
+
+
+@pytest.mark.parametrize("kind", ["pool", "dask"])
+def test_a_dying_worker_loses_no_results(kind, tmp_path):
+    marker = tmp_path / "marker"
+    tasks = [Task(f"t{k}", _count_calls, (str(tmp_path / "log"), k)) for k in range(4)]
+    tasks.append(Task("dies", _die_once, (str(marker), 99)))
+    executor = LocalPool(workers=2) if kind == "pool" else DaskExecutor(workers=2)
+    try:
+        results = run_tasks(tasks, executor, ResultStore(tmp_path / "store"), progress=False)
+    finally:
+        executor.close()
+    assert marker.read_text() == "died"
+    assert results["dies"] == {"value": 99}
+    assert sorted(results[f"t{k}"]["value"] for k in range(4)) == [0, 1, 2, 3]
+
+
+def test_resume_runs_only_what_is_missing(tmp_path):
+    log = tmp_path / "log"
+    store = ResultStore(tmp_path / "store")
+    tasks = [Task(f"t{k}", _count_calls, (str(log), k)) for k in range(5)]
+    run_tasks(tasks[:3], SerialExecutor(), store, progress=False)
+    results = run_tasks(tasks, SerialExecutor(), store, progress=False)
+    assert log.read_text().split() == ["0", "1", "2", "3", "4"]  # 0..2 not run again
+    assert [results[f"t{k}"]["value"] for k in range(5)] == [0, 1, 2, 3, 4]
+
+
+def test_result_store_refuses_pickles_and_non_dicts(tmp_path):
+    store = ResultStore(tmp_path)
+    with pytest.raises(TypeError, match="must be dicts"):
+        store.save("k", [1, 2])
+    with pytest.raises(TypeError, match="object array"):
+        store.save("obj", {"a": np.array([object()], dtype=object)})
+    # a planted file carrying a pickled object is refused on load
+    store.save("planted", {"a": np.zeros(2)})
+    np.savez(store._path("planted"), __meta__=np.array('{"key": "planted", "values": {}}'),
+             a=np.array([{"x": 1}], dtype=object))
+    with pytest.raises(ValueError, match="allow_pickle"):
+        store.load("planted")
+
+
+def test_make_executor_validates_its_arguments():
+    with pytest.raises(ValueError, match="exclusive"):
+        make_executor(scheduler="tcp://127.0.0.1:8786", workers=2)
+    with pytest.raises(ValueError, match=">= 1"):
+        make_executor(workers=0)
+    assert isinstance(make_executor(serial=True), SerialExecutor)
+    assert isinstance(make_executor(), LocalPool)
+
+
+def test_duplicate_keys_are_rejected(tmp_path):
+    with pytest.raises(ValueError, match="unique"):
+        run_tasks([Task("a", _count_calls, ("x", 1))] * 2, SerialExecutor(), ResultStore(tmp_path), progress=False)
