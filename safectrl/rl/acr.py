@@ -54,7 +54,7 @@ class RLACRConfig:
     focus_pretrain_lr: float = 1e-3  # Adam learning rate of the pretraining (not given by the paper)
     focus_pretrain_batch: int = 512  # uniform observations per pretraining step
     focus_pretrain_max_steps: int = 20_000  # pretraining gives up (RuntimeError) after this many steps
-    prior_input: str | None = "state"  # info key the prior reads (None: the observation)
+    prior_input: str | None = None  # info key the prior reads (None: the observation)
 
 
 class FocusNetwork(nn.Module):
@@ -87,7 +87,7 @@ def pretrain_focus(focus: FocusNetwork, scaler: BoxScaler, cfg: RLACRConfig,
     for step in range(1, cfg.focus_pretrain_max_steps + 1):
         obs_n = 2 * torch.rand(cfg.focus_pretrain_batch, n_obs, generator=generator) - 1  # uniform on the box
         loss = ((focus(obs_n) - cfg.focus_init) ** 2).mean()
-        mse = float(loss.detach())
+        mse = loss.item()
         if mse < cfg.focus_pretrain_mse:
             return step, mse
         opt.zero_grad()
@@ -187,7 +187,7 @@ class RLACR:
         (-q).backward()
         self.focus_opt.step()
         sac.critic.requires_grad_(True)
-        return float(q)
+        return q.item()
 
     def end_episode(self) -> dict[str, float]:
         betas = np.asarray(self._episode["beta"])

@@ -255,7 +255,7 @@ class SAC:
         self.critic_opt.zero_grad()
         critic_loss.backward()
         self.critic_opt.step()
-        losses = {"critic": float(critic_loss)}
+        losses = {"critic": critic_loss.item()}
         if self.updates % cfg.policy_frequency == 0:
             self.critic.requires_grad_(False)
             for _ in range(cfg.policy_frequency):
@@ -265,7 +265,7 @@ class SAC:
                 actor_loss.backward()
                 self.actor_opt.step()
             self.critic.requires_grad_(True)
-            losses["actor"] = float(actor_loss)
+            losses["actor"] = actor_loss.item()
         with torch.no_grad():
             for p, pt in zip(self.critic.parameters(), self.critic_target.parameters()):
                 pt.mul_(1 - cfg.tau).add_(p, alpha=cfg.tau)
