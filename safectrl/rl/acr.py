@@ -22,6 +22,7 @@ the prior is handed in as an object.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -81,6 +82,10 @@ def pretrain_focus(focus: FocusNetwork, scaler: BoxScaler, cfg: RLACRConfig,
     Raises:
         RuntimeError: if the threshold is not reached within ``focus_pretrain_max_steps``.
     """
+    # Starting the output bias at logit(target) leaves only the state-dependent part to fit; the criterion
+    # (MSE on the whole box) is unchanged and reached in hundreds instead of ~10^4 steps.
+    with torch.no_grad():
+        focus.net[-1].bias.fill_(math.log(cfg.focus_init / (1 - cfg.focus_init)))
     opt = torch.optim.Adam(focus.parameters(), lr=cfg.focus_pretrain_lr)
     n_obs = scaler.center.shape[0]
     mse = float("inf")
