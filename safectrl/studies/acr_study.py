@@ -92,26 +92,48 @@ def make_env(env_id: str, plant: str) -> gym.Env:
     return gym.make(env_id, plant=plant).unwrapped
 
 
+class CountedNMPC:
+    """An NMPC controller whose failed solves are counted over all episodes (its own statistics restart at
+    every reset)."""
+
+    def __init__(self, nmpc: Any) -> None:
+        self.nmpc = nmpc
+        self._done_solves = 0
+        self._done_failures = 0
+
+    @property
+    def solves(self) -> int:
+        return self._done_solves + self.nmpc.stats.solves
+
+    @property
+    def failures(self) -> int:
+        return self._done_failures + self.nmpc.stats.failures
+
+    def reset(self, seed: int | None = None) -> None:
+        self._done_solves, self._done_failures = self.solves, self.failures
+        self.nmpc.reset(seed)
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        return self.nmpc.act(obs)
+
+
 def make_prior(env_id: str) -> Any:
-    """The MPC regulariser of ``env_id``, built on the estimated model; it reads the observation."""
+    """The MPC regulariser of ``env_id`` on the estimated model; it reads the observation and counts its
+    failed solves in ``failures``."""
     if env_id == POLYCSTR:
         from safectrl.controllers.polycstr_nmpc import polycstr_nmpc
         from safectrl.models import polycstr as pc
 
-        return polycstr_nmpc(pc.mismatched())
+        return CountedNMPC(polycstr_nmpc(pc.mismatched()))
     from safectrl.controllers.acr_mpc import REGULARISERS
 
     return REGULARISERS[env_id]()
 
 
-def _prior_failures(prior: Any) -> int:
-    """Failed solves of a regulariser since construction (NMPC fallbacks applied)."""
-    return int(prior.failures) if hasattr(prior, "failures") else int(prior.stats.failures)
-
-
-def _evaluate(env: gym.Env, act, seed: int) -> tuple[float, bool, int]:
-    """One episode with ``act(obs, info)``; (normalised return, failed, length)."""
+def _evaluate(env: gym.Env, act, reset, seed: int) -> tuple[float, bool, int]:
+    """One episode with ``act(obs, info)`` after ``reset(seed)``; (normalised return, failed, length)."""
     obs, info = env.reset(seed=seed)
+    reset(seed)
     rewards, done, failed = [], False, False
     while not done:
         obs, r, failed, truncated, info = env.step(act(obs, info))
@@ -140,10 +162,9 @@ def run_method(env_id: str, method: str, seed: int, episodes: int, pretrain_epis
     t0 = time.perf_counter()
     if method == "MPC":
         prior = make_prior(env_id)
-        prior.reset(seed)
-        ret, failed, length = _evaluate(env, lambda obs, info: prior.act(obs), seed)
+        ret, failed, length = _evaluate(env, lambda obs, info: prior.act(obs), prior.reset, seed)
         return {"eval_return": ret, "eval_failed": failed, "eval_length": length,
-                "prior_failures": _prior_failures(prior), "wall_time": time.perf_counter() - t0}
+                "prior_failures": prior.failures, "wall_time": time.perf_counter() - t0}
     label = f"{ENV_LABELS[env_id]} {method} seed {seed}"
     result: dict[str, Any] = {}
     if method == "RL-ACR":
@@ -151,9 +172,8 @@ def run_method(env_id: str, method: str, seed: int, episodes: int, pretrain_epis
         agent = RLACR(env.observation_space, env.action_space, prior, RLACRConfig(), seed=seed)
         result["focus_pretrain_steps"] = agent.pretrain_steps
         logs = train(env, agent, episodes, seed, progress, label)
-        prior.reset(seed)
-        result["prior_failures"] = _prior_failures(prior)
-        evaluate = agent.act_with_info
+        result["prior_failures"] = prior.failures  # during training
+        evaluate, reset = agent.act_with_info, agent.reset
     elif method in ("SAC", "SAC-pt"):
         agent = SAC(env.observation_space, env.action_space, seed=seed)
         if method == "SAC-pt":
@@ -163,11 +183,11 @@ def run_method(env_id: str, method: str, seed: int, episodes: int, pretrain_epis
             agent.buffer = SAC(env.observation_space, env.action_space, seed=seed).buffer  # fresh buffer
             agent.steps, agent.pretrained = 0, True
         logs = train(env, agent, episodes, seed, progress, label)
-        evaluate = lambda obs, info: agent.act(obs)  # noqa: E731
+        evaluate, reset = (lambda obs, info: agent.act(obs)), agent.reset
     else:
         raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
     result.update(_logs_to_result(logs))
-    ret, failed, length = _evaluate(env, evaluate, seed)
+    ret, failed, length = _evaluate(env, evaluate, reset, seed)
     result.update(eval_return=ret, eval_failed=failed, eval_length=length, wall_time=time.perf_counter() - t0)
     return result
 
