@@ -282,9 +282,10 @@ def run_acr_study(preset: str | ACRPreset = "quick", out: str | Path | None = No
     (out_dir / "config.json").write_text(json.dumps(
         {"preset": asdict(cfg), "seeds": seeds, "rl_acr": asdict(RLACRConfig()), "safectrl": safectrl.__version__},
         indent=2, default=str))
-    # Longest tasks first (RL-ACR solves an NLP every step), so that the workers finish together.
+    # Env by env in the preset's order (an interrupted run has whole envs done); within an env the longest
+    # tasks first (RL-ACR solves an NLP every step), so that the workers finish together.
     tasks = [Task(_key(e, m, s, cfg), run_method, (e, m, s, cfg.episodes, cfg.pretrain_episodes))
-             for m in ("RL-ACR", "SAC-pt", "SAC", "MPC") for e in cfg.envs for s in seeds]
+             for e in cfg.envs for m in ("RL-ACR", "SAC-pt", "SAC", "MPC") for s in seeds]
     executor = make_executor(scheduler, workers, serial)
     t0 = time.perf_counter()
     try:
