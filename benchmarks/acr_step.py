@@ -26,6 +26,25 @@ PAPER = {"safectrl/Glucose-v0": 0.0235, "safectrl/BiGlucose-v0": 0.0667, "safect
          "safectrl/CartPoleContinuous-v0": 0.0206}
 
 
+class TimedPrior:
+    """Wraps a prior and adds up the wall time of its ``act`` calls."""
+
+    def __init__(self, prior) -> None:
+        self.prior = prior
+        self.seconds = 0.0
+        self.calls = 0
+
+    def reset(self, seed=None) -> None:
+        self.prior.reset(seed)
+
+    def act(self, obs):
+        t0 = time.perf_counter()
+        a = self.prior.act(obs)
+        self.seconds += time.perf_counter() - t0
+        self.calls += 1
+        return a
+
+
 class ZeroPrior:
     """A prior that costs nothing: isolates the MPC's share of a step."""
 
@@ -36,18 +55,18 @@ class ZeroPrior:
         pass
 
     def act(self, obs):
-        return self.a
+        return self.a.copy()
 
 
-def time_steps(env: gym.Env, agent: RLACR, steps: int) -> tuple[float, float]:
-    """(s per step, s per update) over ``steps`` steps once learning has started."""
+def time_steps(env: gym.Env, agent: RLACR, steps: int) -> tuple[float, float, float]:
+    """(s per step, s per update, s per prior action) over ``steps`` steps once learning has started."""
     obs, info = env.reset(seed=0)
     agent.begin_episode(0)
-    t_update, measured, t_start = 0.0, 0, 0.0
+    t_update, measured, t_start, prior_start = 0.0, 0, 0.0, 0.0
     total = agent.sac.config.learning_starts + steps
     for k in range(total):
         if k == agent.sac.config.learning_starts:
-            t_start = time.perf_counter()
+            t_start, prior_start = time.perf_counter(), agent.prior.seconds
         a = agent.explore(obs, info)
         next_obs, r, term, trunc, info = env.step(a)
         t0 = time.perf_counter()
@@ -59,7 +78,8 @@ def time_steps(env: gym.Env, agent: RLACR, steps: int) -> tuple[float, float]:
         if term or trunc:
             obs, info = env.reset()
             agent.begin_episode(k)
-    return (time.perf_counter() - t_start) / measured, t_update / measured
+    elapsed = time.perf_counter() - t_start
+    return elapsed / measured, t_update / measured, (agent.prior.seconds - prior_start) / measured
 
 
 def main() -> None:
@@ -68,11 +88,10 @@ def main() -> None:
     print(f"{'env':32s} {'s/step':>8s} {'steps/s':>8s} {'MPC':>6s} {'updates':>8s} {'vs no MPC':>9s} {'paper s/step':>12s}")
     for env_id, build in REGULARISERS.items():
         env = gym.make(env_id).unwrapped
-        prior = build()
-        full, update = time_steps(env, RLACR(env.observation_space, env.action_space, prior, seed=0), steps)
-        mpc = float(np.mean(np.asarray(prior.nmpc.stats.solve_times()))) if prior.nmpc.stats.solves else 0.0
-        bare, _ = time_steps(env, RLACR(env.observation_space, env.action_space,
-                                        ZeroPrior(env.action_space.shape[0]), seed=0), steps)
+        prior = TimedPrior(build())
+        full, update, mpc = time_steps(env, RLACR(env.observation_space, env.action_space, prior, seed=0), steps)
+        bare, _, _ = time_steps(env, RLACR(env.observation_space, env.action_space,
+                                           TimedPrior(ZeroPrior(env.action_space.shape[0])), seed=0), steps)
         print(f"{env_id:32s} {full:8.4f} {1 / full:8.1f} {mpc / full:6.0%} {update / full:8.0%} "
               f"{full / bare:8.1f}x {PAPER[env_id]:12.4f}")
 
