@@ -31,7 +31,7 @@ import numpy as np
 
 import safectrl
 from safectrl.rl.acr import RLACR, RLACRConfig
-from safectrl.rl.sac import SAC, EpisodeLog, normalised_return, train
+from safectrl.rl.sac import SAC, EpisodeLog, ReplayBuffer, normalised_return, train
 from safectrl.studies import report
 from safectrl.studies.executor import ResultStore, Task, make_executor, run_tasks
 
@@ -180,7 +180,8 @@ def run_method(env_id: str, method: str, seed: int, episodes: int, pretrain_epis
             sim = make_env(env_id, "estimated")
             pre = train(sim, agent, pretrain_episodes, seed, progress, label + " (pretraining)")
             result["pretrain_failures"] = int(sum(lg.failed for lg in pre))
-            agent.buffer = SAC(env.observation_space, env.action_space, seed=seed).buffer  # fresh buffer
+            agent.buffer = ReplayBuffer(env.observation_space.shape[0], env.action_space.shape[0],
+                                        agent.config.buffer_size)  # the actual plant's data only
             agent.steps, agent.pretrained = 0, True
         logs = train(env, agent, episodes, seed, progress, label)
         evaluate, reset = (lambda obs, info: agent.act(obs)), agent.reset
