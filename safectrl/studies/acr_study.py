@@ -249,10 +249,10 @@ def _write_curves(cfg: ACRPreset, results: dict[str, dict[str, Any]], seeds: lis
             curves = np.array([results[_key(env_id, method, s, cfg)]["normalised_return"] for s in seeds])
             mean, std = np.nanmean(curves, axis=0), np.nanstd(curves, axis=0)
             x = np.arange(1, len(mean) + 1)
-            ax.plot(x, mean, color=f"C{j}", label=method)
+            ax.plot(x, mean, color=f"C{j}", label=method, zorder=3 - j)
             ax.fill_between(x, mean - std, mean + std, color=f"C{j}", alpha=0.2)
         mpc = np.mean([results[_key(env_id, "MPC", s, cfg)]["eval_return"] for s in seeds])
-        ax.axhline(mpc, color="k", ls="--", lw=1, label="MPC")
+        ax.axhline(mpc, color="k", ls=":", lw=1.5, label="MPC", zorder=4)  # RL-ACR starts on it
         ax.set_title(ENV_LABELS[env_id])
         ax.set_xlabel("training episode")
         ax.set_yscale("symlog", linthresh=1.0)
