@@ -155,6 +155,15 @@ def rodas4_interval(
     return z, err
 
 
+def euler_interval(fun: ca.Function, z0: ca.SX, q: ca.SX, h_total: float, substeps: int) -> ca.SX:
+    """Advance ``z' = fun(z, q)`` from ``z0`` over ``h_total`` by ``substeps`` explicit Euler steps."""
+    h = h_total / substeps
+    z = z0
+    for _ in range(substeps):
+        z = z + h * fun(z, q)
+    return z
+
+
 class ODEModel:
     """A model ``dx/dt = rhs(x, u, p)`` with named states and inputs and a zero-order-hold interval.
 
@@ -172,6 +181,9 @@ class ODEModel:
         substeps: RODAS4 substeps per interval.
         time_varying: if True, ``rhs`` takes the time ``t`` and the interval function takes ``t0``.
         pivoting: factorise with QR instead of unpivoted elimination (see :func:`_factorise`).
+        integrator: ``"rodas4"`` (default) or ``"euler"``: ``substeps`` explicit Euler steps per interval, for
+            a model whose plant is *defined* by that discretisation (e.g. Gymnasium's CartPole); its error
+            estimate is 0, so CVODES never takes over.
         err_tol: largest accepted RODAS4 error estimate per interval (scaled units) before CVODES takes over.
     """
 
@@ -190,6 +202,7 @@ class ODEModel:
         substeps: int,
         time_varying: bool = False,
         pivoting: bool = False,
+        integrator: str = "rodas4",
         err_tol: float = 1e-4,
     ) -> None:
         self.name = name
@@ -205,6 +218,9 @@ class ODEModel:
         self.substeps = int(substeps)
         self.time_varying = bool(time_varying)
         self.pivoting = bool(pivoting)
+        if integrator not in ("rodas4", "euler"):
+            raise ValueError(f"integrator must be 'rodas4' or 'euler', got {integrator!r}")
+        self.integrator = integrator
         if self.x_scale.shape != (self.nx,) or np.any(self.x_scale <= 0):
             raise ValueError(f"x_scale must be {self.nx} positive numbers, got {x_scale!r}")
         self._rhs_fn: ca.Function | None = None
@@ -303,7 +319,10 @@ class ODEModel:
                 zdot = rhs(z * s, us, ps) / s
                 z0 = x0 / s
             fun = ca.Function(f"{self.name}_scaled_rhs", [z, qs], [zdot])
-            zf, err = rodas4_interval(fun, z0, q, self.dt, self.substeps, self.pivoting)
+            if self.integrator == "euler":
+                zf, err = euler_interval(fun, z0, q, self.dt, self.substeps), ca.SX(0)
+            else:
+                zf, err = rodas4_interval(fun, z0, q, self.dt, self.substeps, self.pivoting)
             ins, names = [x0, u, p], ["x0", "u", "p"]
             if self.time_varying:
                 ins, names = ins + [t0], names + ["t0"]

@@ -10,6 +10,13 @@ from __future__ import annotations
 import gymnasium as gym
 
 ENV_IDS = ("safectrl/PolyCSTR-v0",)
+#: The four environments of RL-ACR (Tian et al., NeurIPS 2024), id -> entry point.
+ACR_ENVS = {
+    "safectrl/Glucose-v0": "safectrl.rl.acr_envs:GlucoseEnv",
+    "safectrl/BiGlucose-v0": "safectrl.rl.acr_envs:BiGlucoseEnv",
+    "safectrl/KlattEngellCSTR-v0": "safectrl.rl.acr_envs:KlattEngellCSTREnv",
+    "safectrl/CartPoleContinuous-v0": "safectrl.rl.acr_envs:CartPoleContinuousEnv",
+}
 
 
 def register_envs() -> None:
@@ -20,6 +27,9 @@ def register_envs() -> None:
             entry_point="safectrl.rl.polycstr_env:PolyCSTREnv",
             vector_entry_point="safectrl.rl.polycstr_env:PolyCSTRVectorEnv",
         )
+    for env_id, entry_point in ACR_ENVS.items():
+        if env_id not in gym.registry:
+            gym.register(id=env_id, entry_point=entry_point)
 
 
 _LAZY = {"load_policy": "safectrl.rl.checkpoint", "OfflinePolicy": "safectrl.rl.policy"}

@@ -33,6 +33,11 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_study(args: argparse.Namespace) -> int:
+    if args.which == "acr":
+        from safectrl.studies.acr_study import run_acr_study
+
+        run_acr_study(args.preset, args.out, scheduler=args.scheduler, workers=args.workers, serial=args.serial)
+        return 0
     from safectrl.studies.study import run_study
 
     run_study(args.preset, args.out, force=args.force, scheduler=args.scheduler, workers=args.workers,
@@ -178,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_study(p: argparse.ArgumentParser) -> None:
+    p.add_argument("which", nargs="?", choices=["main", "acr"], default="main",
+                   help="main: the comparative study (default); acr: RL-ACR vs SAC, SAC-pt and MPC (runs/acr-PRESET)")
     p.add_argument("--preset", choices=["quick", "full"], default="quick",
                    help="quick: a few minutes on 2 cores; full: the published numbers (default: quick)")
     p.add_argument("--out", default=None,

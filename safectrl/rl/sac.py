@@ -1,0 +1,359 @@
+"""Soft actor-critic (Haarnoja et al., ICML 2018) for continuous actions, with a fixed entropy weight.
+
+The settings are those of Tian et al.'s RL-ACR experiments (NeurIPS 2024, table 7, and their public code,
+itself based on CleanRL): twin Q networks and a tanh-squashed Gaussian actor, MLPs 256-256 with ReLU,
+observations normalised to [-1, 1] by the observation box and actions by the action box, clipped double-Q
+targets, target networks tracked with tau = 0.005 after every critic step, the actor updated twice every
+second step (delayed updates, TD3 style), entropy weight 0.2, learning after 256 steps. The replay buffer
+can carry one extra action per transition (RL-ACR stores its regulariser's action there).
+
+The online training loop shared by SAC and RL-ACR is :func:`train` (one env, whole episodes, per-episode
+logs of return, length, failure and time per step).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+
+@dataclass(frozen=True)
+class SACConfig:
+    """Hyperparameters of :class:`SAC` (Tian et al., table 7)."""
+
+    hidden: tuple[int, ...] = (256, 256)  # hidden units of the actor and of each Q network
+    alpha: float = 0.2  # entropy weight (fixed)
+    q_lr: float = 1e-3  # Adam learning rate of the Q networks
+    policy_lr: float = 3e-4  # Adam learning rate of the actor
+    batch_size: int = 256  # transitions per update
+    gamma: float = 0.99  # discount
+    tau: float = 0.005  # target-network tracking rate, every critic step
+    policy_frequency: int = 2  # the actor takes this many steps every this many critic steps
+    learning_starts: int = 256  # environment steps before the first update (random actions before)
+    buffer_size: int = 1_000_000  # replay capacity, transitions
+    log_std_min: float = -5.0  # lower bound of the actor's log standard deviation
+    log_std_max: float = 2.0  # upper bound of the actor's log standard deviation
+
+
+class BoxScaler:
+    """Affine map of a ``gym.spaces.Box`` onto [-1, 1]^n (finite bounds required)."""
+
+    def __init__(self, space: gym.spaces.Box) -> None:
+        low, high = np.asarray(space.low, dtype=float), np.asarray(space.high, dtype=float)
+        if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high)) and np.all(high > low)):
+            raise ValueError(f"the box needs finite bounds with high > low, got {low} .. {high}")
+        self.low, self.high = low, high
+        self.center = torch.tensor((high + low) / 2, dtype=torch.float32)
+        self.half = torch.tensor((high - low) / 2, dtype=torch.float32)
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.center) / self.half
+
+    def denormalise(self, y: torch.Tensor) -> torch.Tensor:
+        return y * self.half + self.center
+
+
+def mlp(n_in: int, hidden: tuple[int, ...], n_out: int) -> nn.Sequential:
+    """Linear layers with ReLU between them."""
+    layers: list[nn.Module] = []
+    for h in hidden:
+        layers += [nn.Linear(n_in, h), nn.ReLU()]
+        n_in = h
+    layers.append(nn.Linear(n_in, n_out))
+    return nn.Sequential(*layers)
+
+
+class Actor(nn.Module):
+    """Tanh-squashed Gaussian policy on normalised observations; actions in [-1, 1]^n_act."""
+
+    def __init__(self, n_obs: int, n_act: int, cfg: SACConfig) -> None:
+        super().__init__()
+        self.trunk = mlp(n_obs, cfg.hidden[:-1], cfg.hidden[-1])
+        self.mean = nn.Linear(cfg.hidden[-1], n_act)
+        self.log_std = nn.Linear(cfg.hidden[-1], n_act)
+        self.log_std_min, self.log_std_max = cfg.log_std_min, cfg.log_std_max
+
+    def forward(self, obs_n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = F.relu(self.trunk(obs_n))
+        # tanh maps the raw output smoothly into [log_std_min, log_std_max] (CleanRL's choice)
+        log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (torch.tanh(self.log_std(h)) + 1)
+        return self.mean(h), log_std
+
+    def sample(self, obs_n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Reparameterised sample: (action in [-1, 1], its log-density (batch, 1), the mean action)."""
+        mean, log_std = self(obs_n)
+        normal = torch.distributions.Normal(mean, log_std.exp())
+        pre = normal.rsample()
+        act = torch.tanh(pre)
+        # change of variables of the tanh squashing; 1e-6 keeps the log finite at the bounds
+        log_prob = (normal.log_prob(pre) - torch.log(1 - act.pow(2) + 1e-6)).sum(1, keepdim=True)
+        return act, log_prob, torch.tanh(mean)
+
+
+class TwinQ(nn.Module):
+    """Two Q networks on (normalised observation, normalised action)."""
+
+    def __init__(self, n_obs: int, n_act: int, cfg: SACConfig) -> None:
+        super().__init__()
+        self.q1 = mlp(n_obs + n_act, cfg.hidden, 1)
+        self.q2 = mlp(n_obs + n_act, cfg.hidden, 1)
+
+    def forward(self, obs_n: torch.Tensor, act_n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.cat([obs_n, act_n], 1)
+        return self.q1(x), self.q2(x)
+
+    def min_q(self, obs_n: torch.Tensor, act_n: torch.Tensor) -> torch.Tensor:
+        q1, q2 = self(obs_n, act_n)
+        return torch.min(q1, q2)
+
+
+class ReplayBuffer:
+    """Transitions in preallocated arrays (grown on demand up to ``capacity``), physical units."""
+
+    def __init__(self, n_obs: int, n_act: int, capacity: int, extra_action: bool = False) -> None:
+        self.capacity = int(capacity)
+        self.size = 0
+        self._next = 0
+        self._n_obs, self._n_act, self._extra = n_obs, n_act, extra_action
+        self._arrays: dict[str, np.ndarray] = {}
+        self._grow(min(self.capacity, 4096))
+
+    def _grow(self, n: int) -> None:
+        shapes = {"obs": (self._n_obs,), "action": (self._n_act,), "reward": (), "next_obs": (self._n_obs,),
+                  "done": ()}
+        if self._extra:
+            shapes["prior_action"] = (self._n_act,)
+        new = {k: np.zeros((n, *s), dtype=np.float32) for k, s in shapes.items()}
+        for k, v in self._arrays.items():
+            new[k][: len(v)] = v
+        self._arrays = new
+
+    def add(self, obs, action, reward, next_obs, done, prior_action=None) -> None:
+        if self._next >= len(self._arrays["reward"]) and len(self._arrays["reward"]) < self.capacity:
+            self._grow(min(self.capacity, 2 * len(self._arrays["reward"])))
+        i = self._next
+        a = self._arrays
+        a["obs"][i], a["action"][i], a["reward"][i] = obs, action, reward
+        a["next_obs"][i], a["done"][i] = next_obs, float(done)
+        if self._extra:
+            if prior_action is None:
+                raise ValueError("this buffer stores a prior action with every transition")
+            a["prior_action"][i] = prior_action
+        self._next = (i + 1) % self.capacity
+        self.size = min(self.size + 1, self.capacity)
+
+    def sample(self, rng: np.random.Generator, batch: int) -> dict[str, torch.Tensor]:
+        idx = rng.integers(0, self.size, size=batch)
+        return {k: torch.from_numpy(v[idx]) for k, v in self._arrays.items()}
+
+
+class SAC:
+    """Soft actor-critic on one env's spaces; see the module docstring.
+
+    Args:
+        observation_space: finite ``Box`` (normalisation range of the networks).
+        action_space: finite ``Box``; actions are returned in its units.
+        config: hyperparameters.
+        seed: seeds torch (network initialisation, sampling) and the numpy generator (batches, random
+            exploration).
+        extra_action: the buffer keeps one more action per transition (RL-ACR's regulariser action).
+    """
+
+    def __init__(self, observation_space: gym.spaces.Box, action_space: gym.spaces.Box,
+                 config: SACConfig = SACConfig(), seed: int = 0, extra_action: bool = False) -> None:
+        self.config = config
+        self.obs_scaler = BoxScaler(observation_space)
+        self.act_scaler = BoxScaler(action_space)
+        n_obs, n_act = observation_space.shape[0], action_space.shape[0]
+        self.rng = np.random.default_rng(seed)
+        self.generator = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed)
+        self.actor = Actor(n_obs, n_act, config)
+        self.critic = TwinQ(n_obs, n_act, config)
+        self.critic_target = TwinQ(n_obs, n_act, config)
+        self.critic_target.load_state_dict(self.critic.state_dict())
+        self.critic_target.requires_grad_(False)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=config.policy_lr)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=config.q_lr)
+        self.buffer = ReplayBuffer(n_obs, n_act, config.buffer_size, extra_action)
+        self.updates = 0
+        #: Environment steps seen (transitions added).
+        self.steps = 0
+        #: True once trained elsewhere (SAC-pt): no random exploration phase on the new plant.
+        self.pretrained = False
+
+    # -- acting -------------------------------------------------------------------------------------
+
+    def normalised_obs(self, obs: np.ndarray) -> torch.Tensor:
+        """One observation as a (1, n_obs) tensor normalised to the box."""
+        return self.obs_scaler.normalise(torch.as_tensor(np.asarray(obs, dtype=np.float32)).reshape(1, -1))
+
+    @torch.no_grad()
+    def policy_action(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
+        """The actor's action (sampled, or its mean if ``deterministic``) in physical units, shape (n_act,)."""
+        act, _, mean = self.actor.sample(self.normalised_obs(obs))
+        chosen = mean if deterministic else act
+        return self.act_scaler.denormalise(chosen)[0].numpy().astype(float)
+
+    def reset(self, seed: int | None = None) -> None:
+        """Nothing to forget between episodes (the common controller interface)."""
+
+    def begin_episode(self, seed: int | None) -> None:
+        """Nothing to prepare before a training episode."""
+
+    def end_episode(self) -> dict[str, float]:
+        """Per-episode extras for the training log (none for SAC)."""
+        return {}
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """Deterministic action (the actor's mean): the trained policy as a controller."""
+        return self.policy_action(obs, deterministic=True)
+
+    def explore(self, obs: np.ndarray, info: dict[str, Any]) -> np.ndarray:
+        """Training action: uniform random before ``learning_starts`` (unless pretrained), else sampled."""
+        if self.steps < self.config.learning_starts and not self.pretrained:
+            lo, hi = self.act_scaler.low, self.act_scaler.high
+            return lo + (hi - lo) * self.rng.random(len(lo))
+        return self.policy_action(obs)
+
+    def observe(self, obs, action, reward, next_obs, terminated: bool) -> None:
+        """Store a transition and update once it is time (the training step after each env step)."""
+        self.buffer.add(obs, action, reward, next_obs, terminated)
+        self.learn_step()
+
+    def learn_step(self) -> None:
+        """Count an env step and, once learning has started, run one update on a sampled batch."""
+        self.steps += 1
+        if self.buffer.size >= self.config.learning_starts and self.steps >= self.config.learning_starts:
+            self.update(self.buffer.sample(self.rng, self.config.batch_size))
+
+    # -- learning -------------------------------------------------------------------------------------
+
+    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        """One critic step, the delayed actor steps, and the target tracking; returns the losses."""
+        cfg = self.config
+        obs_n = self.obs_scaler.normalise(batch["obs"])
+        next_n = self.obs_scaler.normalise(batch["next_obs"])
+        act_n = self.act_scaler.normalise(batch["action"])
+        with torch.no_grad():
+            next_act, next_logp, _ = self.actor.sample(next_n)
+            target_q = self.critic_target.min_q(next_n, next_act) - cfg.alpha * next_logp
+            y = batch["reward"] + (1 - batch["done"]) * cfg.gamma * target_q.view(-1)
+        q1, q2 = self.critic(obs_n, act_n)
+        critic_loss = F.mse_loss(q1.view(-1), y) + F.mse_loss(q2.view(-1), y)
+        self.critic_opt.zero_grad()
+        critic_loss.backward()
+        self.critic_opt.step()
+        losses = {"critic": critic_loss.item()}
+        if self.updates % cfg.policy_frequency == 0:
+            self.critic.requires_grad_(False)
+            for _ in range(cfg.policy_frequency):
+                act, logp, _ = self.actor.sample(obs_n)
+                actor_loss = (cfg.alpha * logp - self.critic.min_q(obs_n, act)).mean()
+                self.actor_opt.zero_grad()
+                actor_loss.backward()
+                self.actor_opt.step()
+            self.critic.requires_grad_(True)
+            losses["actor"] = actor_loss.item()
+        with torch.no_grad():
+            for p, pt in zip(self.critic.parameters(), self.critic_target.parameters()):
+                pt.mul_(1 - cfg.tau).add_(p, alpha=cfg.tau)
+        self.updates += 1
+        return losses
+
+    # -- checkpoints ---------------------------------------------------------------------------------------
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"actor": self.actor, "critic": self.critic, "critic_target": self.critic_target}
+
+    def save(self, path: str | Path) -> None:
+        """Network weights as ``path.safetensors`` and the config as ``path.json``."""
+        path = Path(path)
+        tensors = {f"{name}.{k}": v.contiguous() for name, mod in self.modules().items()
+                   for k, v in mod.state_dict().items()}
+        save_file(tensors, str(path.with_suffix(".safetensors")))
+        path.with_suffix(".json").write_text(json.dumps(
+            {"config": asdict(self.config), "steps": self.steps, "updates": self.updates}, indent=2))
+
+    def load(self, path: str | Path) -> None:
+        """Load weights written by :meth:`save` (the networks must have the same shapes)."""
+        tensors = load_file(str(Path(path).with_suffix(".safetensors")))
+        for name, mod in self.modules().items():
+            prefix = f"{name}."
+            mod.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+
+
+class Learner(Protocol):
+    """What :func:`train` drives: SAC, RL-ACR."""
+
+    def begin_episode(self, seed: int | None) -> None: ...
+
+    def explore(self, obs: np.ndarray, info: dict[str, Any]) -> np.ndarray: ...
+
+    def observe(self, obs, action, reward, next_obs, terminated: bool) -> None: ...
+
+    def end_episode(self) -> dict[str, float]: ...
+
+
+@dataclass
+class EpisodeLog:
+    """One training episode."""
+
+    episode: int
+    return_: float  # sum of rewards, failure penalty included
+    length: int  # intervals
+    failed: bool
+    normalised_return: float  # mean reward per interval, the failing interval excluded (Tian et al.)
+    step_time: float  # s per training step: acting (incl. any regulariser), env step, learning
+    extras: dict[str, float] = field(default_factory=dict)  # learner-specific (e.g. mean focus weights)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["return"] = d.pop("return_")
+        d.update(d.pop("extras"))
+        return d
+
+
+def normalised_return(rewards: np.ndarray, failed: bool) -> float:
+    """Mean reward per interval; a failed episode's last (penalty) interval does not count (Tian et al.)."""
+    r = np.asarray(rewards, dtype=float)
+    if failed:
+        r = r[:-1]
+    return float(r.mean()) if len(r) else float("nan")
+
+
+def train(env: gym.Env, learner: Learner, episodes: int, seed: int = 0, progress: bool = True,
+          desc: str = "training") -> list[EpisodeLog]:
+    """Run ``episodes`` whole training episodes of ``learner`` on ``env``; one update per env step.
+
+    The env is reset with ``seed`` for the first episode and without a seed afterwards (one random stream).
+    """
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    logs = []
+    for k in tqdm(range(episodes), desc=desc, disable=not progress, leave=False):
+        obs, info = env.reset(seed=seed if k == 0 else None)
+        learner.begin_episode(seed + k)
+        rewards, done, t_start, failed = [], False, time.perf_counter(), False
+        while not done:
+            action = learner.explore(obs, info)
+            next_obs, reward, terminated, truncated, info = env.step(action)
+            learner.observe(obs, action, reward, next_obs, terminated)
+            rewards.append(reward)
+            obs, done, failed = next_obs, terminated or truncated, terminated
+        elapsed = time.perf_counter() - t_start
+        extras = learner.end_episode()
+        logs.append(EpisodeLog(k, float(np.sum(rewards)), len(rewards), failed,
+                               normalised_return(np.asarray(rewards), failed), elapsed / len(rewards), extras))
+    return logs

@@ -1,0 +1,321 @@
+"""The RL-ACR study (``safectrl study acr``): RL-ACR, SAC, SAC-pt and the MPC regulariser trained and run
+on the *actual* plants of the four tasks of Tian et al. (NeurIPS 2024) and on the polymerisation CSTR.
+
+For every environment and seed (each a task for the executor, stored as soon as it finishes):
+
+* **RL-ACR** trains on the actual plant for ``episodes`` episodes, regularised by the NMPC on the estimated
+  model (:mod:`safectrl.controllers.acr_mpc`; the reactor's: the mismatched NMPC of
+  :mod:`safectrl.controllers.polycstr_nmpc`);
+* **SAC** trains from scratch on the actual plant for ``episodes`` episodes;
+* **SAC-pt** first trains ``pretrain_episodes`` episodes on the estimated model as a simulator (failures there
+  are free), then ``episodes`` episodes on the actual plant with the same networks and a fresh buffer;
+* **MPC** runs one episode on the actual plant (the regulariser alone).
+
+After training, RL-ACR, SAC and SAC-pt run one evaluation episode on the actual plant without exploration
+(the actor's mean). Outputs: failures in the first training episodes (mean ± std over seeds) beside the
+paper's Table 1, per-step-normalised return curves, final returns beside the authors' validation runs,
+and the wall time per training step (acting incl. the MPC solve, env step, updates).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+import safectrl
+from safectrl.rl.acr import RLACR, RLACRConfig
+from safectrl.rl.sac import SAC, EpisodeLog, ReplayBuffer, normalised_return, train
+from safectrl.studies import report
+from safectrl.studies.executor import ResultStore, Task, make_executor, run_tasks
+
+POLYCSTR = "safectrl/PolyCSTR-v0"
+ENV_LABELS = {
+    "safectrl/Glucose-v0": "Glucose",
+    "safectrl/BiGlucose-v0": "BiGlucose",
+    "safectrl/KlattEngellCSTR-v0": "CSTR",
+    "safectrl/CartPoleContinuous-v0": "CartPole",
+    POLYCSTR: "PolyCSTR",
+}
+METHODS = ("RL-ACR", "SAC", "SAC-pt", "MPC")
+
+#: Tian et al., Table 1: failures in the first 100 training episodes, mean (std) over 5 seeds.
+PAPER_FAILURES = {
+    "RL-ACR": {"Glucose": (0.0, 0.0), "BiGlucose": (0.0, 0.0), "CSTR": (0.0, 0.0), "CartPole": (0.0, 0.0)},
+    "MPC": {"Glucose": (0.0, 0.0), "BiGlucose": (0.0, 0.0), "CSTR": (0.0, 0.0), "CartPole": (0.0, 0.0)},
+    "SAC": {"Glucose": (19.0, 15.2), "BiGlucose": (59.4, 31.1), "CSTR": (99.2, 0.7), "CartPole": (93.6, 7.3)},
+    "SAC-pt": {"Glucose": (10.2, 3.5), "BiGlucose": (14.4, 3.4), "CSTR": (7.4, 1.6), "CartPole": (9.8, 2.2)},
+}
+#: Tian et al.'s validation runs (their code's notebooks): per-step return on the actual plant.
+PAPER_RETURNS = {
+    "RL-ACR": {"Glucose": -1.37, "BiGlucose": -3.59, "CSTR": -0.098, "CartPole": -0.27},
+    "SAC": {"Glucose": -1.51, "BiGlucose": -7.43, "CSTR": -1.74, "CartPole": -0.24},
+    "MPC": {"Glucose": -4.55, "BiGlucose": -7.61, "CSTR": -8.78, "CartPole": -1.54},
+}
+
+
+@dataclass(frozen=True)
+class ACRPreset:
+    """Size of an RL-ACR study run."""
+
+    name: str
+    seeds: int  # independent runs per environment and method
+    episodes: int  # training episodes on the actual plant
+    pretrain_episodes: int  # SAC-pt's episodes on the estimated model
+    envs: tuple[str, ...]  # environment ids
+    failure_window: int = 100  # failures are counted in the first this-many training episodes
+
+
+PRESETS = {
+    "quick": ACRPreset("quick", seeds=3, episodes=3, pretrain_episodes=3,
+                       envs=("safectrl/CartPoleContinuous-v0", "safectrl/KlattEngellCSTR-v0")),
+    "full": ACRPreset("full", seeds=5, episodes=100, pretrain_episodes=100, envs=tuple(ENV_LABELS)),
+}
+
+
+# -- building blocks (run inside the workers) ---------------------------------------------------------
+
+
+def make_env(env_id: str, plant: str) -> gym.Env:
+    """The env of ``env_id`` on its ``"actual"`` plant or its ``"estimated"`` model."""
+    if env_id == POLYCSTR:
+        from safectrl.models import polycstr as pc
+
+        params = pc.PolyCSTRParams() if plant == "actual" else pc.mismatched()
+        return gym.make(POLYCSTR, scenario="startup", plant=params).unwrapped
+    return gym.make(env_id, plant=plant).unwrapped
+
+
+class CountedNMPC:
+    """An NMPC controller whose failed solves are counted over all episodes (its own statistics restart at
+    every reset)."""
+
+    def __init__(self, nmpc: Any) -> None:
+        self.nmpc = nmpc
+        self._done_solves = 0
+        self._done_failures = 0
+
+    @property
+    def solves(self) -> int:
+        return self._done_solves + self.nmpc.stats.solves
+
+    @property
+    def failures(self) -> int:
+        return self._done_failures + self.nmpc.stats.failures
+
+    def reset(self, seed: int | None = None) -> None:
+        self._done_solves, self._done_failures = self.solves, self.failures
+        self.nmpc.reset(seed)
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        return self.nmpc.act(obs)
+
+
+def make_prior(env_id: str) -> Any:
+    """The MPC regulariser of ``env_id`` on the estimated model; it reads the observation and counts its
+    failed solves in ``failures``."""
+    if env_id == POLYCSTR:
+        from safectrl.controllers.polycstr_nmpc import polycstr_nmpc
+        from safectrl.models import polycstr as pc
+
+        return CountedNMPC(polycstr_nmpc(pc.mismatched()))
+    from safectrl.controllers.acr_mpc import REGULARISERS
+
+    return REGULARISERS[env_id]()
+
+
+def _evaluate(env: gym.Env, act, reset, seed: int) -> tuple[float, bool, int]:
+    """One episode with ``act(obs, info)`` after ``reset(seed)``; (normalised return, failed, length)."""
+    obs, info = env.reset(seed=seed)
+    reset(seed)
+    rewards, done, failed = [], False, False
+    while not done:
+        obs, r, failed, truncated, info = env.step(act(obs, info))
+        rewards.append(r)
+        done = failed or truncated
+    return normalised_return(np.asarray(rewards), failed), bool(failed), len(rewards)
+
+
+def _logs_to_result(logs: list[EpisodeLog]) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "failed": np.array([lg.failed for lg in logs]),
+        "length": np.array([lg.length for lg in logs]),
+        "return": np.array([lg.return_ for lg in logs]),
+        "normalised_return": np.array([lg.normalised_return for lg in logs]),
+        "step_time": np.array([lg.step_time for lg in logs]),
+    }
+    for key in sorted({k for lg in logs for k in lg.extras}):
+        out[key] = np.array([lg.extras.get(key, np.nan) for lg in logs])
+    return out
+
+
+def run_method(env_id: str, method: str, seed: int, episodes: int, pretrain_episodes: int,
+               progress: bool = False) -> dict[str, Any]:
+    """Train (or run) one method on one env with one seed; a flat dict of arrays and numbers."""
+    env = make_env(env_id, "actual")
+    t0 = time.perf_counter()
+    if method == "MPC":
+        prior = make_prior(env_id)
+        ret, failed, length = _evaluate(env, lambda obs, info: prior.act(obs), prior.reset, seed)
+        return {"eval_return": ret, "eval_failed": failed, "eval_length": length,
+                "prior_failures": prior.failures, "wall_time": time.perf_counter() - t0}
+    label = f"{ENV_LABELS[env_id]} {method} seed {seed}"
+    result: dict[str, Any] = {}
+    if method == "RL-ACR":
+        prior = make_prior(env_id)
+        agent = RLACR(env.observation_space, env.action_space, prior, RLACRConfig(), seed=seed)
+        result["focus_pretrain_steps"] = agent.pretrain_steps
+        logs = train(env, agent, episodes, seed, progress, label)
+        result["prior_failures"] = prior.failures  # during training
+        evaluate, reset = agent.act_with_info, agent.reset
+    elif method in ("SAC", "SAC-pt"):
+        agent = SAC(env.observation_space, env.action_space, seed=seed)
+        if method == "SAC-pt":
+            sim = make_env(env_id, "estimated")
+            pre = train(sim, agent, pretrain_episodes, seed, progress, label + " (pretraining)")
+            result["pretrain_failures"] = int(sum(lg.failed for lg in pre))
+            agent.buffer = ReplayBuffer(env.observation_space.shape[0], env.action_space.shape[0],
+                                        agent.config.buffer_size)  # the actual plant's data only
+            agent.steps, agent.pretrained = 0, True
+        logs = train(env, agent, episodes, seed, progress, label)
+        evaluate, reset = (lambda obs, info: agent.act(obs)), agent.reset
+    else:
+        raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
+    result.update(_logs_to_result(logs))
+    ret, failed, length = _evaluate(env, evaluate, reset, seed)
+    result.update(eval_return=ret, eval_failed=failed, eval_length=length, wall_time=time.perf_counter() - t0)
+    return result
+
+
+# -- the study -------------------------------------------------------------------------------------------
+
+
+def _key(env_id: str, method: str, seed: int, cfg: ACRPreset) -> str:
+    return f"acr|{env_id}|{method}|seed={seed}|episodes={cfg.episodes}|pt={cfg.pretrain_episodes}"
+
+
+def _summaries(cfg: ACRPreset, results: dict[str, dict[str, Any]], seeds: list[int]) -> dict[str, str]:
+    window = min(cfg.episodes, cfg.failure_window)
+    labels = [ENV_LABELS[e] for e in cfg.envs]
+    fail_rows, ret_rows, time_rows = [], [], []
+    for method in METHODS:
+        fails, rets = [], []
+        for env_id in cfg.envs:
+            res = [results[_key(env_id, method, s, cfg)] for s in seeds]
+            if method == "MPC":
+                counts = [float(r["eval_failed"]) for r in res]
+            else:
+                counts = [float(np.sum(r["failed"][:window])) for r in res]
+            fails.append(report.mean_std(counts))
+            rets.append(report.mean_std([float(r["eval_return"]) for r in res]))
+            if method == "RL-ACR":
+                step = np.concatenate([r["step_time"] for r in res])
+                length = np.concatenate([r["length"] for r in res])
+                prior = np.concatenate([r["prior_time"] for r in res])
+                mean_step = float(np.sum(step * length) / np.sum(length))
+                time_rows.append([ENV_LABELS[env_id], mean_step, float(np.sum(prior * length) / np.sum(length)),
+                                  int(sum(r["prior_failures"] for r in res)), int(np.sum(length))])
+        paper_f = PAPER_FAILURES.get(method, {})
+        paper_r = PAPER_RETURNS.get(method, {})
+        fail_rows.append([method, *fails, *(f"{paper_f[lb][0]:g} ({paper_f[lb][1]:g})" if lb in paper_f else "-"
+                                            for lb in labels)])
+        ret_rows.append([method, *rets, *(f"{paper_r[lb]:g}" if lb in paper_r else "-" for lb in labels)])
+    heads = [f"{lb} (ours)" for lb in labels] + [f"{lb} (paper)" for lb in labels]
+    what = f"failures in the first {window} training episodes"
+    return {
+        "failures": report.markdown_table(["method", *heads], fail_rows),
+        "failures_what": what,
+        "returns": report.markdown_table(["method", *heads], ret_rows),
+        "times": report.markdown_table(
+            ["env", "s per training step (RL-ACR)", "s per MPC solve", "failed MPC solves", "steps"], time_rows),
+    }
+
+
+def _write_curves(cfg: ACRPreset, results: dict[str, dict[str, Any]], seeds: list[int], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(cfg.envs), figsize=(4.2 * len(cfg.envs), 3.4), squeeze=False)
+    for ax, env_id in zip(axes[0], cfg.envs):
+        for j, method in enumerate(("RL-ACR", "SAC", "SAC-pt")):
+            curves = np.array([results[_key(env_id, method, s, cfg)]["normalised_return"] for s in seeds])
+            mean, std = np.nanmean(curves, axis=0), np.nanstd(curves, axis=0)
+            x = np.arange(1, len(mean) + 1)
+            ax.plot(x, mean, color=f"C{j}", label=method, zorder=3 - j)
+            ax.fill_between(x, mean - std, mean + std, color=f"C{j}", alpha=0.2)
+        mpc = np.mean([results[_key(env_id, "MPC", s, cfg)]["eval_return"] for s in seeds])
+        ax.axhline(mpc, color="k", ls=":", lw=1.5, label="MPC", zorder=4)  # RL-ACR starts on it
+        ax.set_title(ENV_LABELS[env_id])
+        ax.set_xlabel("training episode")
+        ax.set_yscale("symlog", linthresh=1.0)
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("per-step return")
+    axes[0, 0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_acr_study(preset: str | ACRPreset = "quick", out: str | Path | None = None,
+                  scheduler: str | None = None, workers: int | None = None, serial: bool = False,
+                  progress: bool = True) -> Path:
+    """Run the RL-ACR study and write ``config.json``, ``episodes.csv``, ``summary.md``, ``returns.png``.
+
+    Rerunning with the same ``out`` resumes: finished (env, method, seed) tasks are read back.
+    """
+    if isinstance(preset, str):
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
+        cfg = PRESETS[preset]
+    else:
+        cfg = preset
+    out_dir = Path(out) if out is not None else Path("runs") / f"acr-{cfg.name}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    seeds = list(range(cfg.seeds))
+    (out_dir / "config.json").write_text(json.dumps(
+        {"preset": asdict(cfg), "seeds": seeds, "rl_acr": asdict(RLACRConfig()), "safectrl": safectrl.__version__},
+        indent=2, default=str))
+    # Env by env in the preset's order (an interrupted run has whole envs done); within an env the longest
+    # tasks first (RL-ACR solves an NLP every step), so that the workers finish together.
+    tasks = [Task(_key(e, m, s, cfg), run_method, (e, m, s, cfg.episodes, cfg.pretrain_episodes))
+             for e in cfg.envs for m in ("RL-ACR", "SAC-pt", "SAC", "MPC") for s in seeds]
+    executor = make_executor(scheduler, workers, serial)
+    t0 = time.perf_counter()
+    try:
+        results = run_tasks(tasks, executor, ResultStore(out_dir / "tasks"), desc="RL-ACR study", progress=progress)
+    finally:
+        executor.close()
+    with open(out_dir / "episodes.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["env", "method", "seed", "episode", "failed", "length", "return", "normalised_return",
+                         "step_time_s"])
+        for e in cfg.envs:
+            for m in ("RL-ACR", "SAC", "SAC-pt"):
+                for s in seeds:
+                    r = results[_key(e, m, s, cfg)]
+                    for k in range(len(r["failed"])):
+                        writer.writerow([ENV_LABELS[e], m, s, k, int(r["failed"][k]), int(r["length"][k]),
+                                         float(r["return"][k]), float(r["normalised_return"][k]),
+                                         float(r["step_time"][k])])
+    tables = _summaries(cfg, results, seeds)
+    _write_curves(cfg, results, seeds, out_dir / "returns.png")
+    text = (f"# RL-ACR study ({cfg.name})\n\nSeeds {seeds}; {cfg.episodes} training episodes per env and method "
+            f"on the actual plant (SAC-pt: {cfg.pretrain_episodes} episodes on the estimated model first).\n\n"
+            f"## {tables['failures_what'].capitalize()} (mean ± std over seeds; MPC: its evaluation episode)\n\n"
+            f"{tables['failures']}\n\n## Final per-step return on the actual plant (no exploration)\n\n"
+            f"{tables['returns']}\n\n## Time per RL-ACR training step (acting incl. MPC, env step, updates)\n\n"
+            f"{tables['times']}\n\n![returns](returns.png)\n")
+    (out_dir / "summary.md").write_text(text)
+    if progress:
+        print(text)
+        print(f"written to {out_dir} in {time.perf_counter() - t0:.0f} s")
+    return out_dir
+

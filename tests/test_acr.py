@@ -1,0 +1,172 @@
+"""SAC, RL-ACR, the MPC regularisers of the RL-ACR tasks, and the RL-ACR study."""
+
+from __future__ import annotations
+
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from safectrl.controllers.acr_mpc import REGULARISERS
+from safectrl.rl.acr import RLACR, RLACRConfig
+from safectrl.rl.sac import SAC, BoxScaler, ReplayBuffer, SACConfig, normalised_return, train
+from safectrl.studies.acr_study import ACRPreset, run_acr_study
+from safectrl.studies.cli import main
+
+CARTPOLE = "safectrl/CartPoleContinuous-v0"
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Small networks on a shared machine: one thread is faster than contended ones (as in the workers)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class _Bandit(gym.Env):
+    """One-step task: reward -(a - 0.5)², every episode one interval (a test SAC must solve)."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (1,), dtype=np.float64)
+    action_space = gym.spaces.Box(-1.0, 1.0, (1,), dtype=np.float64)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(1), {}
+
+    def step(self, action):
+        return np.zeros(1), -float((action[0] - 0.5) ** 2), False, True, {}
+
+
+class _ConstantPrior:
+    def __init__(self, a):
+        self.a = np.asarray(a, dtype=float)
+        self.resets = 0
+
+    def reset(self, seed=None):
+        self.resets += 1
+
+    def act(self, obs):
+        return self.a
+
+
+def test_sac_learns_a_bandit():
+    env = _Bandit()
+    agent = SAC(env.observation_space, env.action_space, SACConfig(batch_size=64, learning_starts=64), seed=0)
+    logs = train(env, agent, 600, seed=0, progress=False)
+    assert len(logs) == 600 and agent.updates > 500
+    assert abs(agent.act(np.zeros(1))[0] - 0.5) < 0.1
+
+
+def test_sac_checkpoint_round_trip(tmp_path):
+    env = gym.make(CARTPOLE).unwrapped
+    a = SAC(env.observation_space, env.action_space, seed=1)
+    a.save(tmp_path / "sac")
+    b = SAC(env.observation_space, env.action_space, seed=2)
+    obs = np.array([0.1, 0.0, 0.05, 0.0])
+    assert not np.allclose(a.act(obs), b.act(obs))
+    b.load(tmp_path / "sac")
+    np.testing.assert_array_equal(a.act(obs), b.act(obs))
+    assert json.loads((tmp_path / "sac.json").read_text())["config"]["alpha"] == 0.2
+
+
+def test_scaler_and_buffer_errors():
+    with pytest.raises(ValueError, match="finite bounds"):
+        BoxScaler(gym.spaces.Box(-np.inf, 1.0, (2,)))
+    buf = ReplayBuffer(2, 1, capacity=10_000, extra_action=True)
+    with pytest.raises(ValueError, match="prior action"):
+        buf.add(np.zeros(2), np.zeros(1), 0.0, np.zeros(2), False)
+    for k in range(5000):  # grows past its first allocation
+        buf.add(np.full(2, k), np.zeros(1), float(k), np.zeros(2), False, prior_action=np.ones(1))
+    assert buf.size == 5000
+    batch = buf.sample(np.random.default_rng(0), 32)
+    assert torch.all(batch["obs"][:, 0] == batch["reward"]) and torch.all(batch["prior_action"] == 1)
+
+
+def test_normalised_return_drops_the_failing_interval():
+    assert normalised_return(np.array([-1.0, -3.0, -1e4]), failed=True) == -2.0
+    assert normalised_return(np.array([-1.0, -3.0]), failed=False) == -2.0
+
+
+def test_focus_network_starts_at_the_prior_and_buffer_keeps_its_action():
+    env = gym.make(CARTPOLE).unwrapped
+    prior = _ConstantPrior([3.0])
+    agent = RLACR(env.observation_space, env.action_space, prior, seed=0)
+    assert agent.pretrain_mse < 1e-8
+    obs_batch = env.observation_space.sample()
+    assert abs(agent.beta(obs_batch)[0] - 0.999) < 1e-3
+    obs, info = env.reset(seed=0)
+    agent.begin_episode(0)
+    a = agent.explore(obs, info)
+    # before learning starts the RL action is 0: a = beta * a_prior
+    assert a[0] == pytest.approx(agent.beta(obs)[0] * 3.0)
+    next_obs, r, term, trunc, info = env.step(a)
+    agent.observe(obs, a, r, next_obs, term)
+    assert agent.sac.buffer._arrays["prior_action"][0, 0] == 3.0
+    assert prior.resets == 1
+
+
+def test_focus_update_ascends_min_q_of_the_combined_action():
+    env = gym.make(CARTPOLE).unwrapped
+    cfg = RLACRConfig(focus_lr=1e-3)
+    agent = RLACR(env.observation_space, env.action_space, _ConstantPrior([-8.0]), cfg, seed=0)
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        obs = env.observation_space.sample()
+        agent.sac.buffer.add(obs, rng.uniform(-10, 10, 1), 0.0, obs, False, prior_action=np.array([-8.0]))
+    batch = agent.sac.buffer.sample(rng, 256)
+    first = agent.update_focus(batch)
+    for _ in range(30):
+        last = agent.update_focus(batch)
+    assert last > first
+
+
+@pytest.mark.parametrize("env_id", ["safectrl/Glucose-v0", "safectrl/KlattEngellCSTR-v0", CARTPOLE])
+def test_regulariser_keeps_the_actual_plant_safe(env_id):
+    """The MPC on the estimated model runs a whole episode on the actual plant without failure, every solve
+    converging and every input inside the bounds (the premise of RL-ACR)."""
+    env = gym.make(env_id).unwrapped
+    mpc = REGULARISERS[env_id]()
+    obs, _ = env.reset(seed=0)
+    mpc.reset(0)
+    done, steps = False, 0
+    while not done:
+        a = mpc.act(obs)
+        assert np.all(a >= env.action_space.low) and np.all(a <= env.action_space.high)
+        obs, _, term, trunc, _ = env.step(a)
+        done, steps = term or trunc, steps + 1
+    assert not term and steps == env.max_steps
+    assert mpc.solves == steps and mpc.failures == 0
+
+
+@pytest.mark.slow
+def test_biglucose_regulariser_keeps_the_actual_plant_safe():
+    test_regulariser_keeps_the_actual_plant_safe("safectrl/BiGlucose-v0")
+
+
+def test_tiny_acr_study_writes_its_outputs(tmp_path):
+    preset = ACRPreset("tiny", seeds=1, episodes=1, pretrain_episodes=1, envs=(CARTPOLE,))
+    out = run_acr_study(preset, tmp_path / "run", serial=True, progress=False)
+    for name in ("config.json", "episodes.csv", "summary.md", "returns.png"):
+        assert (out / name).stat().st_size > 0
+    summary = (out / "summary.md").read_text()
+    assert "| RL-ACR" in summary and "93.6 (7.3)" in summary  # ours beside the paper's Table 1
+    rows = (out / "episodes.csv").read_text().splitlines()
+    acr = [r for r in rows if ",RL-ACR," in r]
+    assert len(acr) == 1 and acr[0].split(",")[4] == "0"  # RL-ACR did not fail
+
+
+def test_study_command_takes_acr_and_checks_the_preset(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["study", "acr", "--preset", "huge"])
+    assert exc.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_acr_quick_preset_runs_from_the_command_line(tmp_path):
+    assert main(["study", "acr", "--preset", "quick", "--out", str(tmp_path / "q")]) == 0
+    text = (tmp_path / "q" / "summary.md").read_text()
+    assert "CartPole (ours)" in text and "CSTR (ours)" in text
