@@ -18,7 +18,11 @@ def test_data_command_prints_summary(tmp_path, capsys):
     assert (tmp_path / "safectrl" / "polycstr-startup-pi-n3-s0-v0").is_dir()
 
 
-def test_study_quick_writes_its_outputs_and_resumes(tmp_path, capsys):
+def test_study_quick_writes_its_outputs_and_resumes(tmp_path, capsys, monkeypatch, minari_root):
+    """The README's first command, as CI runs it: datasets, training and every controller from scratch."""
+    from safectrl.studies.study import CONTROLLERS, PRESETS
+
+    monkeypatch.setenv("SAFECTRL_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
     out = tmp_path / "run"
     assert main(["study", "--preset", "quick", "--out", str(out)]) == 0
     for name in ("config.json", "episodes.csv", "summary.md", "trajectories_nominal.png",
@@ -26,7 +30,15 @@ def test_study_quick_writes_its_outputs_and_resumes(tmp_path, capsys):
         assert (out / name).stat().st_size > 0
     assert json.loads((out / "config.json").read_text())["preset"]["name"] == "quick"
     summary = (out / "summary.md").read_text()
-    assert "PI nominal" in summary and "## mismatch" in summary
+    assert "## nominal" in summary and "## mismatch" in summary and "cost / NMPC oracle" in summary
+    rows = [line for line in summary.splitlines() if line.startswith("| startup")]
+    assert [r.split("|")[2].strip() for r in rows[:len(CONTROLLERS)]] == list(CONTROLLERS)
+    assert "nan" not in summary
+    episodes = (out / "episodes.csv").read_text().splitlines()
+    quick = PRESETS["quick"]
+    assert len(episodes) == 1 + len(CONTROLLERS) * len(quick.scenarios) * len(quick.variants) * quick.eval_seeds
+    for kind in ("bc-policy", "iql-policy", "cost-model"):
+        assert len(list((tmp_path / "artifacts").glob(f"{kind}-*/artifact.json"))) == 3
     capsys.readouterr()
     assert main(["study", "--preset", "quick", "--out", str(out), "--serial"]) == 0
     assert "already done, resuming" in capsys.readouterr().out

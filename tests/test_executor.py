@@ -123,3 +123,29 @@ def test_make_executor_validates_its_arguments():
 def test_duplicate_keys_are_rejected(tmp_path):
     with pytest.raises(ValueError, match="unique"):
         run_tasks([Task("a", _count_calls, ("x", 1))] * 2, SerialExecutor(), ResultStore(tmp_path), progress=False)
+
+
+def test_study_gives_identical_results_from_the_pool_and_a_dask_local_cluster(tmp_path, monkeypatch, minari_root):
+    """Training and episodes of a small study through both executors, each with its own artifact cache."""
+    import csv
+
+    from safectrl.studies.study import StudyPreset, run_study
+
+    preset = StudyPreset("executors", eval_seeds=2, data_episodes=4, variants=("nominal",), scenarios=("grade_up",),
+                         controllers=("PI nominal", "NMPC oracle", "IQL", "BC+PICNN (GD)", "IQL+PICNN (exact)"),
+                         max_steps=12, bc_steps=30, iql_steps=30, cost_model_epochs=2)
+
+    def run(name: str, **executor) -> tuple[list[dict], bytes]:
+        monkeypatch.setenv("SAFECTRL_ARTIFACTS_DIR", str(tmp_path / f"artifacts-{name}"))
+        out = run_study(preset, out=tmp_path / name, progress=False, **executor)
+        with open(out / "episodes.csv") as fh:
+            rows = [{k: v for k, v in r.items() if k != "decision_ms"} for r in csv.DictReader(fh)]
+        weights = sorted((tmp_path / f"artifacts-{name}").glob("iql-policy-*/model.safetensors"))
+        assert len(weights) == 1
+        return rows, weights[0].read_bytes()
+
+    pool_rows, pool_weights = run("pool")
+    dask_rows, dask_weights = run("dask", workers=2)
+    assert len(pool_rows) == 5 * 2
+    assert pool_rows == dask_rows
+    assert pool_weights == dask_weights

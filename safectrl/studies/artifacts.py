@@ -1,6 +1,6 @@
 """Trained artifacts (policies, cost models) cached on disk by a hash of the configuration that made them.
 
-``$SAFECTRL_CACHE_DIR/artifacts/<kind>-<hash>/`` holds one artifact; a ``config.json`` inside records the full
+``$SAFECTRL_CACHE_DIR/artifacts/<kind>-<hash>/`` holds one artifact; an ``artifact.json`` inside records the full
 configuration, and the folder appears only when the artifact is complete (it is built in a temporary folder
 and renamed), so an interrupted training never leaves a half-written artifact behind.
 """
@@ -18,8 +18,17 @@ from safectrl.models.compiled import cache_dir
 from safectrl.studies.executor import config_hash
 
 
+#: The file that marks a complete artifact and records its configuration.
+MARKER = "artifact.json"
+
+
 def artifacts_root() -> Path:
-    return cache_dir() / "artifacts"
+    """``$SAFECTRL_ARTIFACTS_DIR`` if set, else ``artifacts/`` in the cache folder (``$SAFECTRL_CACHE_DIR``).
+
+    With ``--scheduler`` the workers must see the same folder (a shared file system).
+    """
+    env = os.environ.get("SAFECTRL_ARTIFACTS_DIR")
+    return Path(env) if env else cache_dir() / "artifacts"
 
 
 def artifact_path(kind: str, config: dict[str, Any]) -> Path:
@@ -28,7 +37,7 @@ def artifact_path(kind: str, config: dict[str, Any]) -> Path:
 
 
 def is_built(kind: str, config: dict[str, Any]) -> bool:
-    return (artifact_path(kind, config) / "config.json").exists()
+    return (artifact_path(kind, config) / MARKER).exists()
 
 
 def build_artifact(
@@ -42,7 +51,7 @@ def build_artifact(
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{kind}-"))
     try:
         build(tmp)
-        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
+        (tmp / MARKER).write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

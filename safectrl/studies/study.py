@@ -5,6 +5,10 @@ of their configuration, see :mod:`safectrl.studies.artifacts`) -> closed-loop ep
 task run by the chosen executor and stored the moment it finishes (see :mod:`safectrl.studies.executor`).
 Evaluation seeds are disjoint from data and tuning seeds (:mod:`safectrl.rl.data`).
 
+Controllers (:data:`CONTROLLERS`): nominal and dataset PI, oracle and mismatched NMPC, BC and IQL trained on
+the scenario's PI dataset, and the PICNN safety layer around them. Training runs (one task per artifact and
+scenario) go through the same executor before the episodes; their results are cached artifacts.
+
 Plant variants: ``nominal`` (plant = model), ``mismatch`` (UA -20 %, dH +10 % in the plant only) and
 ``noise`` (measurement noise of SPEC §1). Every controller is designed or trained on the nominal model and
 data; only the oracle NMPC is given the variant's true plant.
@@ -20,7 +24,7 @@ import csv
 import json
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,7 +36,7 @@ from safectrl.models import polycstr as pc
 from safectrl.rl import data
 from safectrl.rl.polycstr_env import PolyCSTREnv
 from safectrl.rl.rollout import Episode, Policy, run_episode
-from safectrl.studies import datasets, plots, report
+from safectrl.studies import artifacts, datasets, plots, report
 from safectrl.studies.executor import Executor, ResultStore, Task, make_executor, run_tasks
 from safectrl.studies.metrics import EpisodeMetrics, episode_metrics
 
@@ -92,13 +96,72 @@ def _pi_dataset(ctx: BuildContext) -> Policy:
     return PIController(tunings[ctx.seed_index % len(tunings)])
 
 
+def _nmpc_oracle(ctx: BuildContext) -> Policy:
+    from safectrl.controllers.polycstr_nmpc import polycstr_nmpc
+
+    return polycstr_nmpc(ctx.variant.plant)
+
+
+def _nmpc_mismatched(ctx: BuildContext) -> Policy:
+    """The NMPC whose model is off by UA -20 %, dH +10 % from the plant it runs on."""
+    from safectrl.controllers.polycstr_nmpc import polycstr_nmpc
+
+    nominal = pc.PolyCSTRParams()
+    return polycstr_nmpc(pc.mismatched() if ctx.variant.plant == nominal else nominal)
+
+
+def _offline(algo: str) -> Callable[[BuildContext], Policy]:
+    def build(ctx: BuildContext) -> Policy:
+        from safectrl.rl.checkpoint import load_policy
+
+        _torch_threads()
+        return load_policy(policy_artifact(algo, ctx.scenario, ctx.preset))
+
+    return build
+
+
+def _filtered(algo: str, method: str) -> Callable[[BuildContext], Policy]:
+    def build(ctx: BuildContext) -> Policy:
+        from safectrl.safety.cost_model import load_cost_model
+        from safectrl.studies import safety_layer
+
+        model = load_cost_model(cost_model_artifact(ctx.scenario, ctx.preset))
+        return safety_layer.make_filter(_offline(algo)(ctx), model, method)
+
+    return build
+
+
+def _torch_threads() -> None:
+    import torch
+
+    if torch.get_num_threads() != 1:  # one process per core: the executor parallelises, not torch
+        torch.set_num_threads(1)
+
+
 CONTROLLERS: dict[str, ControllerSpec] = {
     c.name: c
     for c in (
         ControllerSpec("PI nominal", _pi_nominal, "decentralised PI, SIMC tuning (safectrl pi-tuning)"),
         ControllerSpec("PI dataset", _pi_dataset, "PI with the dataset's random tunings, one per evaluation seed"),
+        ControllerSpec("NMPC oracle", _nmpc_oracle, "NMPC + EKF whose model is the plant of the variant"),
+        ControllerSpec("NMPC mismatched", _nmpc_mismatched,
+                       "NMPC + EKF whose model is off by UA -20 %, dH +10 % from the plant"),
+        ControllerSpec("BC", _offline("bc"), "behaviour cloning on the scenario's PI dataset"),
+        ControllerSpec("IQL", _offline("iql"), "implicit Q-learning on the scenario's PI dataset"),
+        ControllerSpec("BC+PICNN (GD)", _filtered("bc", "gd"),
+                       "BC corrected by the PICNN cost model, projected gradient descent"),
+        ControllerSpec("IQL+PICNN (GD)", _filtered("iql", "gd"),
+                       "IQL corrected by the PICNN cost model, projected gradient descent"),
+        ControllerSpec("IQL+PICNN (exact)", _filtered("iql", "exact"),
+                       "IQL corrected by the PICNN cost model, exact convex program (cvxpy)"),
     )
 }
+
+#: Controllers that need trained artifacts: name -> (policy algorithm or None, needs the cost model).
+_NEEDS = {"BC": ("bc", False), "IQL": ("iql", False), "BC+PICNN (GD)": ("bc", True),
+          "IQL+PICNN (GD)": ("iql", True), "IQL+PICNN (exact)": ("iql", True)}
+
+ALL_CONTROLLERS = tuple(CONTROLLERS)
 
 
 @dataclass(frozen=True)
@@ -109,23 +172,112 @@ class StudyPreset:
     eval_seeds: int  # evaluation episodes per controller, scenario and variant
     data_episodes: int  # PI episodes per scenario in the offline datasets
     variants: tuple[str, ...]
-    controllers: tuple[str, ...]
+    controllers: tuple[str, ...] = ALL_CONTROLLERS
     data_seed: int = 0
     scenarios: tuple[str, ...] = tuple(pc.SCENARIOS)
     max_steps: int = pc.EPISODE_STEPS
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    bc_steps: int | None = None  # gradient steps (None: BCConfig's default)
+    iql_steps: int | None = None  # gradient steps (None: IQLConfig's default)
+    cost_model_epochs: int | None = None  # None: the safety layer's default
+    train_seed: int = 0  # initial weights and minibatches of every trained artifact
+    reference: str = "NMPC oracle"  # the controller costs are divided by
 
 
 PRESETS = {
     "quick": StudyPreset(
         "quick", eval_seeds=3, data_episodes=30, variants=("nominal", "mismatch"),
-        controllers=("PI nominal", "PI dataset"),
+        bc_steps=3000, iql_steps=4000, cost_model_epochs=60,
     ),
-    "full": StudyPreset(
-        "full", eval_seeds=10, data_episodes=100, variants=("nominal", "mismatch", "noise"),
-        controllers=("PI nominal", "PI dataset"),
-    ),
+    "full": StudyPreset("full", eval_seeds=10, data_episodes=100, variants=("nominal", "mismatch", "noise")),
 }
+
+
+# -- trained artifacts -------------------------------------------------------------------------------------
+
+
+def policy_artifact_config(algo: str, scenario: str, preset: StudyPreset) -> dict[str, Any]:
+    from safectrl.rl.bc import BCConfig
+    from safectrl.rl.iql import IQLConfig
+
+    cfg = {"bc": BCConfig, "iql": IQLConfig}[algo]()
+    steps = preset.bc_steps if algo == "bc" else preset.iql_steps
+    return {"algo": algo, "scenario": scenario, "config": asdict(cfg), "steps": steps or cfg.steps,
+            "seed": preset.train_seed, "dataset": datasets.dataset_id(scenario, preset.data_episodes, preset.data_seed),
+            "safectrl": safectrl.__version__}
+
+
+def cost_model_config(scenario: str, preset: StudyPreset):
+    from dataclasses import replace
+
+    from safectrl.studies.safety_layer import SafetyLayerConfig
+
+    cfg = SafetyLayerConfig()
+    return replace(cfg, train=replace(cfg.train, epochs=preset.cost_model_epochs or cfg.train.epochs,
+                                      seed=preset.train_seed))
+
+
+def cost_model_artifact_config(scenario: str, preset: StudyPreset) -> dict[str, Any]:
+    return {"scenario": scenario, "config": asdict(cost_model_config(scenario, preset)),
+            "dataset": datasets.dataset_id(scenario, preset.data_episodes, preset.data_seed),
+            "safectrl": safectrl.__version__}
+
+
+def policy_artifact(algo: str, scenario: str, preset: StudyPreset) -> Path:
+    return _built(artifacts.artifact_path(f"{algo}-policy", policy_artifact_config(algo, scenario, preset)))
+
+
+def cost_model_artifact(scenario: str, preset: StudyPreset) -> Path:
+    return _built(artifacts.artifact_path("cost-model", cost_model_artifact_config(scenario, preset)))
+
+
+def _built(path: Path) -> Path:
+    if not (path / artifacts.MARKER).exists():
+        raise FileNotFoundError(f"artifact {path} is missing: the study trains it before its episodes run")
+    return path
+
+
+def _train_task(kind: str, scenario: str, preset: StudyPreset, force: bool) -> dict[str, Any]:
+    """Train one artifact (a BC/IQL policy or a cost model) unless cached; a ResultStore record."""
+    from safectrl.studies import offline, safety_layer
+
+    _torch_threads()
+    t0 = time.perf_counter()
+    if kind == "cost-model":
+        def build(folder: Path) -> None:
+            safety_layer.train_for_scenario(scenario, folder, preset.data_episodes, preset.data_seed,
+                                            config=cost_model_config(scenario, preset), progress=False)
+
+        path = artifacts.build_artifact(kind, cost_model_artifact_config(scenario, preset), build, force)
+    else:
+        algo = kind.split("-")[0]
+        cfg = policy_artifact_config(algo, scenario, preset)
+
+        def build(folder: Path) -> None:
+            offline.train_policy(algo, [scenario], steps=cfg["steps"], seed=preset.train_seed, out=folder,
+                                 episodes=preset.data_episodes, dataset_seed=preset.data_seed, progress=False)
+
+        path = artifacts.build_artifact(kind, cfg, build, force)
+    return {"path": np.array(str(path)), "seconds": np.array(time.perf_counter() - t0)}
+
+
+def train_artifacts(preset: StudyPreset, executor: Executor, store: ResultStore, force: bool = False,
+                    progress: bool = True) -> dict[str, Path]:
+    """Every policy and cost model the preset's controllers need, as independent tasks; key -> folder."""
+    kinds = set()
+    for controller in preset.controllers:
+        if controller in _NEEDS:
+            algo, picnn = _NEEDS[controller]
+            kinds.add(f"{algo}-policy")
+            if picnn:
+                kinds.add("cost-model")
+    # IQL first: the longest tasks start first and the pool stays busy
+    order = {"iql-policy": 0, "cost-model": 1, "bc-policy": 2}
+    tasks = [Task(f"train/{kind}/{scenario}", _train_task, (kind, scenario, preset, force))
+             for kind in sorted(kinds, key=order.__getitem__) for scenario in preset.scenarios]
+    if not tasks:
+        return {}
+    results = run_tasks(tasks, executor, store, desc="training", progress=progress)
+    return {key: Path(str(r["path"])) for key, r in results.items()}
 
 
 def _episode_task(controller: str, scenario: str, variant: str, seed: int, seed_index: int,
@@ -269,14 +421,27 @@ def _check_out_dir(out_dir: Path, config: dict[str, Any], force: bool) -> None:
     cfg_file.write_text(json.dumps(config, indent=2))
 
 
-def run_study(preset: str = "quick", out: str | Path | None = None, force: bool = False,
+def run_study(preset: str | StudyPreset = "quick", out: str | Path | None = None, force: bool = False,
               scheduler: str | None = None, workers: int | None = None, serial: bool = False,
               progress: bool = True) -> Path:
-    """Run the study end to end and write its folder; rerunning with the same ``out`` resumes it."""
-    if preset not in PRESETS:
+    """Run the study end to end and write its folder; rerunning with the same ``out`` resumes it.
+
+    Args:
+        preset: a name of :data:`PRESETS` or a :class:`StudyPreset` of your own.
+        out: run folder (default ``runs/study-<preset>``).
+        force: retrain the artifacts and rerun every episode.
+        scheduler, workers, serial: the executor (see :func:`~safectrl.studies.executor.make_executor`).
+    """
+    if isinstance(preset, StudyPreset):
+        cfg = preset
+    elif preset in PRESETS:
+        cfg = PRESETS[preset]
+    else:
         raise ValueError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
-    cfg = PRESETS[preset]
-    out_dir = Path(out) if out is not None else Path("runs") / f"study-{preset}"
+    unknown = [c for c in cfg.controllers if c not in CONTROLLERS]
+    if unknown:
+        raise ValueError(f"unknown controllers {unknown}; valid: {', '.join(CONTROLLERS)}")
+    out_dir = Path(out) if out is not None else Path("runs") / f"study-{cfg.name}"
     config = {"preset": asdict(cfg), "eval_seeds": data.evaluation_seeds(cfg.eval_seeds),
               "nominal_pi": NOMINAL_TUNING.as_dict(), "safectrl": safectrl.__version__}
     _check_out_dir(out_dir, config, force)
@@ -285,11 +450,14 @@ def run_study(preset: str = "quick", out: str | Path | None = None, force: bool 
     executor = make_executor(scheduler, workers, serial)
     if progress:
         print(f"executor: {executor.name}")
+    store = ResultStore(out_dir / "tasks")
     try:
-        results = run_episodes(cfg, executor, ResultStore(out_dir / "tasks"), progress)
+        train_artifacts(cfg, executor, store, force, progress)
+        results = run_episodes(cfg, executor, store, progress)
     finally:
         executor.close()
-    text = write_outputs(results, out_dir, reference="PI nominal")
+    reference = cfg.reference if cfg.reference in cfg.controllers else cfg.controllers[0]
+    text = write_outputs(results, out_dir, reference=reference)
     if progress:
         print(text)
         print(f"\nwritten to {out_dir} in {time.perf_counter() - t0:.0f} s")
