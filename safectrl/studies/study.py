@@ -374,6 +374,33 @@ def summary_rows(results: StudyResults, variant: str, reference: str) -> list[li
     return rows
 
 
+#: The paper's claim the study checks: the corrected IQL beats PI, BC and IQL without violating T_max.
+HEADLINE_CONTROLLER = "IQL+PICNN (exact)"
+HEADLINE_BASELINES = ("PI nominal", "PI dataset", "BC", "IQL")
+HEADLINE_HEADERS = ("variant", "scenario", "holds", f"{HEADLINE_CONTROLLER} cost", "beaten by (mean cost)",
+                    "intervals T > T_max")
+
+
+def headline_rows(results: StudyResults) -> list[list[Any]]:
+    """One row per variant and scenario: does the headline hold, and if not, what breaks it."""
+    controllers = results.preset.controllers
+    if HEADLINE_CONTROLLER not in controllers:
+        return []
+    baselines = [c for c in HEADLINE_BASELINES if c in controllers]
+    rows = []
+    for variant in results.preset.variants:
+        for scenario in results.preset.scenarios:
+            ms = results.metrics[(variant, scenario, HEADLINE_CONTROLLER)]
+            cost = float(np.mean([m.cost for m in ms]))
+            better = [f"{c} ({np.mean([m.cost for m in results.metrics[(variant, scenario, c)]]):.4g})"
+                      for c in baselines
+                      if np.mean([m.cost for m in results.metrics[(variant, scenario, c)]]) < cost]
+            violations = int(sum(m.violations for m in ms))
+            rows.append([variant, scenario, "yes" if not better and violations == 0 else "no", f"{cost:.4g}",
+                         ", ".join(better) or "-", violations])
+    return rows
+
+
 def write_outputs(results: StudyResults, out_dir: Path, reference: str) -> str:
     """``episodes.csv``, ``summary.md`` and the figures; returns the markdown summary."""
     with open(out_dir / "episodes.csv", "w", newline="") as fh:
@@ -402,6 +429,11 @@ def write_outputs(results: StudyResults, out_dir: Path, reference: str) -> str:
     plots.distribution_figure(results.metrics, results.preset.variants, results.preset.scenarios,
                               results.preset.controllers, out_dir / "distributions.png")
     parts.append("## Distributions over seeds\n\n![distributions](distributions.png)\n")
+    headline = headline_rows(results)
+    if headline:
+        parts.append(f"## The paper's headline\n\nIs {HEADLINE_CONTROLLER} at least as good (mean cost) as "
+                     f"{', '.join(HEADLINE_BASELINES)}, with no interval above T_max?\n")
+        parts.append(report.markdown_table(HEADLINE_HEADERS, headline))
     text = "\n".join(parts)
     (out_dir / "summary.md").write_text(text)
     return text
