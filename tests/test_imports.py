@@ -17,7 +17,8 @@ ALLOWED = {
     "studies": {"models", "controllers", "rl", "safety", "studies"},
 }
 # safety must stand alone: only these third-party roots (plus the standard library)
-SAFETY_THIRD_PARTY = {"torch", "numpy", "cvxpy", "safetensors"}
+# highspy/clarabel/scipy: the exact correction hands cvxpy's compiled data to cvxpy's own LP/QP solvers
+SAFETY_THIRD_PARTY = {"torch", "numpy", "cvxpy", "safetensors", "scipy", "highspy", "clarabel"}
 
 
 def _imports(path: Path) -> set[str]:

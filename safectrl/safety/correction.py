@@ -22,10 +22,23 @@ physical actions in and out (:class:`~safectrl.safety.filter.SafetyFilter` does)
 
   (s the leaky slope; layer 0 has no A-term). Because A_i >= 0 and the activations are non-decreasing, any
   feasible z over-estimates the forward pass, so the optimum is min_y f(x, y) + trust term — exactly. The
-  problem is built once in cvxpy with A_i, B_i, c_i, lo, hi, y_ref as Parameters (DPP, checked) and re-solved
-  per state: an LP (trust = 0, HiGHS's simplex) or a QP (trust > 0, Clarabel's interior point). HiGHS's QP
-  solver is about twice as fast on most states but cycled without end on a state of a start-up episode
-  (its iteration limit then ends it with status "user_limit"), so it is not the default. Every solve's
+  problem is built once in cvxpy with Parameters (DPP, checked) and re-solved per state: an LP (trust = 0,
+  HiGHS's simplex) or a QP (trust > 0, Clarabel's interior point). Only gate *vectors* depend on the state
+  (:meth:`PICNN.gates <safectrl.safety.picnn.PICNN.gates>`), so the hidden z-terms are written
+  ``A_i z_i = W_i^z s_i`` with ``s_i = gz_i ∘ z_i`` (an extra variable and equality per hidden layer): W_i^z is
+  a constant and the state enters as a diagonal, not as a 64 x 64 parameter matrix. Exactness is unchanged
+  (s_i is a definition). This matters for Clarabel: a parameter matrix keeps every entry of A_i as a
+  structural non-zero, also the zeros of the clamped W^z, and its factorisations took twice as long. B_i
+  (width x action_dim), c_i, the output row of A_{k-1}, lo, hi and y_ref remain Parameters.
+
+  Per state the parameters go through cvxpy's compiled parameter-to-data map (kept as sparse matrices, see
+  :class:`_ProgramData`) straight into one long-lived solver: HiGHS hot-started from the previous optimal
+  basis (a third of the simplex iterations of a cold start), Clarabel updated in place (no new symbolic
+  factorisation). Other solvers, and a QP with HiGHS, go through ``Problem.solve`` with A_i as a parameter
+  matrix (HiGHS's QP solver reported the gated form "unbounded" on states with closed gates, whose z_j are
+  then free above at zero cost). HiGHS's QP solver is about twice as fast as Clarabel on most states but
+  cycled without end on a state of a start-up episode (its iteration limit then ends it with status
+  "user_limit"), so it is not the default. Every solve's
   status is checked.
 """
 
@@ -37,8 +50,10 @@ from dataclasses import dataclass
 import cvxpy as cp
 import numpy as np
 import torch
+from cvxpy.lin_ops.lin_op import CONSTANT_ID
+from scipy import sparse as sp
 
-from safectrl.safety.picnn import PICNN
+from safectrl.safety.picnn import PICNN, Gates
 
 
 class CorrectionError(RuntimeError):
@@ -71,6 +86,7 @@ class Correction:
     objective: np.ndarray  # (N,) f + trust/2 ‖action − y_ref‖², as reported by the solver
     iterations: np.ndarray  # (N,) gradient evaluations (GD) or solver iterations (exact)
     path: np.ndarray | None = None  # (steps + 1, N, action_dim) GD iterates, if requested
+    solver_time: np.ndarray | None = None  # (N,) seconds inside the solver per state (exact), as it reports
 
 
 def check_problem(x: np.ndarray, y_ref: np.ndarray, lo: np.ndarray, hi: np.ndarray, state_dim: int,
@@ -165,6 +181,144 @@ class GradientCorrector:
         )
 
 
+class _ProgramData:
+    """The solver data of a compiled DPP program as a function of its parameters: three sparse mat-vecs.
+
+    ``Problem.get_problem_data`` compiles the program once into a map, linear in the vector of parameter
+    values, from parameters to the data of ``minimise x'Px/2 + c'x + d  s.t.  b - A x in K``. cvxpy's own
+    ``apply_parameters`` rebuilds scipy matrices on every call (about 0.7 ms here, a third of a whole LP
+    re-solve); the map's matrices are taken from the compiled program once instead, with the sparsity
+    pattern of A fixed, and checked against ``apply_parameters`` on random values.
+    """
+
+    def __init__(self, problem: cp.Problem, solver: str, params: dict[str, cp.Parameter], seed: int = 0) -> None:
+        for p in params.values():  # compiling needs values; any will do, they are replaced per state
+            p.value = np.zeros(p.shape)
+        data, _, _ = problem.get_problem_data(solver)
+        prog = data[cp.settings.PARAM_PROB]
+        self.dims = data[cp.settings.DIMS]
+        if self.dims.soc or self.dims.psd or self.dims.exp or self.dims.p3d or data.get("lower_bounds") is not None:
+            raise RuntimeError(f"unexpected cones or variable bounds in the compiled program: {self.dims}")
+        self.var_id_to_col = prog.var_id_to_col
+        n = self.n = prog.x.size
+        self.slots = [(name, prog.param_id_to_col[p.id], p.size) for name, p in params.items()]
+        self.vector = np.zeros(prog.total_param_size + 1)
+        self.vector[prog.param_id_to_col[CONSTANT_ID]] = 1.0
+        reduced = prog.reduced_A
+        reduced.cache()
+        indices, indptr, (self.m, _) = reduced.problem_data_index
+        values = sp.csr_array(reduced.reduced_mat)
+        self.A_indices, self.A_indptr = indices[: indptr[n]].astype(np.int32), indptr[: n + 1].astype(np.int32)
+        self.A_map = -values[: indptr[n]]  # cvxpy's program is A x + b in K; the solvers' is b - A x in K
+        self.b_rows, self.b_map = indices[indptr[n] :], values[indptr[n] :]
+        self.q_map = sp.csr_array(prog.q)
+        self.P = None
+        if prog.P is not None:
+            if sp.csc_array(prog.P)[:, :-1].nnz:
+                raise RuntimeError("the quadratic term depends on parameters")
+            self.P = sp.triu(prog.apply_parameters(quad_obj=True)[0], format="csc")
+        rng = np.random.default_rng(seed)
+        by_id = {p.id: rng.uniform(0.1, 1.0, p.shape) for p in params.values()}
+        ref = prog.apply_parameters(by_id, keep_zeros=True, quad_obj=self.P is not None)[-4:]
+        mine = self({name: by_id[p.id] for name, p in params.items()})
+        for a, b in zip((ref[0], ref[1], -ref[2].toarray(), ref[3]), (mine[0], mine[1], mine[2].toarray(), mine[3])):
+            if not np.allclose(a, b, rtol=1e-12, atol=1e-12):
+                raise RuntimeError("the extracted parameter map disagrees with cvxpy's apply_parameters")
+
+    def __call__(self, values: dict[str, np.ndarray]) -> tuple[np.ndarray, float, sp.csc_array, np.ndarray]:
+        """(c, d, A, b) for the parameter ``values`` (by name); P is the constant :attr:`P`."""
+        v = self.vector
+        for name, col, size in self.slots:
+            v[col : col + size] = np.ravel(values[name], order="F")
+        q = self.q_map @ v
+        b = np.zeros(self.m)
+        b[self.b_rows] = self.b_map @ v
+        A = sp.csc_array((self.A_map @ v, self.A_indices, self.A_indptr), shape=(self.m, self.n))
+        return q[: self.n], float(q[self.n]), A, b
+
+
+class _HiGHSLP:
+    """One HiGHS instance re-solving LPs of a fixed structure, each hot-started from the last optimal basis.
+
+    Data in cvxpy's conic form: ``A x + s = b`` with s = 0 on the first ``n_eq`` rows and s >= 0 on the rest.
+    """
+
+    def __init__(self, options: dict) -> None:
+        import highspy
+
+        self._hp = highspy
+        self.highs = highspy.Highs()
+        self.highs.setOptionValue("output_flag", False)
+        for name, value in options.items():
+            if self.highs.setOptionValue(name, value) == highspy.HighsStatus.kError:
+                raise ValueError(f"HiGHS rejected the option {name} = {value!r}")
+        self.basis = None
+
+    def solve(self, c: np.ndarray, A: sp.csc_array, b: np.ndarray, n_eq: int
+              ) -> tuple[str, np.ndarray, float, int, float]:
+        """Returns (status, x, objective without offset, simplex iterations, solver seconds)."""
+        hp = self._hp
+        lp = hp.HighsLp()
+        lp.num_col_, lp.num_row_ = A.shape[1], A.shape[0]
+        lp.col_cost_ = c
+        lp.col_lower_ = np.full(A.shape[1], -hp.kHighsInf)
+        lp.col_upper_ = np.full(A.shape[1], hp.kHighsInf)
+        lp.row_lower_ = np.concatenate([b[:n_eq], np.full(len(b) - n_eq, -hp.kHighsInf)])
+        lp.row_upper_ = b
+        lp.a_matrix_.format_ = hp.MatrixFormat.kColwise
+        lp.a_matrix_.start_, lp.a_matrix_.index_, lp.a_matrix_.value_ = A.indptr, A.indices, A.data
+        self.highs.passModel(lp)
+        if self.basis is not None:
+            self.highs.setBasis(self.basis)
+        start = self.highs.getRunTime()  # cumulative over the runs of one instance
+        self.highs.run()
+        status = self.highs.getModelStatus()
+        if status != hp.HighsModelStatus.kOptimal:
+            self.basis = None
+            return self.highs.modelStatusToString(status), np.empty(0), np.nan, 0, 0.0
+        self.basis = self.highs.getBasis()
+        info = self.highs.getInfo()
+        x = np.asarray(self.highs.getSolution().col_value)
+        return "optimal", x, info.objective_function_value, info.simplex_iteration_count, self.highs.getRunTime() - start
+
+
+class _Clarabel:
+    """One Clarabel instance re-solving QPs of a fixed sparsity pattern through ``update`` (no re-setup).
+
+    Data in cvxpy's conic form: ``A x + s = b``, s in {0}^n_eq × R_+^n_ineq, objective x'Px/2 + c'x.
+    """
+
+    def __init__(self, options: dict, n_eq: int, n_ineq: int) -> None:
+        import clarabel
+
+        self._clarabel = clarabel
+        self.settings = clarabel.DefaultSettings()
+        self.settings.verbose = False
+        for name, value in options.items():
+            if not hasattr(self.settings, name):
+                raise ValueError(f"Clarabel has no setting {name!r}")
+            setattr(self.settings, name, value)
+        self.cones = [clarabel.ZeroConeT(n_eq), clarabel.NonnegativeConeT(n_ineq)]
+        self.solver = None
+        self.pattern: tuple[np.ndarray, np.ndarray] | None = None
+
+    def solve(self, P: sp.csc_array, c: np.ndarray, A: sp.csc_array, b: np.ndarray
+              ) -> tuple[str, np.ndarray, float, int, float]:
+        """Returns (status, x, objective without offset, interior-point iterations, solver seconds)."""
+        same = (self.solver is not None and self.solver.is_data_update_allowed()
+                and np.array_equal(self.pattern[0], A.indptr) and np.array_equal(self.pattern[1], A.indices))
+        if same:
+            self.solver.update(P=P, q=c, A=A, b=b)
+        else:
+            self.solver = self._clarabel.DefaultSolver(P, c, A, b, self.cones, self.settings)
+            self.pattern = (A.indptr.copy(), A.indices.copy())
+        sol = self.solver.solve()
+        status = str(sol.status)
+        if status != "Solved":
+            return status, np.empty(0), np.nan, 0, 0.0
+        return "optimal", np.asarray(sol.x), sol.obj_val, sol.iterations, sol.solve_time
+
+
 class ExactCorrector:
     """The exact LP/QP of the module docstring, built once in cvxpy and re-solved per state.
 
@@ -186,15 +340,20 @@ class ExactCorrector:
         if solver_options is None and self.solver == cp.CLARABEL:
             solver_options = {"tol_gap_abs": 1e-10, "tol_gap_rel": 1e-10, "tol_feas": 1e-10}
         self.solver_options = dict(solver_options or {})
-        self.problem, self._params, self._y = self._build()
+        self._weight_z = [w.numpy() for w in self.net.weight_z]
+        # the gated form and the compiled re-solve for HiGHS (LP) and Clarabel; Problem.solve otherwise
+        self._compiled = self.solver == cp.CLARABEL or (self.solver == cp.HIGHS and self.trust == 0)
+        self.problem, self._params, self._y = self._build(gated=self._compiled)
         if not self.problem.is_dpp():
             raise RuntimeError("the correction program is not DPP; it would be recompiled at every solve")
         if not self.problem.is_dcp():
             raise RuntimeError("the correction program is not convex (DCP)")
+        self._compile()
 
-    def _build(self) -> tuple[cp.Problem, dict[str, cp.Parameter], cp.Variable]:
+    def _build(self, gated: bool) -> tuple[cp.Problem, dict[str, cp.Parameter], cp.Variable]:
         cfg = self.net.config
         widths, m, slope = cfg.widths, cfg.action_dim, cfg.negative_slope
+        k = len(widths)
         y = cp.Variable(m, name="y")
         params: dict[str, cp.Parameter] = {"lo": cp.Parameter(m, name="lo"), "hi": cp.Parameter(m, name="hi")}
         constraints = [y >= params["lo"], y <= params["hi"]]
@@ -203,10 +362,20 @@ class ExactCorrector:
             params[f"B{i}"] = cp.Parameter((width, m), name=f"B{i}")
             params[f"c{i}"] = cp.Parameter(width, name=f"c{i}")
             pre = params[f"B{i}"] @ y + params[f"c{i}"]
-            if i > 0:
+            if 0 < i < k - 1 and not gated:
                 params[f"A{i}"] = cp.Parameter((width, widths[i - 1]), nonneg=True, name=f"A{i}")
                 pre = pre + params[f"A{i}"] @ z
-            if i < len(widths) - 1:
+            elif 0 < i < k - 1:
+                # A_i z_i = W_i^z (gz_i ∘ z_i): the state enters through the gate vector only, the 64 x 64
+                # weight is a constant (its zeros dropped), so no parameter matrix multiplies a variable
+                params[f"gz{i}"] = cp.Parameter(widths[i - 1], nonneg=True, name=f"gz{i}")
+                gated = cp.Variable(widths[i - 1], name=f"gz{i}_z{i}")
+                constraints.append(gated == cp.multiply(params[f"gz{i}"], z))
+                pre = pre + self._weight_z[i - 1] @ gated
+            elif i > 0:
+                params[f"a{i}"] = cp.Parameter(widths[i - 1], nonneg=True, name=f"a{i}")  # the one row of A_{k-1}
+                pre = pre + params[f"a{i}"] @ z
+            if i < k - 1:
                 z = cp.Variable(width, name=f"z{i + 1}")
                 constraints.append(z >= pre)
                 constraints.append(z >= slope * pre if slope > 0 else z >= 0)
@@ -216,33 +385,77 @@ class ExactCorrector:
             objective = objective + 0.5 * self.trust * cp.sum_squares(y - params["y_ref"])
         return cp.Problem(cp.Minimize(objective), constraints), params, y
 
+    def _compile(self) -> None:
+        """cvxpy's DPP compilation, done once: the map from parameter values to the solver's data.
+
+        For HiGHS (LP) and Clarabel the solver is then called on that data directly, keeping one solver
+        instance alive (HiGHS hot-started from the previous basis, Clarabel updated in place); any other
+        solver, or a QP with HiGHS, goes through ``Problem.solve`` each time.
+        """
+        self._backend: _HiGHSLP | _Clarabel | None = None
+        if not self._compiled:
+            return
+        self._data = _ProgramData(self.problem, self.solver, self._params)
+        col = self._data.var_id_to_col[self._y.id]
+        self._y_cols = slice(col, col + self._y.size)
+        n_eq, n_ineq = self._data.dims.zero, self._data.dims.nonneg
+        self._backend = _HiGHSLP(self.solver_options) if self.solver == cp.HIGHS else _Clarabel(
+            self.solver_options, n_eq, n_ineq)
+
+    def _values(self, gates: Gates, k: int, y_ref: np.ndarray, lo: np.ndarray, hi: np.ndarray
+                ) -> dict[str, np.ndarray]:
+        """Parameter values for state ``k`` of the exported ``gates``."""
+        values = {"lo": lo, "hi": hi}
+        last = len(gates.c) - 1
+        for i in range(len(gates.c)):
+            values[f"B{i}"] = self.net.weight_y[i].numpy() * gates.gy[i][k]
+            values[f"c{i}"] = gates.c[i][k]
+            if 0 < i < last and self._compiled:
+                values[f"gz{i}"] = gates.gz[i][k]
+            elif 0 < i < last:
+                values[f"A{i}"] = self._weight_z[i - 1] * gates.gz[i][k]
+            elif i > 0:
+                values[f"a{i}"] = self._weight_z[i - 1][0] * gates.gz[i][k]
+        if self.trust > 0:
+            values["y_ref"] = y_ref
+        return values
+
+    def _solve_compiled(self, values: dict[str, np.ndarray]) -> tuple[str, np.ndarray, float, int, float]:
+        c, d, A, b = self._data(values)
+        if isinstance(self._backend, _HiGHSLP):
+            status, x, obj, iters, seconds = self._backend.solve(c, A, b, self._data.dims.zero)
+        else:
+            P = self._data.P if self._data.P is not None else sp.csc_array((len(c), len(c)))
+            status, x, obj, iters, seconds = self._backend.solve(P, c, A, b)
+        return status, x[self._y_cols] if status == "optimal" else x, obj + d, iters, seconds
+
+    def _solve_problem(self, values: dict[str, np.ndarray]) -> tuple[str, np.ndarray, float, int, float]:
+        for name, v in values.items():
+            self._params[name].value = v
+        try:
+            self.problem.solve(solver=self.solver, **self.solver_options)
+        except cp.error.SolverError as err:
+            return f"solver error ({err})", np.empty(0), np.nan, 0, 0.0
+        stats = self.problem.solver_stats
+        status = "optimal" if self.problem.status == cp.OPTIMAL else repr(self.problem.status)
+        return status, self._y.value, self.problem.value, stats.num_iters or 0, stats.solve_time or 0.0
+
     def correct(self, x: np.ndarray, y_ref: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> Correction:
         """Correct a batch (one solve per state): ``x`` (N, state_dim), ``y_ref``, ``lo``, ``hi`` (N, action_dim)."""
         x, y_ref, lo, hi = check_problem(x, y_ref, lo, hi, self.net.config.state_dim, self.net.config.action_dim)
-        layers = self.net.export(torch.as_tensor(x))
+        gates = self.net.gates(torch.as_tensor(x))
         n = len(x)
         action = np.empty_like(y_ref)
         objective = np.empty(n)
         iterations = np.empty(n, dtype=np.int64)
-        p = self._params
+        solver_time = np.empty(n)
+        solve = self._solve_problem if self._backend is None else self._solve_compiled
         for k in range(n):
-            for i in range(len(layers)):
-                p[f"B{i}"].value = layers.B[i][k]
-                p[f"c{i}"].value = layers.c[i][k]
-                if i > 0:
-                    p[f"A{i}"].value = layers.A[i][k]
-            p["lo"].value, p["hi"].value = lo[k], hi[k]
-            if self.trust > 0:
-                p["y_ref"].value = y_ref[k]
-            try:
-                self.problem.solve(solver=self.solver, **self.solver_options)
-            except cp.error.SolverError as err:
-                raise CorrectionError(f"{self.solver} failed on state {k}: {err}") from err
-            if self.problem.status != cp.OPTIMAL:
-                raise CorrectionError(f"{self.solver} returned status {self.problem.status!r} for state {k}")
-            action[k] = np.clip(self._y.value, lo[k], hi[k])  # solver tolerance can leave y a hair outside
-            objective[k] = self.problem.value
-            iterations[k] = self.problem.solver_stats.num_iters or 0
+            status, y, objective[k], iterations[k], solver_time[k] = solve(self._values(gates, k, y_ref[k], lo[k], hi[k]))
+            if status != "optimal":
+                raise CorrectionError(f"{self.solver} returned status {status} for state {k}")
+            action[k] = np.clip(y, lo[k], hi[k])  # solver tolerance can leave y a hair outside
         with torch.no_grad():
             cost = self.net(torch.as_tensor(x), torch.as_tensor(action)).numpy()
-        return Correction(action=action, cost=cost, objective=objective, iterations=iterations)
+        return Correction(action=action, cost=cost, objective=objective, iterations=iterations,
+                          solver_time=solver_time)

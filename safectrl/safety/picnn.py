@@ -15,8 +15,9 @@ For a fixed state the network is, layer by layer, ``z_{i+1} = g_i(A_i z_i + B_i 
 
     A_i = W_i^z diag(relu(W_i^zu u_i + b_i^z)) >= 0,   B_i = W_i^y diag(W_i^yu u_i + b_i^y),   c_i = W_i^u u_i + b_i,
 
-the numbers :meth:`PICNN.export` returns (batched over states) and the exact convex program of
-:mod:`safectrl.safety.correction` is built from.
+the numbers :meth:`PICNN.export` returns (batched over states). Only the gate vectors ``relu(W_i^zu u_i + b_i^z)``,
+``W_i^yu u_i + b_i^y`` and c_i depend on the state (:meth:`PICNN.gates`); the exact convex program of
+:mod:`safectrl.safety.correction` takes them as its parameters.
 """
 
 from __future__ import annotations
@@ -52,6 +53,20 @@ class PICNNConfig:
     def widths(self) -> tuple[int, ...]:
         """Output widths of the k layers of the convex path (the last is 1)."""
         return (*self.hidden, 1)
+
+
+@dataclass(frozen=True)
+class Gates:
+    """The state-dependent vectors of a PICNN's layers at fixed states; batch first.
+
+    ``gz[i] = relu(W_i^zu u_i + b_i^z)`` (N, widths[i-1]) >= 0 (``gz[0]`` is None), ``gy[i] = W_i^yu u_i + b_i^y``
+    (N, action_dim), ``c[i] = W_i^u u_i + b_i`` (N, widths[i]): with them ``A_i = W_i^z diag(gz[i])`` and
+    ``B_i = W_i^y diag(gy[i])``.
+    """
+
+    gz: list[np.ndarray | None]
+    gy: list[np.ndarray]
+    c: list[np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -149,16 +164,27 @@ class PICNN(nn.Module):
         return z[:, 0]
 
     @torch.no_grad()
-    def export(self, x: torch.Tensor) -> AffineLayers:
-        """The affine layers A_i(x), B_i(x), c_i(x) at states ``x`` (N, state_dim), as float64 arrays."""
+    def gates(self, x: torch.Tensor) -> Gates:
+        """The state-dependent vectors of every layer at states ``x`` (N, state_dim), as float64 arrays."""
         u = x
-        A: list[np.ndarray | None] = [None]
-        B, c = [], []
+        gz: list[np.ndarray | None] = [None]
+        gy, c = [], []
         for i in range(self.num_layers):
-            B.append((self.weight_y[i][None] * self.gate_y[i](u)[:, None, :]).double().numpy())
+            gy.append(self.gate_y[i](u).double().numpy())
             c.append(self.linear_u[i](u).double().numpy())
             if i > 0:
-                A.append((self.weight_z[i - 1][None] * F.relu(self.gate_z[i - 1](u))[:, None, :]).double().numpy())
+                gz.append(F.relu(self.gate_z[i - 1](u)).double().numpy())
             if i < self.num_layers - 1:
                 u = F.relu(self.state_path[i](u))
-        return AffineLayers(A=A, B=B, c=c, negative_slope=self.config.negative_slope)
+        return Gates(gz=gz, gy=gy, c=c)
+
+    def export(self, x: torch.Tensor) -> AffineLayers:
+        """The affine layers A_i(x), B_i(x), c_i(x) at states ``x`` (N, state_dim), as float64 arrays."""
+        g = self.gates(x)
+        A: list[np.ndarray | None] = [None]
+        B = []
+        for i in range(self.num_layers):
+            B.append(self.weight_y[i].detach().double().numpy()[None] * g.gy[i][:, None, :])
+            if i > 0:
+                A.append(self.weight_z[i - 1].detach().double().numpy()[None] * g.gz[i][:, None, :])
+        return AffineLayers(A=A, B=B, c=g.c, negative_slope=self.config.negative_slope)
