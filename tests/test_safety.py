@@ -160,6 +160,26 @@ def test_exact_program_value_equals_the_forward_pass_at_its_argmin(trust, solver
 
 
 @pytest.mark.parametrize("trust", [0.0, 0.5])
+def test_exact_correction_falls_back_to_problem_solve_when_the_fast_path_cannot_be_built(trust, monkeypatch):
+    """The compiled re-solve reads cvxpy internals; if they change, the result must stay exact."""
+    import safectrl.safety.correction as correction
+
+    net = random_picnn(12, hidden=(16, 16), slope=0.0)
+    x, y_ref, lo, hi = problems(net, 6, seed=2)
+    fast = ExactCorrector(net, trust).correct(x, y_ref, lo, hi)
+
+    def broken(*args, **kwargs):
+        raise AttributeError("reduced_A")
+
+    monkeypatch.setattr(correction, "_ProgramData", broken)
+    with pytest.warns(RuntimeWarning, match="using Problem.solve"):
+        slow = ExactCorrector(net, trust)
+    assert slow._backend is None and "A1" in slow._params
+    res = slow.correct(x, y_ref, lo, hi)
+    np.testing.assert_allclose(res.objective, fast.objective, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("trust", [0.0, 0.5])
 def test_no_sampled_or_gradient_found_action_beats_the_exact_optimum(trust):
     net = random_picnn(5, state_dim=2, action_dim=2, hidden=(16, 16))
     x, y_ref, lo, hi = problems(net, 8, seed=2)

@@ -45,12 +45,12 @@ physical actions in and out (:class:`~safectrl.safety.filter.SafetyFilter` does)
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass
 
 import cvxpy as cp
 import numpy as np
 import torch
-from cvxpy.lin_ops.lin_op import CONSTANT_ID
 from scipy import sparse as sp
 
 from safectrl.safety.picnn import PICNN, Gates
@@ -202,6 +202,8 @@ class _ProgramData:
         self.var_id_to_col = prog.var_id_to_col
         n = self.n = prog.x.size
         self.slots = [(name, prog.param_id_to_col[p.id], p.size) for name, p in params.items()]
+        from cvxpy.lin_ops.lin_op import CONSTANT_ID
+
         self.vector = np.zeros(prog.total_param_size + 1)
         self.vector[prog.param_id_to_col[CONSTANT_ID]] = 1.0
         reduced = prog.reduced_A
@@ -344,11 +346,23 @@ class ExactCorrector:
         # the gated form and the compiled re-solve for HiGHS (LP) and Clarabel; Problem.solve otherwise
         self._compiled = self.solver == cp.CLARABEL or (self.solver == cp.HIGHS and self.trust == 0)
         self.problem, self._params, self._y = self._build(gated=self._compiled)
+        self._check_program()
+        try:
+            self._compile()
+        except (RuntimeError, AttributeError, KeyError, IndexError, TypeError, ValueError) as err:
+            # the fast path reads cvxpy's compiled program; if a cvxpy release changes it, stay correct
+            # (and slower) through Problem.solve on the parameter-matrix form
+            warnings.warn(f"exact correction: compiled re-solve unavailable ({err}); using Problem.solve",
+                          RuntimeWarning, stacklevel=2)
+            self._compiled, self._backend = False, None
+            self.problem, self._params, self._y = self._build(gated=False)
+            self._check_program()
+
+    def _check_program(self) -> None:
         if not self.problem.is_dpp():
             raise RuntimeError("the correction program is not DPP; it would be recompiled at every solve")
         if not self.problem.is_dcp():
             raise RuntimeError("the correction program is not convex (DCP)")
-        self._compile()
 
     def _build(self, gated: bool) -> tuple[cp.Problem, dict[str, cp.Parameter], cp.Variable]:
         cfg = self.net.config
