@@ -170,3 +170,30 @@ def test_acr_quick_preset_runs_from_the_command_line(tmp_path):
     assert main(["study", "acr", "--preset", "quick", "--out", str(tmp_path / "q")]) == 0
     text = (tmp_path / "q" / "summary.md").read_text()
     assert "CartPole (ours)" in text and "CSTR (ours)" in text
+
+
+class _HotLearner:
+    """Full initiator and the hottest coolant: drives the reactor over T_max (and to a runaway)."""
+
+    def begin_episode(self, seed):
+        pass
+
+    def explore(self, obs, info):
+        from safectrl.models import polycstr as pc
+
+        return np.array(pc.U_HIGH, dtype=float)
+
+    def observe(self, *transition):
+        pass
+
+    def end_episode(self):
+        return {}
+
+
+def test_training_logs_count_the_reactors_violations():
+    from safectrl.rl.polycstr_env import PolyCSTREnv
+    from safectrl.rl.sac import train
+
+    logs = train(PolyCSTREnv("grade_up", max_steps=60), _HotLearner(), episodes=1, progress=False)
+    assert logs[0].extras["violations"] >= 1
+    assert logs[0].failed  # a runaway ends the episode; its intervals above T_max are still counted

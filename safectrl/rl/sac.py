@@ -346,14 +346,18 @@ def train(env: gym.Env, learner: Learner, episodes: int, seed: int = 0, progress
         obs, info = env.reset(seed=seed if k == 0 else None)
         learner.begin_episode(seed + k)
         rewards, done, t_start, failed = [], False, time.perf_counter(), False
+        violations = 0  # intervals an env flags in info["violation"] (e.g. the reactor's T > T_max)
         while not done:
             action = learner.explore(obs, info)
             next_obs, reward, terminated, truncated, info = env.step(action)
             learner.observe(obs, action, reward, next_obs, terminated)
             rewards.append(reward)
+            violations += bool(info.get("violation", False))
             obs, done, failed = next_obs, terminated or truncated, terminated
         elapsed = time.perf_counter() - t_start
         extras = learner.end_episode()
+        if "violation" in info:
+            extras = {**extras, "violations": float(violations)}
         logs.append(EpisodeLog(k, float(np.sum(rewards)), len(rewards), failed,
                                normalised_return(np.asarray(rewards), failed), elapsed / len(rewards), extras))
     return logs

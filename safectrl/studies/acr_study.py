@@ -228,7 +228,14 @@ def _summaries(cfg: ACRPreset, results: dict[str, dict[str, Any]], seeds: list[i
         ret_rows.append([method, *rets, *(f"{paper_r[lb]:g}" if lb in paper_r else "-" for lb in labels)])
     heads = [f"{lb} (ours)" for lb in labels] + [f"{lb} (paper)" for lb in labels]
     what = f"failures in the first {window} training episodes"
+    # envs with a constraint below their failure set (the reactor's T > T_max): episodes that crossed it
+    flagged = [e for e in cfg.envs if all("violations" in results[_key(e, "RL-ACR", s, cfg)] for s in seeds)]
+    viol_rows = [[m, *(report.mean_std([float(np.sum(results[_key(e, m, s, cfg)]["violations"][:window] > 0))
+                                         for s in seeds]) for e in flagged)]
+                 for m in METHODS if m != "MPC"]
     return {
+        "violations": report.markdown_table(["method", *(ENV_LABELS[e] for e in flagged)], viol_rows)
+        if flagged else "",
         "failures": report.markdown_table(["method", *heads], fail_rows),
         "failures_what": what,
         "returns": report.markdown_table(["method", *heads], ret_rows),
@@ -266,10 +273,11 @@ def _write_curves(cfg: ACRPreset, results: dict[str, dict[str, Any]], seeds: lis
 
 def run_acr_study(preset: str | ACRPreset = "quick", out: str | Path | None = None,
                   scheduler: str | None = None, workers: int | None = None, serial: bool = False,
-                  progress: bool = True) -> Path:
+                  progress: bool = True, force: bool = False) -> Path:
     """Run the RL-ACR study and write ``config.json``, ``episodes.csv``, ``summary.md``, ``returns.png``.
 
-    Rerunning with the same ``out`` resumes: finished (env, method, seed) tasks are read back.
+    Rerunning with the same ``out`` resumes: finished (env, method, seed) tasks are read back; ``force``
+    discards them and runs everything again.
     """
     if isinstance(preset, str):
         if preset not in PRESETS:
@@ -279,6 +287,9 @@ def run_acr_study(preset: str | ACRPreset = "quick", out: str | Path | None = No
         cfg = preset
     out_dir = Path(out) if out is not None else Path("runs") / f"acr-{cfg.name}"
     out_dir.mkdir(parents=True, exist_ok=True)
+    if force and (out_dir / "tasks").exists():
+        for f in (out_dir / "tasks").iterdir():
+            f.unlink()
     seeds = list(range(cfg.seeds))
     (out_dir / "config.json").write_text(json.dumps(
         {"preset": asdict(cfg), "seeds": seeds, "rl_acr": asdict(RLACRConfig()), "safectrl": safectrl.__version__},
@@ -310,7 +321,11 @@ def run_acr_study(preset: str | ACRPreset = "quick", out: str | Path | None = No
     text = (f"# RL-ACR study ({cfg.name})\n\nSeeds {seeds}; {cfg.episodes} training episodes per env and method "
             f"on the actual plant (SAC-pt: {cfg.pretrain_episodes} episodes on the estimated model first).\n\n"
             f"## {tables['failures_what'].capitalize()} (mean ± std over seeds; MPC: its evaluation episode)\n\n"
-            f"{tables['failures']}\n\n## Final per-step return on the actual plant (no exploration)\n\n"
+            f"{tables['failures']}\n\n"
+            + (f"## Training episodes with an interval above the constraint, first {min(cfg.episodes, cfg.failure_window)}"
+               f" (the reactor: T > T_max; failures count too)\n\n{tables['violations']}\n\n"
+               if tables["violations"] else "")
+            + f"## Final per-step return on the actual plant (no exploration)\n\n"
             f"{tables['returns']}\n\n## Time per RL-ACR training step (acting incl. MPC, env step, updates)\n\n"
             f"{tables['times']}\n\n![returns](returns.png)\n")
     (out_dir / "summary.md").write_text(text)

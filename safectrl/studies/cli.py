@@ -36,7 +36,8 @@ def _cmd_study(args: argparse.Namespace) -> int:
     if args.which == "acr":
         from safectrl.studies.acr_study import run_acr_study
 
-        run_acr_study(args.preset, args.out, scheduler=args.scheduler, workers=args.workers, serial=args.serial)
+        run_acr_study(args.preset, args.out, scheduler=args.scheduler, workers=args.workers, serial=args.serial,
+                      force=args.force)
         return 0
     from safectrl.studies.study import run_study
 
