@@ -21,7 +21,7 @@ from safectrl.studies import datasets
 
 
 def steps_per_second(algo: str, offline: OfflineData, steps: int) -> tuple[float, dict[str, int]]:
-    agent = make_agent(algo, offline.normalisation.obs_dim, offline.normalisation.act_dim, seed=0)
+    agent = make_agent(algo, offline.normalisation.net_obs_dim, offline.normalisation.act_dim, seed=0)
     generator = torch.Generator().manual_seed(0)
     batch_size = agent.config.batch_size
     for _ in range(20):

@@ -60,8 +60,13 @@ def test_seed_sets_are_disjoint():
         assert evals.isdisjoint(data.data_seeds(s, data.MAX_EPISODES_PER_DATASET))
     assert max(data.data_seeds(0, 10_000)) < min(data.data_seeds(1, 1))
     assert max(evals) < data.TUNING_SEED_OFFSET < data.DATA_SEED_OFFSET
+    tuning = data.tuning_seeds(1000)
+    assert min(tuning) == data.TUNING_SEED_OFFSET and max(tuning) < data.DATA_SEED_OFFSET
+    assert evals.isdisjoint(tuning) and set(tuning).isdisjoint(data.data_seeds(0, data.MAX_EPISODES_PER_DATASET))
     with pytest.raises(ValueError, match="evaluation seeds"):
         data.evaluation_seeds(10, start=data.EVAL_SEED_LIMIT - 5)
+    with pytest.raises(ValueError, match="tuning seeds"):
+        data.tuning_seeds(10, start=data.DATA_SEED_OFFSET - data.TUNING_SEED_OFFSET - 5)
 
 
 def test_missing_dataset_names_the_folder(tmp_path):

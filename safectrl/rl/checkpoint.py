@@ -109,7 +109,7 @@ def load_policy(path: str | os.PathLike) -> OfflinePolicy:
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{folder / RECORD} is incomplete or malformed: {err!r}") from None
     tensors = _load_tensors(folder / WEIGHTS, record.get("weights_sha256"))
-    actor = Actor(normalisation.obs_dim, normalisation.act_dim, hidden)
+    actor = Actor(normalisation.net_obs_dim, normalisation.act_dim, hidden)
     prefix = "actor."
     state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     try:
@@ -117,7 +117,7 @@ def load_policy(path: str | os.PathLike) -> OfflinePolicy:
     except RuntimeError as err:
         raise CheckpointError(
             f"actor weights in {folder / WEIGHTS} do not match the recorded config (hidden {list(hidden)}, "
-            f"{normalisation.obs_dim} observations, {normalisation.act_dim} actions): {err}") from None
+            f"{normalisation.net_obs_dim} network inputs, {normalisation.act_dim} actions): {err}") from None
     return OfflinePolicy(actor, normalisation, record)
 
 

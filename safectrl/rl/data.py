@@ -39,6 +39,13 @@ def evaluation_seeds(n: int, start: int = 0) -> list[int]:
     return list(range(start, start + n))
 
 
+def tuning_seeds(n: int, start: int = 0) -> list[int]:
+    """``n`` tuning seeds (for choices made by searching), disjoint from evaluation and data seeds."""
+    if start < 0 or n < 0 or TUNING_SEED_OFFSET + start + n > DATA_SEED_OFFSET:
+        raise ValueError(f"tuning seeds must lie in [{TUNING_SEED_OFFSET}, {DATA_SEED_OFFSET})")
+    return list(range(TUNING_SEED_OFFSET + start, TUNING_SEED_OFFSET + start + n))
+
+
 def data_seeds(seed: int, episodes: int) -> list[int]:
     """Env seeds of the ``episodes`` episodes of the dataset with seed ``seed``."""
     if not 0 < episodes <= MAX_EPISODES_PER_DATASET:

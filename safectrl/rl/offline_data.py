@@ -1,8 +1,9 @@
 """Training data of the offline agents: normalisation computed from the dataset, batches as torch tensors.
 
 The agents see observations standardised with the dataset's mean and std and actions scaled to [-1, 1]
-from the env's physical bounds; :class:`Normalisation` holds both maps, is stored with every checkpoint
-and turns a network's output back into physical inputs. :class:`OfflineData` holds a whole dataset in
+from the env's physical bounds; :class:`Normalisation` holds both maps and which entries of the env's
+observation the networks are given (``obs_index``), is stored with every checkpoint and turns a network's
+output back into physical inputs. :class:`OfflineData` holds a whole dataset in
 these coordinates and draws minibatches from an explicit ``torch.Generator``.
 """
 
@@ -19,21 +20,30 @@ from safectrl.rl.data import Transitions
 #: Added to the observation std (CORL's habit), so a constant feature normalises to 0 instead of NaN.
 STD_EPS = 1e-3
 
+#: What the offline agents' networks see of the reactor's observation by default: the measurements and the
+#: tracking errors, not the inputs applied in the previous interval (f_I_prev, T_c_prev). The reasons and the
+#: measurements behind this choice are in :class:`safectrl.rl.bc.BCConfig`; BC and IQL share it.
+DEFAULT_OBSERVED = ("A", "P", "T", "e_P", "e_T")
+
+_ARRAYS = ("obs_mean", "obs_std", "action_low", "action_high")
+
 
 @dataclass(frozen=True)
 class Normalisation:
     """Maps between physical units and the networks' coordinates.
 
-    Observation: ``(obs - obs_mean) / obs_std``. Action: ``2 (u - low) / (high - low) - 1`` in [-1, 1].
+    Observation: ``((obs - obs_mean) / obs_std)[obs_index]``, the env's observation (n_obs,) standardised,
+    then the entries the networks see. Action: ``2 (u - low) / (high - low) - 1`` in [-1, 1].
     """
 
     obs_mean: np.ndarray  # (n_obs,), physical units
     obs_std: np.ndarray  # (n_obs,), physical units, dataset std + STD_EPS
     action_low: np.ndarray  # (n_act,), physical lower bounds
     action_high: np.ndarray  # (n_act,), physical upper bounds
+    obs_index: np.ndarray | None = None  # (n_in,) entries of the observation the networks see; None: all
 
     def __post_init__(self) -> None:
-        for name in ("obs_mean", "obs_std", "action_low", "action_high"):
+        for name in _ARRAYS:
             value = np.asarray(getattr(self, name), dtype=float)
             if value.ndim != 1 or not np.all(np.isfinite(value)):
                 raise ValueError(f"normalisation {name} must be a finite vector, got {value!r}")
@@ -42,27 +52,41 @@ class Normalisation:
             raise ValueError("obs_std must be positive and have the shape of obs_mean")
         if self.action_low.shape != self.action_high.shape or np.any(self.action_high <= self.action_low):
             raise ValueError("action bounds need the same shape and high > low")
+        index = np.arange(len(self.obs_mean)) if self.obs_index is None else np.asarray(self.obs_index)
+        n_obs = len(self.obs_mean)
+        if (index.ndim != 1 or len(index) == 0 or not np.issubdtype(index.dtype, np.integer)
+                or len(np.unique(index)) != len(index) or index.min() < 0 or index.max() >= n_obs):
+            raise ValueError(f"obs_index must list distinct entries of the {n_obs}-entry observation, got {index!r}")
+        object.__setattr__(self, "obs_index", index.astype(np.int64))
 
     @property
     def obs_dim(self) -> int:
+        """Size of the env's observation, what :meth:`obs_to_net` takes."""
         return len(self.obs_mean)
+
+    @property
+    def net_obs_dim(self) -> int:
+        """Size of the networks' input, what :meth:`obs_to_net` returns."""
+        return len(self.obs_index)
 
     @property
     def act_dim(self) -> int:
         return len(self.action_low)
 
     @classmethod
-    def from_data(cls, obs: np.ndarray, action_low: Sequence[float], action_high: Sequence[float]
-                  ) -> Normalisation:
-        """Observation statistics of ``obs`` (n, n_obs); action bounds as given (the env's)."""
+    def from_data(cls, obs: np.ndarray, action_low: Sequence[float], action_high: Sequence[float],
+                  obs_index: Sequence[int] | None = None) -> Normalisation:
+        """Observation statistics of ``obs`` (n, n_obs); action bounds as given (the env's); the entries
+        of the observation the networks see (None: all)."""
         obs = np.asarray(obs, dtype=float)
         if obs.ndim != 2 or len(obs) < 2 or not np.all(np.isfinite(obs)):
             raise ValueError(f"need at least two finite observations as an (n, n_obs) array, got shape {obs.shape}")
         return cls(obs.mean(axis=0), obs.std(axis=0) + STD_EPS, np.asarray(action_low, dtype=float),
-                   np.asarray(action_high, dtype=float))
+                   np.asarray(action_high, dtype=float), None if obs_index is None else np.asarray(obs_index))
 
     def obs_to_net(self, obs: np.ndarray) -> np.ndarray:
-        return (np.asarray(obs, dtype=float) - self.obs_mean) / self.obs_std
+        """Network input (..., n_in) from observations (..., n_obs) in physical units."""
+        return ((np.asarray(obs, dtype=float) - self.obs_mean) / self.obs_std)[..., self.obs_index]
 
     def action_to_net(self, action: np.ndarray) -> np.ndarray:
         return 2.0 * (np.asarray(action, dtype=float) - self.action_low) / (self.action_high - self.action_low) - 1.0
@@ -72,24 +96,27 @@ class Normalisation:
         u = self.action_low + 0.5 * (np.asarray(y, dtype=float) + 1.0) * (self.action_high - self.action_low)
         return np.clip(u, self.action_low, self.action_high)
 
-    def as_dict(self) -> dict[str, list[float]]:
-        return {k: getattr(self, k).tolist() for k in ("obs_mean", "obs_std", "action_low", "action_high")}
+    def as_dict(self) -> dict[str, list[float] | list[int]]:
+        return {k: getattr(self, k).tolist() for k in (*_ARRAYS, "obs_index")}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Normalisation:
+        """The inverse of :meth:`as_dict`; a record without ``obs_index`` (older checkpoints) means all."""
         try:
-            return cls(*(np.asarray(d[k], dtype=float) for k in ("obs_mean", "obs_std", "action_low", "action_high")))
-        except (KeyError, TypeError) as err:
-            raise ValueError(f"normalisation record is incomplete or malformed: {err}") from err
+            index = d.get("obs_index")
+            return cls(*(np.asarray(d[k], dtype=float) for k in _ARRAYS),
+                       None if index is None else np.asarray(index, dtype=np.int64))
+        except (KeyError, TypeError, AttributeError) as err:
+            raise ValueError(f"normalisation record is incomplete or malformed: {err!r}") from err
 
 
 class Batch(NamedTuple):
     """A minibatch in network coordinates (float32 tensors)."""
 
-    obs: torch.Tensor  # (batch, n_obs), normalised
+    obs: torch.Tensor  # (batch, n_in), normalised, the entries the networks see
     action: torch.Tensor  # (batch, n_act), in [-1, 1]
     reward: torch.Tensor  # (batch,), as given to OfflineData (IQL: scaled, see safectrl.rl.iql)
-    next_obs: torch.Tensor  # (batch, n_obs), normalised
+    next_obs: torch.Tensor  # (batch, n_in), normalised
     done: torch.Tensor  # (batch,), 1.0 where the episode failed (no bootstrap), else 0.0
 
 

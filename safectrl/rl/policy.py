@@ -15,9 +15,9 @@ class OfflinePolicy:
     """A deterministic actor with the normalisation it was trained with.
 
     ``act`` takes one observation (n_obs,) or a batch (batch, n_obs) in physical units (layout
-    :data:`safectrl.models.polycstr.OBSERVATIONS` for the reactor) and returns the inputs (n_act,) or
-    (batch, n_act) in physical units, always inside the action bounds. The policy is stateless; ``reset``
-    exists for the common interface.
+    :data:`safectrl.models.polycstr.OBSERVATIONS` for the reactor), of which the actor sees the entries
+    ``normalisation.obs_index``, and returns the inputs (n_act,) or (batch, n_act) in physical units, always
+    inside the action bounds. The policy is stateless; ``reset`` exists for the common interface.
 
     Args:
         actor: trained actor (normalised observation -> action in [-1, 1]).

@@ -99,16 +99,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
 
-    from safectrl.rl.data import evaluation_seeds
+    from safectrl.rl.data import evaluation_seeds, tuning_seeds
     from safectrl.studies.offline import evaluation_report
 
     torch.set_num_threads(args.threads)
     scenarios = None if args.scenario is None else list(pc.SCENARIOS) if args.scenario == "all" else [args.scenario]
-    seeds = evaluation_seeds(args.seeds)
+    seeds = tuning_seeds(args.seeds) if args.tuning else evaluation_seeds(args.seeds)
     table = evaluation_report(args.policy, scenarios, seeds, baselines=args.baselines,
                               merge_seeds=args.merge_seeds, out=args.out,
                               episodes=args.episodes, dataset_seed=args.dataset_seed, root=args.root)
-    print(f"\nevaluation seeds {seeds[0]}..{seeds[-1]}; cost = -sum of rewards over 100 h; final offsets: "
+    kind = "tuning" if args.tuning else "evaluation"
+    print(f"\n{kind} seeds {seeds[0]}..{seeds[-1]}; cost = -sum of rewards over 100 h; final offsets: "
           f"means over the last 10 h\n")
     print(table)
     if args.out:
@@ -251,6 +252,9 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scenario", choices=[*pc.SCENARIOS, "all"], default=None,
                    help="where to evaluate (default: the scenarios each policy was trained on)")
     p.add_argument("--seeds", type=_positive_int, default=10, help="evaluation episodes, seeds 0..N-1 (default 10)")
+    p.add_argument("--tuning", action="store_true",
+                   help="run on the tuning seeds 500000..500000+N-1 instead, for choices made while developing "
+                        "(the evaluation seeds are kept for the final report)")
     p.add_argument("--baselines", action="store_true",
                    help="add the nominal PI and the dataset's median and best PI tunings")
     p.add_argument("--merge-seeds", action="store_true",

@@ -25,8 +25,9 @@ import safectrl
 from safectrl.controllers.pi import NOMINAL_TUNING, PIController, PITuning
 from safectrl.models import polycstr as pc
 from safectrl.rl import data
+from safectrl.rl.bc import BCConfig
 from safectrl.rl.checkpoint import save_checkpoint
-from safectrl.rl.iql import learning_rewards
+from safectrl.rl.iql import IQLConfig, learning_rewards
 from safectrl.rl.offline_data import Normalisation, OfflineData
 from safectrl.rl.polycstr_env import PolyCSTREnv
 from safectrl.rl.rollout import Episode, Policy, run_episode
@@ -53,17 +54,20 @@ def train_policy(
     dataset_seed: int = 0,
     root: str | os.PathLike | None = None,
     progress: bool = True,
+    config: BCConfig | IQLConfig | None = None,
 ) -> Path:
     """Train ``algo`` ("bc" | "iql") on the PI datasets of ``scenarios`` and write its checkpoint folder.
 
     Args:
-        algo: "bc" or "iql"; hyperparameters are the module's config defaults.
+        algo: "bc" or "iql".
         scenarios: one scenario (a policy for it) or several (one pooled policy).
         steps: gradient steps (None: the config's default).
         seed: training seed (initial weights and minibatches).
         out: checkpoint folder (default ``runs/<algo>-<scenario|pooled>-s<seed>``).
         episodes: episodes per dataset; dataset_seed: which dataset; root: Minari folder.
         progress: progress bars.
+        config: hyperparameters, a :class:`BCConfig` or :class:`IQLConfig` (None: the defaults); ``steps``
+            overrides its ``steps``.
 
     Returns:
         The checkpoint folder (``model.safetensors``, ``config.json``, ``losses.csv``, ``losses.png``).
@@ -77,13 +81,19 @@ def train_policy(
         pc.get_scenario(s)
     ids = [datasets.generate_dataset(s, episodes, dataset_seed, root=root, progress=progress) for s in scenarios]
     transitions = data.load_transitions(ids, root)
-    config = AGENTS[algo][1]()
+    config = AGENTS[algo][1]() if config is None else config
+    if not isinstance(config, AGENTS[algo][1]):
+        raise TypeError(f"{algo} needs a {AGENTS[algo][1].__name__}, got {type(config).__name__}")
     if steps is not None:
         config = replace(config, steps=steps)
+    unknown = [name for name in config.observed if name not in pc.OBSERVATIONS]
+    if unknown:
+        raise ValueError(f"{algo} config observes {unknown}, not in the observation {list(pc.OBSERVATIONS)}")
     reward, reward_scale = (transitions.reward, None) if algo == "bc" else learning_rewards(transitions, config)
-    normalisation = Normalisation.from_data(transitions.obs, pc.U_LOW, pc.U_HIGH)
+    normalisation = Normalisation.from_data(transitions.obs, pc.U_LOW, pc.U_HIGH,
+                                            [pc.OBSERVATIONS.index(name) for name in config.observed])
     offline = OfflineData.from_transitions(transitions, normalisation, reward)
-    agent = make_agent(algo, normalisation.obs_dim, normalisation.act_dim, config, seed)
+    agent = make_agent(algo, normalisation.net_obs_dim, normalisation.act_dim, config, seed)
     t0 = time.perf_counter()
     history = train(agent, offline, seed, progress=progress)
     seconds = time.perf_counter() - t0
@@ -97,6 +107,7 @@ def train_policy(
         "seed": seed,
         "reward_scale": reward_scale,
         "observations": list(pc.OBSERVATIONS),
+        "observed": list(config.observed),
         "inputs": list(pc.INPUTS),
         "train_seconds": round(seconds, 1),
         "torch_threads": torch.get_num_threads(),
@@ -243,10 +254,11 @@ def evaluation_report(
             writer.writerow(["scenario", "controller", "train_seed", "seed", *EpisodeMetrics.__dataclass_fields__])
             for scenario, label, train_seed, ep in records:
                 writer.writerow([scenario, label, train_seed, ep.seed, *episode_metrics(ep).as_dict().values()])
+        kind = "Tuning" if min(seeds) >= data.TUNING_SEED_OFFSET else "Evaluation"
         (folder / "summary.md").write_text(
-            f"# Offline RL evaluation\n\nEvaluation seeds {seeds[0]}..{seeds[-1]} ({len(seeds)} per controller and "
+            f"# Offline RL evaluation\n\n{kind} seeds {seeds[0]}..{seeds[-1]} ({len(seeds)} per controller and "
             f"training seed). Cost is -sum of rewards over 100 h; final offsets are means over the last 10 h."
             f"\n\n{table}\n\n![trajectories](trajectories.png)\n")
         plots.trajectory_figure(panels, folder / "trajectories.png",
-                                title=f"first evaluation seed ({seeds[0]}), first training seed")
+                                title=f"first {kind.lower()} seed ({seeds[0]}), first training seed")
     return table
