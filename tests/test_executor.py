@@ -149,3 +149,50 @@ def test_study_gives_identical_results_from_the_pool_and_a_dask_local_cluster(tm
     assert len(pool_rows) == 5 * 2
     assert pool_rows == dask_rows
     assert pool_weights == dask_weights
+
+
+def _sleep_and_report(path: str, seconds: float) -> dict:
+    Path(path).write_text(str(os.getpid()))
+    import time
+
+    time.sleep(seconds)
+    return {"value": 1}
+
+
+_ORPHAN_SCRIPT = """
+import sys
+from safectrl.studies.executor import LocalPool, ResultStore, Task, run_tasks
+sys.path.insert(0, {tests!r})
+from test_executor import _sleep_and_report
+run_tasks([Task("sleep", _sleep_and_report, ({pidfile!r}, 120.0))], LocalPool(workers=1),
+          ResultStore({store!r}), progress=False)
+"""
+
+
+def test_pool_workers_end_when_the_run_is_killed(tmp_path):
+    """A killed study must not leave workers computing tasks nobody will collect."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pidfile = tmp_path / "worker.pid"
+    script = _ORPHAN_SCRIPT.format(tests=str(Path(__file__).parent), pidfile=str(pidfile), store=str(tmp_path / "s"))
+    parent = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.time() + 60
+        while not pidfile.exists() and time.time() < deadline:
+            time.sleep(0.1)
+        worker = int(pidfile.read_text())
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+    deadline = time.time() + 15
+    while time.time() < deadline:
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    os.kill(worker, signal.SIGKILL)
+    pytest.fail("the worker outlived the killed run by 15 s")

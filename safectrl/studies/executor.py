@@ -123,6 +123,23 @@ class SerialExecutor:
         pass
 
 
+def _exit_with_parent(parent: int, interval: float = 1.0) -> None:
+    """Worker initialiser: end this process when the study that started it is gone (killed, crashed).
+
+    Without it a killed run leaves its workers finishing (and computing) tasks nobody will collect.
+    """
+    import threading
+    import time
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
+
+
 class LocalPool:
     """A ``ProcessPoolExecutor`` of spawned processes that survives the death of a worker.
 
@@ -139,7 +156,8 @@ class LocalPool:
         self._pool: ProcessPoolExecutor | None = None
 
     def _new_pool(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(max_workers=self.workers, mp_context=get_context("spawn"))
+        return ProcessPoolExecutor(max_workers=self.workers, mp_context=get_context("spawn"),
+                                   initializer=_exit_with_parent, initargs=(os.getpid(),))
 
     def map_unordered(self, tasks: Sequence[Task]) -> Iterator[tuple[Task, Any]]:
         attempts = {t.key: 0 for t in tasks}
@@ -174,7 +192,7 @@ class LocalPool:
 
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.shutdown()
+            self._pool.shutdown(cancel_futures=True)  # after Ctrl-C: finish what runs, start nothing new
             self._pool = None
 
 
