@@ -152,7 +152,9 @@ def test_study_gives_identical_results_from_the_pool_and_a_dask_local_cluster(tm
 
 
 def _sleep_and_report(path: str, seconds: float) -> dict:
-    Path(path).write_text(str(os.getpid()))
+    tmp = Path(path + ".tmp")  # written whole, then renamed: the reader never sees a half-written pid
+    tmp.write_text(str(os.getpid()))
+    tmp.replace(path)
     import time
 
     time.sleep(seconds)
@@ -187,12 +189,25 @@ def test_pool_workers_end_when_the_run_is_killed(tmp_path):
     finally:
         parent.send_signal(signal.SIGKILL)
         parent.wait()
-    deadline = time.time() + 15
+    deadline = time.time() + 30
     while time.time() < deadline:
-        try:
-            os.kill(worker, 0)
-        except ProcessLookupError:
+        if not _running(worker):
             return
         time.sleep(0.2)
     os.kill(worker, signal.SIGKILL)
-    pytest.fail("the worker outlived the killed run by 15 s")
+    pytest.fail("the worker outlived the killed run by 30 s")
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is alive and not a zombie (an exited orphan that PID 1 has not reaped yet)."""
+    if not Path("/proc/self/stat").exists():  # no procfs: signal 0, which cannot tell zombies apart
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
