@@ -26,7 +26,7 @@ import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -261,8 +261,12 @@ def _train_task(kind: str, scenario: str, preset: StudyPreset, force: bool) -> d
 
 
 def train_artifacts(preset: StudyPreset, executor: Executor, store: ResultStore, force: bool = False,
-                    progress: bool = True) -> dict[str, Path]:
-    """Every policy and cost model the preset's controllers need, as independent tasks; key -> folder."""
+                    progress: bool = True, alongside: Sequence[Task] = ()) -> dict[str, Path]:
+    """Every policy and cost model the preset's controllers need, as independent tasks; key -> folder.
+
+    ``alongside``: further tasks (episodes that need no trained artifact) queued behind the training runs in
+    the same executor, so that no worker idles while the last, longest training runs finish.
+    """
     kinds = set()
     for controller in preset.controllers:
         if controller in _NEEDS:
@@ -276,8 +280,9 @@ def train_artifacts(preset: StudyPreset, executor: Executor, store: ResultStore,
              for kind in sorted(kinds, key=order.__getitem__) for scenario in preset.scenarios]
     if not tasks:
         return {}
-    results = run_tasks(tasks, executor, store, desc="training", progress=progress)
-    return {key: Path(str(r["path"])) for key, r in results.items()}
+    desc = "training and the episodes that need none" if alongside else "training"
+    results = run_tasks([*tasks, *alongside], executor, store, desc=desc, progress=progress)
+    return {t.key: Path(str(results[t.key]["path"])) for t in tasks}
 
 
 def _episode_task(controller: str, scenario: str, variant: str, seed: int, seed_index: int,
@@ -321,7 +326,8 @@ def prepare_datasets(preset: StudyPreset, progress: bool = True) -> list[str]:
             for s in preset.scenarios]
 
 
-def run_episodes(preset: StudyPreset, executor: Executor, store: ResultStore, progress: bool = True) -> StudyResults:
+def episode_tasks(preset: StudyPreset) -> tuple[list[Task], dict[str, tuple[str, str, str, int]]]:
+    """Every evaluation episode of the preset as a task; key -> (variant, scenario, controller, seed)."""
     seeds = data.evaluation_seeds(preset.eval_seeds)
     tasks, index = [], {}
     for variant in preset.variants:
@@ -331,6 +337,12 @@ def run_episodes(preset: StudyPreset, executor: Executor, store: ResultStore, pr
                     key = f"episode/{variant}/{scenario}/{controller}/{seed}"
                     tasks.append(Task(key, _episode_task, (controller, scenario, variant, seed, k, preset)))
                     index[key] = (variant, scenario, controller, seed)
+    return tasks, index
+
+
+def run_episodes(preset: StudyPreset, executor: Executor, store: ResultStore, progress: bool = True) -> StudyResults:
+    seeds = data.evaluation_seeds(preset.eval_seeds)
+    tasks, index = episode_tasks(preset)
     records = run_tasks(tasks, executor, store, desc="episodes", progress=progress)
     metrics: dict[tuple[str, str, str], list[EpisodeMetrics]] = defaultdict(list)
     episodes: dict[tuple[str, str, str], list[Episode]] = defaultdict(list)
@@ -484,7 +496,9 @@ def run_study(preset: str | StudyPreset = "quick", out: str | Path | None = None
         print(f"executor: {executor.name}")
     store = ResultStore(out_dir / "tasks")
     try:
-        train_artifacts(cfg, executor, store, force, progress)
+        tasks, index = episode_tasks(cfg)
+        untrained = [t for t in tasks if index[t.key][2] not in _NEEDS]  # PI and NMPC: no artifact to wait for
+        train_artifacts(cfg, executor, store, force, progress, alongside=untrained)
         results = run_episodes(cfg, executor, store, progress)
     finally:
         executor.close()
