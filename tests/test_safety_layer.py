@@ -91,6 +91,24 @@ def test_training_on_a_dataset_reports_validation_error(small_models):
         sl.load_scenario_model(root, "models/grade_up")  # ... but not as another scenario's model
 
 
+def test_cost_model_does_not_see_the_previous_inputs(small_models):
+    """The default cost model reads A, P, T, e_P, e_T (SafetyLayerConfig.observed): its prediction cannot
+    depend on f_I_prev, T_c_prev, and a checkpoint keeps which columns it reads."""
+    root, _ = small_models
+    model = sl.load_scenario_model(root / "models", "grade_up")
+    assert model.obs_index == sl.SafetyLayerConfig().obs_index == (0, 1, 2, 3, 4)
+    assert model.state_dim == 5 and model.obs_dim == len(pc.OBSERVATIONS)
+    obs = np.tile([480.0, 90.0, 351.0, 10.0, -1.0, 1.2, 341.0], (3, 1))
+    obs[1, 5:] = (0.4, 330.0)
+    obs[2, 5:] = (2.4, 349.0)
+    cost = model.predict(obs, np.tile([1.5, 340.0], (3, 1)))
+    assert cost[0] == cost[1] == cost[2]
+    with pytest.raises(ValueError, match="reads columns"):
+        model.state_features(obs[:, :4])
+    with pytest.raises(ValueError, match="observed must name"):
+        sl.SafetyLayerConfig(observed=("A", "f_I"))
+
+
 @pytest.mark.parametrize("method", ["gd", "exact"])
 def test_filtered_pi_runs_a_full_episode_inside_the_input_box(small_models, method):
     root, _ = small_models

@@ -19,7 +19,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -69,6 +69,10 @@ class ConvexCostModel(nn.Module):
         obs_mean, obs_std: (state_dim,) observation statistics.
         action_mean, action_std: (action_dim,) action statistics.
         cost_mean, cost_std: statistics of the regression targets.
+        obs_index: which columns of the caller's observation the network sees (``None``: all of them, in
+            order). The statistics are those of the selected columns.
+        obs_dim: columns of the caller's observations (default: ``state_dim`` without ``obs_index``, else
+            one past its largest column).
     """
 
     def __init__(
@@ -80,10 +84,20 @@ class ConvexCostModel(nn.Module):
         action_std: np.ndarray,
         cost_mean: float,
         cost_std: float,
+        obs_index: Sequence[int] | None = None,
+        obs_dim: int | None = None,
     ) -> None:
         super().__init__()
         self.picnn = picnn
         n_x, n_y = picnn.config.state_dim, picnn.config.action_dim
+        if obs_index is not None:
+            obs_index = tuple(int(i) for i in obs_index)
+            if len(obs_index) != n_x or min(obs_index, default=0) < 0 or len(set(obs_index)) != n_x:
+                raise ValueError(f"obs_index must be {n_x} distinct non-negative column numbers, got {obs_index}")
+        self.obs_index = obs_index
+        self.obs_dim = int(obs_dim) if obs_dim is not None else (n_x if obs_index is None else max(obs_index) + 1)
+        if (obs_index is None and self.obs_dim != n_x) or (obs_index is not None and self.obs_dim <= max(obs_index)):
+            raise ValueError(f"obs_dim {obs_dim} does not fit state_dim {n_x} and obs_index {obs_index}")
         for name, value, size in (("obs_mean", obs_mean, n_x), ("obs_std", obs_std, n_x),
                                   ("action_mean", action_mean, n_y), ("action_std", action_std, n_y),
                                   ("cost_mean", [cost_mean], 1), ("cost_std", [cost_std], 1)):
@@ -105,8 +119,14 @@ class ConvexCostModel(nn.Module):
     # -- unit conversions (numpy in, numpy out, float64) ---------------------------------------------------
 
     def state_features(self, obs: np.ndarray) -> np.ndarray:
-        """Standardised observations, (N, state_dim)."""
-        return (np.asarray(obs, dtype=float) - self.obs_mean.numpy()) / self.obs_std.numpy()
+        """The seen columns of observations (N, n_obs), standardised: (N, state_dim)."""
+        obs = np.asarray(obs, dtype=float)
+        if self.obs_index is not None:
+            if obs.shape[-1] <= max(self.obs_index):
+                raise ValueError(f"observations have {obs.shape[-1]} columns; this cost model reads columns "
+                                 f"{self.obs_index}")
+            obs = obs[..., list(self.obs_index)]
+        return (obs - self.obs_mean.numpy()) / self.obs_std.numpy()
 
     def scale_action(self, action: np.ndarray) -> np.ndarray:
         """Physical actions to network units."""
@@ -151,6 +171,7 @@ def fit_cost_model(
     val: tuple[np.ndarray, np.ndarray, np.ndarray],
     config: CostModelTrainConfig = CostModelTrainConfig(),
     progress: Callable[[int, float, float], None] | None = None,
+    obs_index: Sequence[int] | None = None,
 ) -> tuple[ConvexCostModel, TrainingReport]:
     """Regress a convex cost model on (obs, action) -> target by Adam on the mean squared (or Huber) error.
 
@@ -159,6 +180,8 @@ def fit_cost_model(
         val: held-out arrays of the same layout (split by episode, not by transition).
         config: network and optimiser settings.
         progress: called after each epoch with (epoch, train RMSE, validation RMSE).
+        obs_index: the observation columns the model sees (default: all); kept in the model and its
+            checkpoint, so it is always called with whole observations.
 
     Returns:
         The model with the weights of the epoch of lowest validation RMSE, and the training report.
@@ -169,6 +192,12 @@ def fit_cost_model(
     _check_arrays(v_obs, v_action, v_target, "val")
     if v_obs.shape[1] != obs.shape[1] or v_action.shape[1] != action.shape[1]:
         raise ValueError("train and val arrays have different widths")
+    full_obs, full_v_obs = obs, v_obs
+    if obs_index is not None:
+        obs_index = tuple(int(i) for i in obs_index)
+        if not obs_index or max(obs_index) >= obs.shape[1] or min(obs_index) < 0:
+            raise ValueError(f"obs_index {obs_index} does not select columns of {obs.shape[1]}-column observations")
+        obs, v_obs = obs[:, list(obs_index)], v_obs[:, list(obs_index)]
     cost_std = float(target.std()) or 1.0
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
@@ -177,12 +206,12 @@ def fit_cost_model(
             net,
             obs.mean(0), np.maximum(obs.std(0), 1e-8 * np.abs(obs).max(0) + 1e-12),
             action.mean(0), np.maximum(action.std(0), 1e-8 * np.abs(action).max(0) + 1e-12),
-            float(target.mean()), cost_std,
+            float(target.mean()), cost_std, obs_index, full_obs.shape[1],
         )
-        x = torch.as_tensor(model.state_features(obs), dtype=torch.float32)
+        x = torch.as_tensor(model.state_features(full_obs), dtype=torch.float32)
         y = torch.as_tensor(model.scale_action(action), dtype=torch.float32)
         t = torch.as_tensor((target - target.mean()) / cost_std, dtype=torch.float32)
-        vx = torch.as_tensor(model.state_features(v_obs), dtype=torch.float32)
+        vx = torch.as_tensor(model.state_features(full_v_obs), dtype=torch.float32)
         vy = torch.as_tensor(model.scale_action(v_action), dtype=torch.float32)
         opt = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         gen = torch.Generator().manual_seed(config.seed)
@@ -245,6 +274,7 @@ def save_cost_model(model: ConvexCostModel, folder: str | os.PathLike, metadata:
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(tensors, str(folder / WEIGHTS_FILE))
     doc = {"format": "safectrl.safety.ConvexCostModel/1", "picnn": asdict(model.picnn.config),
+           "obs_index": None if model.obs_index is None else list(model.obs_index), "obs_dim": model.obs_dim,
            "metadata": metadata or {}}
     (folder / CONFIG_FILE).write_text(json.dumps(doc, indent=2))
     return folder
@@ -262,6 +292,7 @@ def load_cost_model(folder: str | os.PathLike) -> ConvexCostModel:
         tensors["obs_mean"].numpy(), tensors["obs_std"].numpy(),
         tensors["action_mean"].numpy(), tensors["action_std"].numpy(),
         float(tensors["cost_mean"][0]), float(tensors["cost_std"][0]),
+        doc.get("obs_index"), doc.get("obs_dim"),  # absent in earlier checkpoints: they see every column
     )
     model.load_state_dict(tensors)
     net.check_convex()

@@ -151,8 +151,8 @@ class SafetyFilter:
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         obs = np.asarray(obs, dtype=float)
-        if obs.shape != (self.cost_model.state_dim,):
-            raise ValueError(f"observation must have shape ({self.cost_model.state_dim},), got {obs.shape}")
+        if obs.shape != (self.cost_model.obs_dim,):
+            raise ValueError(f"observation must have shape ({self.cost_model.obs_dim},), got {obs.shape}")
         raw = np.asarray(self.policy.act(obs), dtype=float)
         action, cost_raw, cost, iters = self.correct(obs[None], raw[None])
         r = self.record
@@ -179,7 +179,7 @@ class SafetyFilter:
         """
         obs = np.asarray(obs, dtype=float)
         raw = np.asarray(raw, dtype=float)
-        m, n_x = self.cost_model.action_dim, self.cost_model.state_dim
+        m, n_x = self.cost_model.action_dim, self.cost_model.obs_dim
         if obs.ndim != 2 or obs.shape[1] != n_x:
             raise ValueError(f"observations must have shape (N, {n_x}), got {obs.shape}")
         if raw.shape != (len(obs), m):

@@ -88,6 +88,24 @@ class SafetyLayerConfig:
     train: CostModelTrainConfig = CostModelTrainConfig(huber_delta=0.01)
     val_fraction: float = 0.2  # share of episodes held out for validation
     split_seed: int = 0  # which episodes are held out
+    # What the cost model sees: the state and the setpoint errors, *not* the previous inputs f_I_prev,
+    # T_c_prev of the env's observation. The PI data are velocity-form controllers, so the previous input
+    # predicts the behaviour policy's next inputs, and with it the cost model learned "stay near the previous
+    # input" (the copycat problem of BC and IQL, see safectrl.rl.bc.BCConfig). In the first full study a
+    # model that saw them placed its argmin next to f_I_prev at every state it was asked about (startup,
+    # state P = 79 kg/m³: argmin f_I 0.88 / 1.38 / 1.63 kg/h for f_I_prev 0.8 / 1.29 / 1.8), and the
+    # corrected IQL settled 21 kg/m³ below the grade. The correction's rate limit (FilterSettings.rate)
+    # still reads the previous input from the whole observation.
+    observed: tuple[str, ...] = ("A", "P", "T", "e_P", "e_T")
+
+    def __post_init__(self) -> None:
+        unknown = [o for o in self.observed if o not in pc.OBSERVATIONS]
+        if unknown or not self.observed:
+            raise ValueError(f"observed must name observations of {pc.OBSERVATIONS}, got {self.observed}")
+
+    @property
+    def obs_index(self) -> tuple[int, ...]:
+        return tuple(pc.OBSERVATIONS.index(o) for o in self.observed)
 
 
 def stage_cost(state: np.ndarray, setpoint: np.ndarray, cfg: CostTargetConfig) -> np.ndarray:
@@ -159,6 +177,7 @@ def train_cost_model(
             (tr.obs[val_rows], tr.action[val_rows], target[val_rows]),
             config.train,
             progress=on_epoch,
+            obs_index=config.obs_index,
         )
     finally:
         bar.close()
@@ -437,7 +456,7 @@ def tune(
     rows = []
     for H in horizons:
         cfg = SafetyLayerConfig(target=CostTargetConfig(**{**asdict(base.target), "horizon": H}), train=base.train,
-                                val_fraction=base.val_fraction, split_seed=base.split_seed)
+                                val_fraction=base.val_fraction, split_seed=base.split_seed, observed=base.observed)
         models = {s: train_cost_model(trs[s], cfg, progress, desc=f"H={H} {s}")[0] for s in scenarios}
         for trust in tqdm(trusts, desc=f"H={H} trust", disable=not progress):
             row: list = [H, trust]

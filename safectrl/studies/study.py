@@ -260,13 +260,9 @@ def _train_task(kind: str, scenario: str, preset: StudyPreset, force: bool) -> d
     return {"path": np.array(str(path)), "seconds": np.array(time.perf_counter() - t0)}
 
 
-def train_artifacts(preset: StudyPreset, executor: Executor, store: ResultStore, force: bool = False,
-                    progress: bool = True, alongside: Sequence[Task] = ()) -> dict[str, Path]:
-    """Every policy and cost model the preset's controllers need, as independent tasks; key -> folder.
-
-    ``alongside``: further tasks (episodes that need no trained artifact) queued behind the training runs in
-    the same executor, so that no worker idles while the last, longest training runs finish.
-    """
+def _artifact_kinds(preset: StudyPreset) -> list[str]:
+    """The kinds of artifact the preset's controllers need, longest to train first (IQL), so that the
+    pool stays busy."""
     kinds = set()
     for controller in preset.controllers:
         if controller in _NEEDS:
@@ -274,10 +270,34 @@ def train_artifacts(preset: StudyPreset, executor: Executor, store: ResultStore,
             kinds.add(f"{algo}-policy")
             if picnn:
                 kinds.add("cost-model")
-    # IQL first: the longest tasks start first and the pool stays busy
     order = {"iql-policy": 0, "cost-model": 1, "bc-policy": 2}
+    return sorted(kinds, key=order.__getitem__)
+
+
+def artifact_ids(preset: StudyPreset) -> dict[str, str]:
+    """``kind/scenario`` -> the cache name (kind and config hash) of every artifact the preset uses.
+
+    Part of a run folder's ``config.json``: a changed artifact definition (a new default, a new
+    safectrl version) makes the folder refuse to resume with episodes of the old artifacts.
+    """
+    ids = {}
+    for kind in _artifact_kinds(preset):
+        for scenario in preset.scenarios:
+            cfg = (cost_model_artifact_config(scenario, preset) if kind == "cost-model"
+                   else policy_artifact_config(kind.split("-")[0], scenario, preset))
+            ids[f"{kind}/{scenario}"] = artifacts.artifact_path(kind, cfg).name
+    return ids
+
+
+def train_artifacts(preset: StudyPreset, executor: Executor, store: ResultStore, force: bool = False,
+                    progress: bool = True, alongside: Sequence[Task] = ()) -> dict[str, Path]:
+    """Every policy and cost model the preset's controllers need, as independent tasks; key -> folder.
+
+    ``alongside``: further tasks (episodes that need no trained artifact) queued behind the training runs in
+    the same executor, so that no worker idles while the last, longest training runs finish.
+    """
     tasks = [Task(f"train/{kind}/{scenario}", _train_task, (kind, scenario, preset, force))
-             for kind in sorted(kinds, key=order.__getitem__) for scenario in preset.scenarios]
+             for kind in _artifact_kinds(preset) for scenario in preset.scenarios]
     if not tasks:
         return {}
     desc = "training and the episodes that need none" if alongside else "training"
@@ -487,7 +507,8 @@ def run_study(preset: str | StudyPreset = "quick", out: str | Path | None = None
         raise ValueError(f"unknown controllers {unknown}; valid: {', '.join(CONTROLLERS)}")
     out_dir = Path(out) if out is not None else Path("runs") / f"study-{cfg.name}"
     config = {"preset": asdict(cfg), "eval_seeds": data.evaluation_seeds(cfg.eval_seeds),
-              "nominal_pi": NOMINAL_TUNING.as_dict(), "safectrl": safectrl.__version__}
+              "nominal_pi": NOMINAL_TUNING.as_dict(), "safectrl": safectrl.__version__,
+              "artifacts": artifact_ids(cfg)}
     _check_out_dir(out_dir, config, force)
     t0 = time.perf_counter()
     prepare_datasets(cfg, progress)
