@@ -87,6 +87,22 @@ def test_a_dying_worker_loses_no_results(kind, tmp_path):
     assert sorted(results[f"t{k}"]["value"] for k in range(4)) == [0, 1, 2, 3]
 
 
+def _always_die() -> dict:
+    os._exit(1)
+
+
+def test_a_task_whose_worker_always_dies_fails_with_the_likely_causes(tmp_path):
+    store = ResultStore(tmp_path / "store")
+    tasks = [Task("doomed", _always_die, ())]
+    executor = LocalPool(workers=1, max_attempts=2)
+    try:
+        with pytest.raises(RuntimeError, match=r"'doomed': its worker died 2 times .*__main__"):
+            run_tasks(tasks, executor, store, progress=False)
+    finally:
+        executor.close()
+    assert "doomed" not in store
+
+
 def test_resume_runs_only_what_is_missing(tmp_path):
     log = tmp_path / "log"
     store = ResultStore(tmp_path / "store")

@@ -181,7 +181,10 @@ class LocalPool:
                         broken = True
                         if attempts[task.key] >= self.max_attempts:
                             raise RuntimeError(
-                                f"task {task.key!r}: its worker died {attempts[task.key]} times"
+                                f"task {task.key!r}: its worker died {attempts[task.key]} times (out of memory, "
+                                "killed, or a crash in native code; if the run was started from a script, the "
+                                "call must sit under `if __name__ == \"__main__\":`, since the spawned workers "
+                                "import that script)"
                             ) from None
                         pending.append(task)
                         continue
