@@ -248,6 +248,23 @@ def test_solver_failure_is_an_error_not_a_silent_answer():
         corrector.correct(x, y_ref, lo, hi)
 
 
+@pytest.mark.filterwarnings("ignore:Solution may be inaccurate")
+def test_a_failed_clarabel_solve_is_repeated_with_iterative_refinement():
+    net = random_picnn(0, hidden=(8,))
+    x, y_ref, lo, hi = problems(net, 1, seed=0)
+    corrector = ExactCorrector(net, 1.0, solver_options={"max_iter": 1, "iterative_refinement_enable": False})
+    with pytest.raises(CorrectionError, match="status"):
+        corrector.correct(x, y_ref, lo, hi)
+    assert corrector._backend.refined_retries == 1  # the retry ran (and, with max_iter 1, failed as well)
+    default = ExactCorrector(net, 1.0)  # the default: no refinement, exact all the same
+    assert default.solver_options["iterative_refinement_enable"] is False
+    res = default.correct(x, y_ref, lo, hi)
+    with torch.no_grad():
+        f = net(torch.as_tensor(x), torch.as_tensor(res.action)).numpy() + 0.5 * np.sum((res.action - y_ref) ** 2, 1)
+    np.testing.assert_allclose(res.objective, f, atol=1e-6)
+    assert default._backend.refined_retries == 0
+
+
 @pytest.mark.parametrize("corrector_cls", [GradientCorrector, ExactCorrector])
 @pytest.mark.parametrize("change, message", [
     (lambda p: (np.full_like(p[0], np.nan), *p[1:]), "state of problem 0 contains NaN"),
