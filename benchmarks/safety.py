@@ -27,7 +27,7 @@ from safectrl.studies import safety_layer as sl
 
 
 def naive_solve(layers, k: int, y_ref: np.ndarray, lo: np.ndarray, hi: np.ndarray, trust: float, solver: str,
-                options: dict) -> tuple[np.ndarray, float]:
+                options: dict) -> tuple[float, float, int]:
     """The same epigraph program written with the numbers of state k as constants: rebuilt every call."""
     m = y_ref.shape[0]
     y = cp.Variable(m)
@@ -45,7 +45,47 @@ def naive_solve(layers, k: int, y_ref: np.ndarray, lo: np.ndarray, hi: np.ndarra
     problem.solve(solver=solver, **options)
     if problem.status != cp.OPTIMAL:
         raise RuntimeError(f"naive {solver} solve: status {problem.status}")
-    return problem.value, problem.solver_stats.solve_time
+    return problem.value, problem.solver_stats.solve_time, problem.solver_stats.num_iters or 0
+
+
+def compare_with_rebuild(model, box, obs: np.ndarray, raw: np.ndarray, trust: float) -> tuple:
+    """Built-once exact correction vs :func:`naive_solve`, one state per call, states in the given order.
+
+    Returns (trust, solver, ms per state, solver ms per state, iterations per state — built once; the same
+    three for the rebuilt program; max |difference| of the optimal values; ms per state of the built-once
+    program correcting all states in one call).
+    """
+    lo, hi = box.bounds(obs)
+    x = model.state_features(obs)
+    y_lo, y_hi, y_ref = model.scale_action(lo), model.scale_action(hi), model.scale_action(np.clip(raw, lo, hi))
+    n = len(x)
+    exact = ExactCorrector(model.picnn, trust)
+    layers = exact.net.export(torch.as_tensor(x))
+    exact.correct(x[-1:], y_ref[-1:], y_lo[-1:], y_hi[-1:])  # the one-off compilation (and a solve elsewhere)
+    values = {"exact": np.empty(n), "naive": np.empty(n)}
+    stats = {"exact": [], "naive": []}  # per timed run: (solver ms, iterations) per state, as reported
+
+    def run_exact():
+        ms = its = 0.0
+        for k in range(n):
+            res = exact.correct(x[k : k + 1], y_ref[k : k + 1], y_lo[k : k + 1], y_hi[k : k + 1])
+            values["exact"][k] = res.objective[0]
+            ms, its = ms + res.solver_time[0] * 1e3 / n, its + res.iterations[0] / n
+        stats["exact"].append((ms, its))
+
+    def run_naive():
+        ms = its = 0.0
+        for k in range(n):
+            values["naive"][k], t, it = naive_solve(layers, k, y_ref[k], y_lo[k], y_hi[k], trust, exact.solver,
+                                                    exact.solver_options)
+            ms, its = ms + t * 1e3 / n, its + it / n
+        stats["naive"].append((ms, its))
+
+    (t_exact, i_exact), (t_naive, i_naive) = timed_runs(run_exact, n), timed_runs(run_naive, n)
+    t_batched = per_action(lambda: exact.correct(x, y_ref, y_lo, y_hi), n)
+    agree = float(np.max(np.abs(values["exact"] - values["naive"])))
+    return (trust, exact.solver, t_exact, *stats["exact"][i_exact], t_naive, *stats["naive"][i_naive], agree,
+            t_batched)
 
 
 def per_action(fn, n_actions: int, repeats: int = 3) -> float:
@@ -96,41 +136,16 @@ def main() -> None:
         times[f"{m} single"] = per_action(lambda: [filt.correct(obs[k : k + 1], raw[k : k + 1]) for k in range(n)], n)
         times[f"{m} batched"] = per_action(lambda: filt.correct(obs, raw), n)
 
-    # exact (built once, DPP, re-solved) vs naive (rebuilt per state): same numbers, solver and options
+    # exact (built once, DPP, re-solved) vs naive (rebuilt per state): same numbers, solver and options, on
+    # two sets of states: random dataset states (each solve starts far from the last) and the consecutive
+    # states of one dataset episode, in order (what a filter in closed loop sees)
     box = sl.action_box(settings.rate)
-    lo, hi = box.bounds(obs)
-    x = model.state_features(obs)
-    y_lo, y_hi, y_ref = model.scale_action(lo), model.scale_action(hi), model.scale_action(np.clip(raw, lo, hi))
-    n_cmp = min(n, 50)
+    first = np.flatnonzero(tr.episode == tr.episode[0])
+    state_sets = {"random": (obs[:50], raw[:50]), "episode": (tr.obs[first], tr.action[first])}
     rebuild_rows = []
-    for trust in (0.0, settings.trust):
-        exact = ExactCorrector(model.picnn, trust)
-        layers = exact.net.export(torch.as_tensor(x[:n_cmp]))
-        exact.correct(x[:1], y_ref[:1], y_lo[:1], y_hi[:1])  # the one-off compilation
-        values = {"exact": np.empty(n_cmp), "naive": np.empty(n_cmp)}
-        solver_ms = {"exact": [], "naive": []}  # per timed run: solver ms per state, as the solver reports
-
-        def run_exact():
-            solver_ms["exact"].append(0.0)
-            for k in range(n_cmp):
-                res = exact.correct(x[k : k + 1], y_ref[k : k + 1], y_lo[k : k + 1], y_hi[k : k + 1])
-                values["exact"][k] = res.objective[0]
-                solver_ms["exact"][-1] += res.solver_time[0] * 1e3 / n_cmp
-
-        def run_naive():
-            solver_ms["naive"].append(0.0)
-            for k in range(n_cmp):
-                values["naive"][k], t = naive_solve(layers, k, y_ref[k], y_lo[k], y_hi[k], trust, exact.solver,
-                                                    exact.solver_options)
-                solver_ms["naive"][-1] += t * 1e3 / n_cmp
-
-        (t_exact, i_exact), (t_naive, i_naive) = timed_runs(run_exact, n_cmp), timed_runs(run_naive, n_cmp)
-        solver_ms = {"exact": solver_ms["exact"][i_exact], "naive": solver_ms["naive"][i_naive]}
-        t_batched = per_action(lambda: exact.correct(x[:n_cmp], y_ref[:n_cmp], y_lo[:n_cmp], y_hi[:n_cmp]), n_cmp)
-        agree = float(np.max(np.abs(values["exact"] - values["naive"])))
-        rebuild_rows.append((trust, exact.solver, t_exact, solver_ms["exact"], t_naive, solver_ms["naive"], agree,
-                             t_batched))
-
+    for label, (o, a) in state_sets.items():
+        for trust in (0.0, settings.trust):
+            rebuild_rows.append((label, len(o), *compare_with_rebuild(model, box, o, a, trust)))
     gd = filters["gd"].correct(obs, raw)[0]
     ex = filters["exact"].correct(obs, raw)[0]
     print(f"correction through SafetyFilter.correct (export, solve, unit conversions), λ = {settings.trust}:\n")
@@ -145,15 +160,16 @@ def main() -> None:
     print(f"batched vs single, exact:   {times['exact single'] / times['exact batched']:.1f}x faster per action")
     print(f"GD vs exact corrected actions: max |difference| f_I {np.max(np.abs(gd - ex)[:, 0]):.1e} kg/h, "
           f"T_c {np.max(np.abs(gd - ex)[:, 1]):.1e} K\n")
-    print(f"exact program built once (DPP, Parameters) vs the same program rebuilt from constants per state, "
-          f"{n_cmp} states, one state per call:\n")
-    print("| λ | solver | built once: ms per state (solver ms) | rebuilt: ms per state (solver ms) | "
-          "speed-up | speed-up of the cvxpy part | built once, batched: ms per state | speed-up batched | "
-          "optimal values agree to |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for trust, solver, te, se, tn, sn, agree, tb in rebuild_rows:
-        print(f"| {trust:g} | {solver} | {te:.2f} ({se:.2f}) | {tn:.2f} ({sn:.2f}) | {tn / te:.1f}x | "
-              f"{_ratio(tn - sn, te - se)} | {tb:.2f} | {tn / tb:.1f}x | {agree:.1e} |")
+    print("exact program built once (DPP, Parameters) vs the same program rebuilt from constants per state, "
+          "one state per call; states: 50 random dataset states, or the consecutive states of the dataset's "
+          "first episode in order (closed loop: HiGHS restarts from the previous state's basis):\n")
+    print("| states | λ | solver | built once: ms per state (solver ms) | iterations | rebuilt: ms per state "
+          "(solver ms) | iterations | speed-up | speed-up of the cvxpy part | built once, batched: ms per state | "
+          "speed-up batched | optimal values agree to |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for label, n_states, trust, solver, te, se, ie, tn, sn, i_n, agree, tb in rebuild_rows:
+        print(f"| {label} ({n_states}) | {trust:g} | {solver} | {te:.2f} ({se:.2f}) | {ie:.1f} | {tn:.2f} ({sn:.2f}) "
+              f"| {i_n:.1f} | {tn / te:.1f}x | {_ratio(tn - sn, te - se)} | {tb:.2f} | {tn / tb:.1f}x | {agree:.1e} |")
 
 
 def _ratio(num: float, den: float) -> str:

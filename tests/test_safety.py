@@ -25,7 +25,7 @@ from safectrl.safety.cost_model import (
     save_cost_model,
 )
 from safectrl.safety.filter import ActionBox, SafetyFilter
-from safectrl.safety.picnn import PICNN, PICNNConfig
+from safectrl.safety.picnn import PICNN, PICNNArrays, PICNNConfig
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -157,6 +157,57 @@ def test_exact_program_value_equals_the_forward_pass_at_its_argmin(trust, solver
     at_argmin = f(net, x, res.action) + 0.5 * trust * np.sum((res.action - y_ref) ** 2, axis=1)
     assert np.all(np.abs(res.objective - at_argmin) <= 1e-6 * np.maximum(1.0, np.abs(at_argmin)))
     np.testing.assert_allclose(res.cost, f(net, x, res.action), rtol=0, atol=1e-12)
+
+
+def test_lp_re_solves_in_place_match_fresh_solves_and_hot_start_along_a_trajectory():
+    """The LP path keeps one HiGHS model and changes only what differs between states (costs, bounds, the
+    gate coefficients, some of them switching between zero and non-zero); every answer must equal a solve
+    of a freshly built corrector, and along slowly moving states the previous basis must save iterations."""
+    net = random_picnn(21, hidden=(32, 32))
+    rng = np.random.default_rng(5)
+    steps = 40
+    x = np.cumsum(0.02 * rng.normal(size=(steps, 3)), axis=0) + rng.normal(size=3)  # a slow trajectory
+    y_ref = np.cumsum(0.02 * rng.normal(size=(steps, 2)), axis=0)
+    lo, hi = np.full((steps, 2), -2.0), np.full((steps, 2), 2.0)
+    gates = PICNNArrays(net.double()).gates(x)
+    switching = sum(int(np.sum((g == 0.0).any(0) & (g > 0.0).any(0))) for g in gates.gz[1:])
+    assert switching >= 1  # some gates close or open along the trajectory (coefficients pass through zero)
+    kept = ExactCorrector(net, 0.0)
+    iterations = []
+    for k in range(steps):
+        res = kept.correct(x[k : k + 1], y_ref[k : k + 1], lo[k : k + 1], hi[k : k + 1])
+        fresh = ExactCorrector(net, 0.0).correct(x[k : k + 1], y_ref[k : k + 1], lo[k : k + 1], hi[k : k + 1])
+        np.testing.assert_allclose(res.objective, fresh.objective, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(res.cost, f(net, x[k : k + 1], res.action), atol=1e-12)
+        iterations.append((res.iterations[0], fresh.iterations[0]))
+    hot, cold = np.array(iterations[1:]).sum(0)
+    assert hot < 0.5 * cold, (hot, cold)
+    assert kept._backend.cold_retries == 0
+
+
+def test_a_failed_highs_solve_is_repeated_from_scratch_then_reported():
+    net = random_picnn(0, hidden=(16, 16))
+    x, y_ref, lo, hi = problems(net, 2, seed=0)
+    corrector = ExactCorrector(net, 0.0)
+    corrector.correct(x[:1], y_ref[:1], lo[:1], hi[:1])
+    corrector._backend.highs.setOptionValue("simplex_iteration_limit", 0)
+    corrector._backend.highs.setOptionValue("presolve", "off")
+    with pytest.raises(CorrectionError, match="status"):
+        corrector.correct(x[1:], y_ref[1:], lo[1:], hi[1:])
+    assert corrector._backend.cold_retries == 1
+    corrector._backend.highs.setOptionValue("simplex_iteration_limit", 2**31 - 1)
+    res = corrector.correct(x[1:], y_ref[1:], lo[1:], hi[1:])  # the instance is usable after a failure
+    np.testing.assert_allclose(res.objective, ExactCorrector(net, 0.0).correct(x[1:], y_ref[1:], lo[1:], hi[1:])
+                               .objective, atol=1e-9)
+
+
+def test_numpy_snapshot_equals_the_torch_network():
+    for slope in (0.0, 0.2):
+        net = random_picnn(3, state_dim=4, action_dim=3, hidden=(10, 7, 5), slope=slope)
+        rng = np.random.default_rng(0)
+        x, y = rng.normal(size=(9, 4)), 2 * rng.normal(size=(9, 3))
+        arrays = PICNNArrays(net)
+        np.testing.assert_allclose(arrays.value(arrays.gates(x), y), f(net, x, y), rtol=1e-13, atol=1e-13)
 
 
 @pytest.mark.parametrize("trust", [0.0, 0.5])

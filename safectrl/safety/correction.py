@@ -28,15 +28,20 @@ physical actions in and out (:class:`~safectrl.safety.filter.SafetyFilter` does)
   ``A_i z_i = W_i^z s_i`` with ``s_i = gz_i ∘ z_i`` (an extra variable and equality per hidden layer): W_i^z is
   a constant and the state enters as a diagonal, not as a 64 x 64 parameter matrix. Exactness is unchanged
   (s_i is a definition). This matters for Clarabel: a parameter matrix keeps every entry of A_i as a
-  structural non-zero, also the zeros of the clamped W^z, and its factorisations took twice as long. B_i
-  (width x action_dim), c_i, the output row of A_{k-1}, lo, hi and y_ref remain Parameters.
+  structural non-zero, also the zeros of the clamped W^z, and its factorisations took twice as long. The
+  y-terms are written the same way, ``B_i y = W_i^y (gy_i ∘ y)``, so per state only the gate entries of the
+  constraint matrix change (64 + 2 per layer for a 64-64 network, instead of about 450). c_i, the output
+  row of A_{k-1}, lo, hi and y_ref remain Parameters (they enter costs and right-hand sides).
 
   Per state the parameters go through cvxpy's compiled parameter-to-data map (kept as sparse matrices, see
-  :class:`_ProgramData`) straight into one long-lived solver: HiGHS hot-started from the previous optimal
-  basis (a third of the simplex iterations of a cold start), Clarabel updated in place (no new symbolic
-  factorisation). Other solvers, and a QP with HiGHS, go through ``Problem.solve`` with A_i as a parameter
-  matrix (HiGHS's QP solver reported the gated form "unbounded" on states with closed gates, whose z_j are
-  then free above at zero cost). HiGHS's QP solver is about twice as fast as Clarabel on most states but
+  :class:`_ProgramData`) straight into one long-lived solver: HiGHS keeps its model and receives only the
+  costs, bounds and coefficients that changed, so the simplex restarts from the previous optimal basis
+  (along a closed-loop episode about one simplex iteration per state instead of ~100 cold); Clarabel is
+  updated in place (no new symbolic factorisation; an interior-point method gains nothing from the previous
+  answer). Gates and the cost at the answer are evaluated by a NumPy snapshot of the network
+  (:class:`~safectrl.safety.picnn.PICNNArrays`). Other solvers, and a QP with HiGHS, go through
+  ``Problem.solve`` with A_i and B_i as parameter matrices (HiGHS's QP solver reported the gated form
+  "unbounded" on states with closed gates, whose z_j are then free above at zero cost). HiGHS's QP solver is about twice as fast as Clarabel on most states but
   cycled without end on a state of a start-up episode (its iteration limit then ends it with status
   "user_limit"), so it is not the default. Every solve's
   status is checked.
@@ -53,7 +58,7 @@ import numpy as np
 import torch
 from scipy import sparse as sp
 
-from safectrl.safety.picnn import PICNN, Gates
+from safectrl.safety.picnn import PICNN, Gates, PICNNArrays
 
 
 class CorrectionError(RuntimeError):
@@ -240,7 +245,11 @@ class _ProgramData:
 
 
 class _HiGHSLP:
-    """One HiGHS instance re-solving LPs of a fixed structure, each hot-started from the last optimal basis.
+    """One HiGHS instance re-solving LPs of a fixed structure: the model stays loaded, and per solve only the
+    costs, row bounds and matrix entries that changed are passed, so the simplex restarts from the previous
+    optimal basis with its LP data in place. (Passing a whole new model and the old basis cost about 1 ms
+    more per solve: HiGHS rebuilds its simplex instance.) A solve that does not end optimal is repeated
+    once from scratch (``clearSolver``), counted in :attr:`cold_retries`.
 
     Data in cvxpy's conic form: ``A x + s = b`` with s = 0 on the first ``n_eq`` rows and s >= 0 on the rest.
     """
@@ -254,11 +263,10 @@ class _HiGHSLP:
         for name, value in options.items():
             if self.highs.setOptionValue(name, value) == highspy.HighsStatus.kError:
                 raise ValueError(f"HiGHS rejected the option {name} = {value!r}")
-        self.basis = None
+        self._loaded: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
+        self.cold_retries = 0
 
-    def solve(self, c: np.ndarray, A: sp.csc_array, b: np.ndarray, n_eq: int
-              ) -> tuple[str, np.ndarray, float, int, float]:
-        """Returns (status, x, objective without offset, simplex iterations, solver seconds)."""
+    def _load(self, c: np.ndarray, A: sp.csc_array, b: np.ndarray, n_eq: int) -> None:
         hp = self._hp
         lp = hp.HighsLp()
         lp.num_col_, lp.num_row_ = A.shape[1], A.shape[0]
@@ -270,18 +278,53 @@ class _HiGHSLP:
         lp.a_matrix_.format_ = hp.MatrixFormat.kColwise
         lp.a_matrix_.start_, lp.a_matrix_.index_, lp.a_matrix_.value_ = A.indptr, A.indices, A.data
         self.highs.passModel(lp)
-        if self.basis is not None:
-            self.highs.setBasis(self.basis)
+        self._loaded = (A.indptr.copy(), A.indices.copy(), A.data.copy(), c.copy(), b.copy())
+        self._columns = np.repeat(np.arange(A.shape[1], dtype=np.int32), np.diff(A.indptr))
+        self._lower = lp.row_lower_.copy() if n_eq else None
+
+    def _update(self, c: np.ndarray, A: sp.csc_array, b: np.ndarray, n_eq: int) -> None:
+        _, _, data, cost, rhs = self._loaded
+        h = self.highs
+        changed = np.flatnonzero(c != cost)
+        if len(changed):
+            h.changeColsCost(len(changed), changed.astype(np.int32), c[changed])
+        changed = np.flatnonzero(b != rhs)
+        if len(changed):
+            lower = np.full(len(changed), -self._hp.kHighsInf)
+            eq = changed < n_eq
+            lower[eq] = b[changed[eq]]
+            h.changeRowsBounds(len(changed), changed.astype(np.int32), lower, b[changed])
+        changed = np.flatnonzero(A.data != data)
+        for row, col, value in zip(A.indices[changed].tolist(), self._columns[changed].tolist(),
+                                   A.data[changed].tolist()):
+            h.changeCoeff(row, col, value)
+        data[changed], cost[:], rhs[:] = A.data[changed], c, b
+
+    def solve(self, c: np.ndarray, A: sp.csc_array, b: np.ndarray, n_eq: int
+              ) -> tuple[str, np.ndarray, float, int, float]:
+        """Returns (status, x, objective without offset, simplex iterations, solver seconds)."""
+        hp = self._hp
+        same = (self._loaded is not None and np.array_equal(self._loaded[0], A.indptr)
+                and np.array_equal(self._loaded[1], A.indices))
+        if same:
+            self._update(c, A, b, n_eq)
+        else:
+            self._load(c, A, b, n_eq)
         start = self.highs.getRunTime()  # cumulative over the runs of one instance
         self.highs.run()
         status = self.highs.getModelStatus()
         if status != hp.HighsModelStatus.kOptimal:
-            self.basis = None
-            return self.highs.modelStatusToString(status), np.empty(0), np.nan, 0, 0.0
-        self.basis = self.highs.getBasis()
+            self.cold_retries += 1
+            self.highs.clearSolver()
+            self.highs.run()
+            status = self.highs.getModelStatus()
+        seconds = self.highs.getRunTime() - start
+        if status != hp.HighsModelStatus.kOptimal:
+            self.highs.clearSolver()
+            return self.highs.modelStatusToString(status), np.empty(0), np.nan, 0, seconds
         info = self.highs.getInfo()
         x = np.asarray(self.highs.getSolution().col_value)
-        return "optimal", x, info.objective_function_value, info.simplex_iteration_count, self.highs.getRunTime() - start
+        return "optimal", x, info.objective_function_value, info.simplex_iteration_count, seconds
 
 
 class _Clarabel:
@@ -358,7 +401,8 @@ class ExactCorrector:
             solver_options = {"tol_gap_abs": 1e-10, "tol_gap_rel": 1e-10, "tol_feas": 1e-10,
                               "iterative_refinement_enable": False}
         self.solver_options = dict(solver_options or {})
-        self._weight_z = [w.numpy() for w in self.net.weight_z]
+        self._arrays = PICNNArrays(self.net)
+        self._weight_z, self._weight_y = self._arrays.weight_z, self._arrays.weight_y
         # the gated form and the compiled re-solve for HiGHS (LP) and Clarabel; Problem.solve otherwise
         self._compiled = self.solver == cp.CLARABEL or (self.solver == cp.HIGHS and self.trust == 0)
         self.problem, self._params, self._y = self._build(gated=self._compiled)
@@ -389,9 +433,16 @@ class ExactCorrector:
         constraints = [y >= params["lo"], y <= params["hi"]]
         z = None
         for i, width in enumerate(widths):
-            params[f"B{i}"] = cp.Parameter((width, m), name=f"B{i}")
             params[f"c{i}"] = cp.Parameter(width, name=f"c{i}")
-            pre = params[f"B{i}"] @ y + params[f"c{i}"]
+            if gated:
+                # B_i y = W_i^y (gy_i ∘ y): the state enters through two numbers, W_i^y is a constant
+                params[f"gy{i}"] = cp.Parameter(m, name=f"gy{i}")
+                gated_y = cp.Variable(m, name=f"gy{i}_y")
+                constraints.append(gated_y == cp.multiply(params[f"gy{i}"], y))
+                pre = self._weight_y[i] @ gated_y + params[f"c{i}"]
+            else:
+                params[f"B{i}"] = cp.Parameter((width, m), name=f"B{i}")
+                pre = params[f"B{i}"] @ y + params[f"c{i}"]
             if 0 < i < k - 1 and not gated:
                 params[f"A{i}"] = cp.Parameter((width, widths[i - 1]), nonneg=True, name=f"A{i}")
                 pre = pre + params[f"A{i}"] @ z
@@ -399,9 +450,9 @@ class ExactCorrector:
                 # A_i z_i = W_i^z (gz_i ∘ z_i): the state enters through the gate vector only, the 64 x 64
                 # weight is a constant (its zeros dropped), so no parameter matrix multiplies a variable
                 params[f"gz{i}"] = cp.Parameter(widths[i - 1], nonneg=True, name=f"gz{i}")
-                gated = cp.Variable(widths[i - 1], name=f"gz{i}_z{i}")
-                constraints.append(gated == cp.multiply(params[f"gz{i}"], z))
-                pre = pre + self._weight_z[i - 1] @ gated
+                gated_z = cp.Variable(widths[i - 1], name=f"gz{i}_z{i}")
+                constraints.append(gated_z == cp.multiply(params[f"gz{i}"], z))
+                pre = pre + self._weight_z[i - 1] @ gated_z
             elif i > 0:
                 params[f"a{i}"] = cp.Parameter(widths[i - 1], nonneg=True, name=f"a{i}")  # the one row of A_{k-1}
                 pre = pre + params[f"a{i}"] @ z
@@ -438,7 +489,10 @@ class ExactCorrector:
         values = {"lo": lo, "hi": hi}
         last = len(gates.c) - 1
         for i in range(len(gates.c)):
-            values[f"B{i}"] = self.net.weight_y[i].numpy() * gates.gy[i][k]
+            if self._compiled:
+                values[f"gy{i}"] = gates.gy[i][k]
+            else:
+                values[f"B{i}"] = self._weight_y[i] * gates.gy[i][k]
             values[f"c{i}"] = gates.c[i][k]
             if 0 < i < last and self._compiled:
                 values[f"gz{i}"] = gates.gz[i][k]
@@ -473,7 +527,7 @@ class ExactCorrector:
     def correct(self, x: np.ndarray, y_ref: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> Correction:
         """Correct a batch (one solve per state): ``x`` (N, state_dim), ``y_ref``, ``lo``, ``hi`` (N, action_dim)."""
         x, y_ref, lo, hi = check_problem(x, y_ref, lo, hi, self.net.config.state_dim, self.net.config.action_dim)
-        gates = self.net.gates(torch.as_tensor(x))
+        gates = self._arrays.gates(x)
         n = len(x)
         action = np.empty_like(y_ref)
         objective = np.empty(n)
@@ -485,7 +539,6 @@ class ExactCorrector:
             if status != "optimal":
                 raise CorrectionError(f"{self.solver} returned status {status} for state {k}")
             action[k] = np.clip(y, lo[k], hi[k])  # solver tolerance can leave y a hair outside
-        with torch.no_grad():
-            cost = self.net(torch.as_tensor(x), torch.as_tensor(action)).numpy()
+        cost = self._arrays.value(gates, action)
         return Correction(action=action, cost=cost, objective=objective, iterations=iterations,
                           solver_time=solver_time)
