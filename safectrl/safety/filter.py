@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
-import torch
 
 from safectrl.safety.correction import ExactCorrector, GDConfig, GradientCorrector
 from safectrl.safety.cost_model import ConvexCostModel
+from safectrl.safety.picnn import PICNNArrays
 
 METHODS = ("gd", "exact")
 
@@ -143,6 +143,7 @@ class SafetyFilter:
             self.corrector: GradientCorrector | ExactCorrector = GradientCorrector(cost_model.picnn, trust, gd)
         else:
             self.corrector = ExactCorrector(cost_model.picnn, trust, solver)
+        self._arrays = PICNNArrays(cost_model.picnn)  # the cost of the raw action, without torch's overhead
         self.record = FilterRecord()
 
     def reset(self, seed: int | None = None) -> None:
@@ -195,7 +196,6 @@ class SafetyFilter:
         y_ref = model.scale_action(np.clip(raw, lo, hi))
         result = self.corrector.correct(x, y_ref, y_lo, y_hi)
         action = np.clip(model.unscale_action(result.action), lo, hi)
-        with torch.no_grad():
-            clipped = model.scale_action(np.clip(raw, self.box.low, self.box.high))
-            f_raw = self.corrector.net(torch.as_tensor(x), torch.as_tensor(clipped)).numpy()
+        clipped = model.scale_action(np.clip(raw, self.box.low, self.box.high))
+        f_raw = self._arrays.value(self._arrays.gates(x), clipped)
         return action, model.cost_from_network(f_raw), model.cost_from_network(result.cost), result.iterations
