@@ -16,6 +16,9 @@ from safectrl.models import biglucose, cartpole, glucose, klatt_engell
 from safectrl.rl import ACR_ENVS
 
 WHITELISTED = "symmetric and normalized space"  # our action boxes are in physical units by design
+# The CSTR's observation box is its safe set, so the last observation of a failing step lies outside it
+# (documented); check_env's one unseeded random step fails the CSTR about one time in seven.
+OUTSIDE_ON_FAILURE = "obs returned by the `step()` method is not within the observation space"
 
 
 def test_klatt_engell_has_the_published_operating_point():
@@ -116,7 +119,8 @@ def test_check_env_and_determinism(env_id, rng):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         check_env(env.unwrapped, skip_render_check=True)
-    assert [str(w.message) for w in caught if WHITELISTED not in str(w.message)] == []
+    allowed = (WHITELISTED, OUTSIDE_ON_FAILURE) if env_id == "safectrl/KlattEngellCSTR-v0" else (WHITELISTED,)
+    assert [str(w.message) for w in caught if not any(a in str(w.message) for a in allowed)] == []
     actions = [env.action_space.low + (env.action_space.high - env.action_space.low) * rng.random()
                for _ in range(20)]
 
@@ -133,6 +137,28 @@ def test_check_env_and_determinism(env_id, rng):
 
     for a, b in zip(roll(), roll()):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("env_id", list(ACR_ENVS))
+def test_observations_leave_the_box_only_on_a_failing_step(env_id):
+    """What the whitelist above allows, checked: over random episodes every observation of a step that did
+    not fail lies in the observation space."""
+    env = gym.make(env_id).unwrapped
+    env.action_space.seed(0)
+    outside = failures = 0
+    for seed in range(60):
+        obs, _ = env.reset(seed=seed)
+        assert env.observation_space.contains(obs)
+        for _ in range(20):
+            obs, _, term, trunc, _ = env.step(env.action_space.sample())
+            failures += term
+            if not env.observation_space.contains(obs):
+                outside += 1
+                assert term, f"observation {obs} outside the box on a step that did not fail"
+            if term or trunc:
+                break
+    if env_id == "safectrl/KlattEngellCSTR-v0":
+        assert outside >= 1 and failures >= 1  # random inputs leave the CSTR's safe set (SAC's early failures)
 
 
 @pytest.mark.parametrize("env_id", list(ACR_ENVS))
