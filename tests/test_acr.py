@@ -124,6 +124,30 @@ def test_focus_update_ascends_min_q_of_the_combined_action():
     assert last > first
 
 
+def test_focus_moves_towards_the_action_the_critics_prefer_and_logs_their_gap():
+    env = gym.make(CARTPOLE).unwrapped
+    agent = RLACR(env.observation_space, env.action_space, _ConstantPrior([-8.0]), RLACRConfig(focus_lr=1e-3),
+                  seed=0)
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        obs = env.observation_space.sample()
+        agent.sac.buffer.add(obs, rng.uniform(-10, 10, 1), 0.0, obs, False, prior_action=np.array([-8.0]))
+    batch = agent.sac.buffer.sample(rng, 256)
+    obs_n = agent.sac.obs_scaler.normalise(batch["obs"])
+    with torch.no_grad():
+        before = agent.focus(obs_n).mean().item()
+    agent.begin_episode(0)
+    for _ in range(30):
+        agent.update_focus(batch)
+    with torch.no_grad():
+        after = agent.focus(obs_n).mean().item()
+    gap = agent.end_episode()["q_gap"]
+    assert np.isfinite(gap) and gap != 0.0 and after != before
+    assert np.sign(after - before) == -np.sign(gap)  # the critics prefer RL (gap > 0): beta falls
+    agent.begin_episode(1)
+    assert np.isnan(agent.end_episode()["q_gap"])  # no focus update in that episode
+
+
 @pytest.mark.parametrize("env_id", ["safectrl/Glucose-v0", "safectrl/KlattEngellCSTR-v0", CARTPOLE])
 def test_regulariser_keeps_the_actual_plant_safe(env_id):
     """The MPC on the estimated model runs a whole episode on the actual plant without failure, every solve

@@ -123,7 +123,7 @@ class RLACR:
         self.focus_opt = torch.optim.Adam(self.focus.parameters(), lr=config.focus_lr)
         self._low, self._high = self.sac.act_scaler.low, self.sac.act_scaler.high
         self._prior_action: np.ndarray | None = None
-        self._episode: dict[str, list] = {"beta": [], "prior_time": []}
+        self._episode: dict[str, list] = {"beta": [], "prior_time": [], "q_gap": []}
 
     # -- acting -----------------------------------------------------------------------------------------
 
@@ -156,7 +156,7 @@ class RLACR:
 
     def begin_episode(self, seed: int | None) -> None:
         self.prior.reset(seed)
-        self._episode = {"beta": [], "prior_time": []}
+        self._episode = {"beta": [], "prior_time": [], "q_gap": []}
 
     def explore(self, obs: np.ndarray, info: dict[str, Any]) -> np.ndarray:
         a_prior = self._prior_act(obs, info)
@@ -192,10 +192,16 @@ class RLACR:
         (-q).backward()
         self.focus_opt.step()
         sac.critic.requires_grad_(True)
+        with torch.no_grad():  # a diagnostic only (no random numbers drawn, nothing trained)
+            gap = sac.critic.min_q(obs_n, a_rl_n) - sac.critic.min_q(obs_n, a_prior_n)
+        self._episode["q_gap"].append(gap.mean().item())
         return q.item()
 
     def end_episode(self) -> dict[str, float]:
         betas = np.asarray(self._episode["beta"])
         out = {f"beta_{j}": float(betas[:, j].mean()) for j in range(betas.shape[1])} if len(betas) else {}
         out["prior_time"] = float(np.mean(self._episode["prior_time"])) if self._episode["prior_time"] else 0.0
+        # min-Q of the RL action minus min-Q of the regulariser's, averaged over the episode's focus updates:
+        # the critics' preference that drives beta (positive pulls the focus towards the RL action)
+        out["q_gap"] = float(np.mean(self._episode["q_gap"])) if self._episode["q_gap"] else float("nan")
         return out
