@@ -283,7 +283,6 @@ class _HiGHSLP:
         self.highs.passModel(lp)
         self._loaded = (A.indptr.copy(), A.indices.copy(), A.data.copy(), c.copy(), b.copy())
         self._columns = np.repeat(np.arange(A.shape[1], dtype=np.int32), np.diff(A.indptr))
-        self._lower = lp.row_lower_.copy() if n_eq else None
 
     def _update(self, c: np.ndarray, A: sp.csc_array, b: np.ndarray, n_eq: int) -> None:
         _, _, data, cost, rhs = self._loaded
