@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import gymnasium as gym
 import numpy as np
@@ -12,7 +13,7 @@ import torch
 from safectrl.controllers.acr_mpc import REGULARISERS
 from safectrl.rl.acr import RLACR, RLACRConfig
 from safectrl.rl.sac import SAC, BoxScaler, ReplayBuffer, SACConfig, normalised_return, train
-from safectrl.studies.acr_study import ACRPreset, run_acr_study
+from safectrl.studies.acr_study import ACRPreset, report_acr_study, run_acr_study
 from safectrl.studies.cli import main
 
 CARTPOLE = "safectrl/CartPoleContinuous-v0"
@@ -181,6 +182,27 @@ def test_tiny_acr_study_writes_its_outputs(tmp_path):
     rows = (out / "episodes.csv").read_text().splitlines()
     acr = [r for r in rows if ",RL-ACR," in r]
     assert len(acr) == 1 and acr[0].split(",")[4] == "0"  # RL-ACR did not fail
+    assert {"beta_0", "q_gap"} <= set(rows[0].split(","))  # the learner's extras are columns too
+
+    # the same tasks under a preset with two seeds: a partial run, summarised from what has finished
+    two = replace(preset, seeds=2)
+    report_acr_study(two, out, progress=False)
+    summary = (out / "summary.md").read_text()
+    assert "Partial: 4 of 8 tasks finished" in summary
+    assert "0 ± 0 (n=1)" in summary  # RL-ACR's failures over the one finished seed
+    per_seed = next(line for line in summary.splitlines() if line.startswith("| RL-ACR") and ", -" in line)
+    assert per_seed.split("|")[2].strip() == "0, -"
+    assert len((out / "episodes.csv").read_text().splitlines()) == len(rows)
+
+
+def test_study_report_needs_a_run_and_is_only_for_acr(tmp_path, capsys):
+    assert main(["study", "acr", "--report", "--out", str(tmp_path / "none")]) == 1
+    assert "no RL-ACR run" in capsys.readouterr().err
+    (tmp_path / "empty" / "tasks").mkdir(parents=True)
+    assert main(["study", "acr", "--report", "--out", str(tmp_path / "empty")]) == 1
+    assert "no finished task" in capsys.readouterr().err
+    assert main(["study", "--report"]) == 2
+    assert "only for `study acr`" in capsys.readouterr().err
 
 
 def test_study_command_takes_acr_and_checks_the_preset(capsys):

@@ -200,47 +200,71 @@ def _key(env_id: str, method: str, seed: int, cfg: ACRPreset) -> str:
     return f"acr|{env_id}|{method}|seed={seed}|episodes={cfg.episodes}|pt={cfg.pretrain_episodes}"
 
 
+def _cell(values: list[float], n_seeds: int) -> str:
+    """mean ± std of the finished seeds; ``(n=k)`` when only k of the preset's seeds have finished."""
+    if not values:
+        return "-"
+    return report.mean_std(values) + (f" (n={len(values)})" if len(values) < n_seeds else "")
+
+
+def _finished(results: dict[str, dict[str, Any]], cfg: ACRPreset, env_id: str, method: str,
+              seeds: list[int]) -> list[dict[str, Any]]:
+    return [results[k] for k in (_key(env_id, method, s, cfg) for s in seeds) if k in results]
+
+
+def _failures(r: dict[str, Any], method: str, window: int) -> float:
+    return float(r["eval_failed"]) if method == "MPC" else float(np.sum(r["failed"][:window]))
+
+
 def _summaries(cfg: ACRPreset, results: dict[str, dict[str, Any]], seeds: list[int]) -> dict[str, str]:
+    """The summary's tables from the finished tasks in ``results`` (a missing task leaves its seed out of
+    the cell, which then says how many seeds it has)."""
     window = min(cfg.episodes, cfg.failure_window)
     labels = [ENV_LABELS[e] for e in cfg.envs]
-    fail_rows, ret_rows, time_rows = [], [], []
+    n = len(seeds)
+    fail_rows, seed_rows, ret_rows, time_rows = [], [], [], []
     for method in METHODS:
-        fails, rets = [], []
+        fails, per_seed, rets = [], [], []
         for env_id in cfg.envs:
-            res = [results[_key(env_id, method, s, cfg)] for s in seeds]
-            if method == "MPC":
-                counts = [float(r["eval_failed"]) for r in res]
-            else:
-                counts = [float(np.sum(r["failed"][:window])) for r in res]
-            fails.append(report.mean_std(counts))
-            rets.append(report.mean_std([float(r["eval_return"]) for r in res]))
-            if method == "RL-ACR":
+            res = _finished(results, cfg, env_id, method, seeds)
+            fails.append(_cell([_failures(r, method, window) for r in res], n))
+            per_seed.append(", ".join(
+                f"{_failures(results[k], method, window):g}" if k in results else "-"
+                for k in (_key(env_id, method, s, cfg) for s in seeds)))
+            rets.append(_cell([float(r["eval_return"]) for r in res], n))
+            if method == "RL-ACR" and res:
                 step = np.concatenate([r["step_time"] for r in res])
                 length = np.concatenate([r["length"] for r in res])
                 prior = np.concatenate([r["prior_time"] for r in res])
                 mean_step = float(np.sum(step * length) / np.sum(length))
                 time_rows.append([ENV_LABELS[env_id], mean_step, float(np.sum(prior * length) / np.sum(length)),
-                                  int(sum(r["prior_failures"] for r in res)), int(np.sum(length))])
+                                  int(sum(r["prior_failures"] for r in res)), int(np.sum(length)), len(res)])
         paper_f = PAPER_FAILURES.get(method, {})
         paper_r = PAPER_RETURNS.get(method, {})
         fail_rows.append([method, *fails, *(f"{paper_f[lb][0]:g} ({paper_f[lb][1]:g})" if lb in paper_f else "-"
                                             for lb in labels)])
+        seed_rows.append([method, *per_seed])
         ret_rows.append([method, *rets, *(f"{paper_r[lb]:g}" if lb in paper_r else "-" for lb in labels)])
     heads = [f"{lb} (ours)" for lb in labels] + [f"{lb} (paper)" for lb in labels]
     what = f"failures in the first {window} training episodes"
     # envs with a constraint below their failure set (the reactor's T > T_max): episodes that crossed it
-    flagged = [e for e in cfg.envs if all("violations" in results[_key(e, "RL-ACR", s, cfg)] for s in seeds)]
-    viol_rows = [[m, *(report.mean_std([float(np.sum(results[_key(e, m, s, cfg)]["violations"][:window] > 0))
-                                         for s in seeds]) for e in flagged)]
+    flagged = [e for e in cfg.envs
+               if (acr := _finished(results, cfg, e, "RL-ACR", seeds)) and all("violations" in r for r in acr)]
+    viol_rows = [[m, *(_cell([float(np.sum(r["violations"][:window] > 0))
+                              for r in _finished(results, cfg, e, m, seeds) if "violations" in r], n)
+                       for e in flagged)]
                  for m in METHODS if m != "MPC"]
     return {
         "violations": report.markdown_table(["method", *(ENV_LABELS[e] for e in flagged)], viol_rows)
         if flagged else "",
         "failures": report.markdown_table(["method", *heads], fail_rows),
+        "failures_per_seed": report.markdown_table(
+            ["method", *(f"{lb}, seeds {seeds[0]}-{seeds[-1]}" for lb in labels)], seed_rows),
         "failures_what": what,
         "returns": report.markdown_table(["method", *heads], ret_rows),
         "times": report.markdown_table(
-            ["env", "s per training step (RL-ACR)", "s per MPC solve", "failed MPC solves", "steps"], time_rows),
+            ["env", "s per training step (RL-ACR)", "s per MPC solve", "failed MPC solves", "steps", "seeds"],
+            time_rows),
     }
 
 
@@ -253,22 +277,109 @@ def _write_curves(cfg: ACRPreset, results: dict[str, dict[str, Any]], seeds: lis
     fig, axes = plt.subplots(1, len(cfg.envs), figsize=(4.2 * len(cfg.envs), 3.4), squeeze=False)
     for ax, env_id in zip(axes[0], cfg.envs):
         for j, method in enumerate(("RL-ACR", "SAC", "SAC-pt")):
-            curves = np.array([results[_key(env_id, method, s, cfg)]["normalised_return"] for s in seeds])
+            res = _finished(results, cfg, env_id, method, seeds)
+            if not res:
+                continue
+            curves = np.array([r["normalised_return"] for r in res])
             mean, std = np.nanmean(curves, axis=0), np.nanstd(curves, axis=0)
             x = np.arange(1, len(mean) + 1)
-            ax.plot(x, mean, color=f"C{j}", label=method, zorder=3 - j)
+            label = method if len(res) == len(seeds) else f"{method} (n={len(res)})"
+            ax.plot(x, mean, color=f"C{j}", label=label, zorder=3 - j)
             ax.fill_between(x, mean - std, mean + std, color=f"C{j}", alpha=0.2)
-        mpc = np.mean([results[_key(env_id, "MPC", s, cfg)]["eval_return"] for s in seeds])
-        ax.axhline(mpc, color="k", ls=":", lw=1.5, label="MPC", zorder=4)  # RL-ACR starts on it
+        mpc = _finished(results, cfg, env_id, "MPC", seeds)
+        if mpc:
+            ax.axhline(np.mean([r["eval_return"] for r in mpc]), color="k", ls=":", lw=1.5, label="MPC",
+                       zorder=4)  # RL-ACR starts on it
         ax.set_title(ENV_LABELS[env_id])
         ax.set_xlabel("training episode")
         ax.set_yscale("symlog", linthresh=1.0)
         ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     axes[0, 0].set_ylabel("per-step return")
-    axes[0, 0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _write_report(cfg: ACRPreset, results: dict[str, dict[str, Any]], seeds: list[int], out_dir: Path,
+                  missing: list[str]) -> str:
+    """``episodes.csv``, ``summary.md`` and ``returns.png`` from the finished tasks; the summary's text."""
+    keys = [(e, m, s) for e in cfg.envs for m in ("RL-ACR", "SAC", "SAC-pt") for s in seeds
+            if _key(e, m, s, cfg) in results]
+    extras = sorted({k for e, m, s in keys for k, v in results[_key(e, m, s, cfg)].items()
+                     if np.ndim(v) == 1 and k not in _LOG_COLUMNS})
+    with open(out_dir / "episodes.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["env", "method", "seed", "episode", *(_LOG_COLUMNS[c] for c in _LOG_COLUMNS), *extras])
+        for e, m, s in keys:
+            r = results[_key(e, m, s, cfg)]
+            for k in range(len(r["failed"])):
+                writer.writerow([ENV_LABELS[e], m, s, k, *(_csv_value(r[c][k]) for c in _LOG_COLUMNS),
+                                 *(_csv_value(r[c][k]) if c in r else "" for c in extras)])
+    tables = _summaries(cfg, results, seeds)
+    _write_curves(cfg, results, seeds, out_dir / "returns.png")
+    window = min(cfg.episodes, cfg.failure_window)
+    n_tasks = len(cfg.envs) * len(METHODS) * len(seeds)
+    status = ("" if not missing else
+              f"**Partial: {n_tasks - len(missing)} of {n_tasks} tasks finished.** A cell over fewer seeds than "
+              f"the preset's says so (n=k); the per-seed table marks unfinished tasks '-'.\n\n")
+    text = (f"# RL-ACR study ({cfg.name})\n\nSeeds {seeds}; {cfg.episodes} training episodes per env and method "
+            f"on the actual plant (SAC-pt: {cfg.pretrain_episodes} episodes on the estimated model first).\n\n"
+            + status
+            + f"## {tables['failures_what'].capitalize()} (mean ± std over seeds; MPC: its evaluation episode)\n\n"
+            f"{tables['failures']}\n\nPer seed:\n\n{tables['failures_per_seed']}\n\n"
+            + (f"## Training episodes with an interval above the constraint, first {window}"
+               f" (the reactor: T > T_max; failures count too)\n\n{tables['violations']}\n\n"
+               if tables["violations"] else "")
+            + f"## Final per-step return on the actual plant (no exploration)\n\n"
+            f"{tables['returns']}\n\n## Time per RL-ACR training step (acting incl. MPC, env step, updates)\n\n"
+            f"{tables['times']}\n\n![returns](returns.png)\n")
+    (out_dir / "summary.md").write_text(text)
+    return text
+
+
+#: the training log's columns in ``episodes.csv`` (result key: column name); learner extras follow
+_LOG_COLUMNS = {"failed": "failed", "length": "length", "return": "return",
+                "normalised_return": "normalised_return", "step_time": "step_time_s"}
+
+
+def _csv_value(v: Any) -> Any:
+    if isinstance(v, (bool, np.bool_)):
+        return int(v)
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    v = float(v)
+    return "" if np.isnan(v) else v
+
+
+def _preset(preset: str | ACRPreset) -> ACRPreset:
+    if isinstance(preset, str):
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
+        return PRESETS[preset]
+    return preset
+
+
+def report_acr_study(preset: str | ACRPreset = "quick", out: str | Path | None = None,
+                     progress: bool = True) -> Path:
+    """Write ``episodes.csv``, ``summary.md`` and ``returns.png`` from the tasks finished so far in ``out``
+    (runs nothing; for a long run still going or interrupted). The summary lists the missing tasks."""
+    cfg = _preset(preset)
+    out_dir = Path(out) if out is not None else Path("runs") / f"acr-{cfg.name}"
+    if not (out_dir / "tasks").is_dir():
+        raise FileNotFoundError(f"no RL-ACR run in {out_dir} (its tasks/ folder is missing); "
+                                f"start one with `safectrl study acr --preset {cfg.name} --out {out_dir}`")
+    store = ResultStore(out_dir / "tasks")
+    seeds = list(range(cfg.seeds))
+    keys = [_key(e, m, s, cfg) for e in cfg.envs for m in METHODS for s in seeds]
+    results = {k: store.load(k) for k in keys if k in store}
+    if not results:
+        raise FileNotFoundError(f"no finished task of the {cfg.name!r} preset in {out_dir / 'tasks'}")
+    text = _write_report(cfg, results, seeds, out_dir, [k for k in keys if k not in results])
+    if progress:
+        print(text)
+        print(f"written to {out_dir}")
+    return out_dir
 
 
 def run_acr_study(preset: str | ACRPreset = "quick", out: str | Path | None = None,
@@ -279,12 +390,7 @@ def run_acr_study(preset: str | ACRPreset = "quick", out: str | Path | None = No
     Rerunning with the same ``out`` resumes: finished (env, method, seed) tasks are read back; ``force``
     discards them and runs everything again.
     """
-    if isinstance(preset, str):
-        if preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
-        cfg = PRESETS[preset]
-    else:
-        cfg = preset
+    cfg = _preset(preset)
     out_dir = Path(out) if out is not None else Path("runs") / f"acr-{cfg.name}"
     out_dir.mkdir(parents=True, exist_ok=True)
     if force and (out_dir / "tasks").exists():
@@ -304,31 +410,7 @@ def run_acr_study(preset: str | ACRPreset = "quick", out: str | Path | None = No
         results = run_tasks(tasks, executor, ResultStore(out_dir / "tasks"), desc="RL-ACR study", progress=progress)
     finally:
         executor.close()
-    with open(out_dir / "episodes.csv", "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["env", "method", "seed", "episode", "failed", "length", "return", "normalised_return",
-                         "step_time_s"])
-        for e in cfg.envs:
-            for m in ("RL-ACR", "SAC", "SAC-pt"):
-                for s in seeds:
-                    r = results[_key(e, m, s, cfg)]
-                    for k in range(len(r["failed"])):
-                        writer.writerow([ENV_LABELS[e], m, s, k, int(r["failed"][k]), int(r["length"][k]),
-                                         float(r["return"][k]), float(r["normalised_return"][k]),
-                                         float(r["step_time"][k])])
-    tables = _summaries(cfg, results, seeds)
-    _write_curves(cfg, results, seeds, out_dir / "returns.png")
-    text = (f"# RL-ACR study ({cfg.name})\n\nSeeds {seeds}; {cfg.episodes} training episodes per env and method "
-            f"on the actual plant (SAC-pt: {cfg.pretrain_episodes} episodes on the estimated model first).\n\n"
-            f"## {tables['failures_what'].capitalize()} (mean ± std over seeds; MPC: its evaluation episode)\n\n"
-            f"{tables['failures']}\n\n"
-            + (f"## Training episodes with an interval above the constraint, first {min(cfg.episodes, cfg.failure_window)}"
-               f" (the reactor: T > T_max; failures count too)\n\n{tables['violations']}\n\n"
-               if tables["violations"] else "")
-            + f"## Final per-step return on the actual plant (no exploration)\n\n"
-            f"{tables['returns']}\n\n## Time per RL-ACR training step (acting incl. MPC, env step, updates)\n\n"
-            f"{tables['times']}\n\n![returns](returns.png)\n")
-    (out_dir / "summary.md").write_text(text)
+    text = _write_report(cfg, results, seeds, out_dir, [])
     if progress:
         print(text)
         print(f"written to {out_dir} in {time.perf_counter() - t0:.0f} s")

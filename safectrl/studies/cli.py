@@ -33,9 +33,20 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_study(args: argparse.Namespace) -> int:
+    if args.report and args.which != "acr":
+        print("safectrl study: --report is only for `study acr`",
+              file=sys.stderr)
+        return 2
     if args.which == "acr":
-        from safectrl.studies.acr_study import run_acr_study
+        from safectrl.studies.acr_study import report_acr_study, run_acr_study
 
+        if args.report:
+            try:
+                report_acr_study(args.preset, args.out)
+            except FileNotFoundError as exc:
+                print(f"safectrl study acr: {exc}", file=sys.stderr)
+                return 1
+            return 0
         run_acr_study(args.preset, args.out, scheduler=args.scheduler, workers=args.workers, serial=args.serial,
                       force=args.force)
         return 0
@@ -192,6 +203,8 @@ def _add_study(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None,
                    help="output folder (default: runs/study-PRESET); an existing run there is resumed")
     p.add_argument("--force", action="store_true", help="rebuild cached artifacts and rerun every episode")
+    p.add_argument("--report", action="store_true",
+                   help="acr only: write the summary from the tasks finished so far in --out, run nothing")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--scheduler", metavar="tcp://HOST:PORT", default=None,
                        help="send tasks to this running Dask scheduler")
