@@ -269,33 +269,49 @@ def _summaries(cfg: ACRPreset, results: dict[str, dict[str, Any]], seeds: list[i
 
 
 def _write_curves(cfg: ACRPreset, results: dict[str, dict[str, Any]], seeds: list[int], path: Path) -> None:
+    """Per env: per-step return per training episode (mean and range over seeds) of RL-ACR, SAC and SAC-pt with
+    the MPC's as a line; below, RL-ACR's mean focus weight per action (1: the MPC's action, 0: the actor's)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(cfg.envs), figsize=(4.2 * len(cfg.envs), 3.4), squeeze=False)
-    for ax, env_id in zip(axes[0], cfg.envs):
+    fig, axes = plt.subplots(2, len(cfg.envs), figsize=(4.2 * len(cfg.envs), 6.2), squeeze=False,
+                             sharex="col", gridspec_kw={"height_ratios": [1.6, 1]})
+    for col, env_id in enumerate(cfg.envs):
+        ax, ax_beta = axes[0, col], axes[1, col]
         for j, method in enumerate(("RL-ACR", "SAC", "SAC-pt")):
             res = _finished(results, cfg, env_id, method, seeds)
             if not res:
                 continue
             curves = np.array([r["normalised_return"] for r in res])
-            mean, std = np.nanmean(curves, axis=0), np.nanstd(curves, axis=0)
+            mean = np.nanmean(curves, axis=0)
             x = np.arange(1, len(mean) + 1)
             label = method if len(res) == len(seeds) else f"{method} (n={len(res)})"
             ax.plot(x, mean, color=f"C{j}", label=label, zorder=3 - j)
-            ax.fill_between(x, mean - std, mean + std, color=f"C{j}", alpha=0.2)
+            ax.fill_between(x, np.nanmin(curves, axis=0), np.nanmax(curves, axis=0), color=f"C{j}", alpha=0.2)
+            if method == "RL-ACR":
+                dims = sorted((k for k in res[0] if k.startswith("beta_")), key=lambda k: int(k.split("_")[1]))
+                for d, k in enumerate(dims):
+                    b = np.array([r[k] for r in res])
+                    ax_beta.plot(x, b.mean(axis=0), color="C0", ls=("-", "--", ":", "-.")[d % 4],
+                                 label=f"action {k.split('_')[1]}")
+                    ax_beta.fill_between(x, b.min(axis=0), b.max(axis=0), color="C0", alpha=0.12)
         mpc = _finished(results, cfg, env_id, "MPC", seeds)
         if mpc:
             ax.axhline(np.mean([r["eval_return"] for r in mpc]), color="k", ls=":", lw=1.5, label="MPC",
                        zorder=4)  # RL-ACR starts on it
         ax.set_title(ENV_LABELS[env_id])
-        ax.set_xlabel("training episode")
         ax.set_yscale("symlog", linthresh=1.0)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    axes[0, 0].set_ylabel("per-step return")
+        ax_beta.set_ylim(-0.02, 1.02)
+        ax_beta.set_xlabel("training episode")
+        ax_beta.grid(alpha=0.3)
+        if ax_beta.lines:
+            ax_beta.legend(fontsize=8, title="RL-ACR focus (range over seeds)", title_fontsize=8)
+    axes[0, 0].set_ylabel("per-step return (mean, range over seeds)")
+    axes[1, 0].set_ylabel("focus weight beta (1 = MPC)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
