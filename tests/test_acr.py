@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from safectrl.controllers.acr_mpc import REGULARISERS
-from safectrl.rl.acr import RLACR, RLACRConfig
+from safectrl.rl.acr import AUTHORS_FOCUS_PRETRAINING, RLACR, FocusNetwork, RLACRConfig, pretrain_focus
 from safectrl.rl.sac import SAC, BoxScaler, ReplayBuffer, SACConfig, normalised_return, train
 from safectrl.studies.acr_study import ACRPreset, report_acr_study, run_acr_study
 from safectrl.studies.cli import main
@@ -108,6 +108,21 @@ def test_focus_network_starts_at_the_prior_and_buffer_keeps_its_action():
     agent.observe(obs, a, r, next_obs, term)
     assert agent.sac.buffer._arrays["prior_action"][0, 0] == 3.0
     assert prior.resets == 1
+
+
+def test_authors_focus_pretraining_fits_the_whole_network_from_a_zero_bias():
+    space = gym.spaces.Box(-1.0, 1.0, (3,))
+    cfg = RLACRConfig(**{**AUTHORS_FOCUS_PRETRAINING, "focus_pretrain_max_steps": 300})
+    torch.manual_seed(0)
+    focus = FocusNetwork(3, 1, cfg.focus_hidden)
+    assert float(focus.net[-1].bias.detach().abs().max()) == 0.0  # starts at beta = 0.5, as the authors' code
+    with pytest.raises(RuntimeError, match="focus pretraining reached MSE"):
+        pretrain_focus(focus, BoxScaler(space), cfg, torch.Generator().manual_seed(0))  # 300 << ~7e4 steps
+    assert abs(float(focus.net[-1].bias.detach().max())) < 0.01  # Adam at 1e-5 moved it, the bias was not set
+    torch.manual_seed(0)
+    ours = FocusNetwork(3, 1, cfg.focus_hidden)
+    steps, mse = pretrain_focus(ours, BoxScaler(space), RLACRConfig(), torch.Generator().manual_seed(0))
+    assert steps == 1 and mse < 1e-8
 
 
 def test_focus_update_ascends_min_q_of_the_combined_action():
