@@ -110,6 +110,32 @@ def test_focus_network_starts_at_the_prior_and_buffer_keeps_its_action():
     assert prior.resets == 1
 
 
+class _CountingPrior(_ConstantPrior):
+    """A prior that reports a failed solve on every second call."""
+
+    def __init__(self, a):
+        super().__init__(a)
+        self.calls = 0
+        self.failures = 0
+
+    def act(self, obs):
+        self.calls += 1
+        self.failures += self.calls % 2 == 0
+        return self.a
+
+
+def test_training_log_counts_the_priors_failed_solves_per_episode():
+    env = gym.make(CARTPOLE).unwrapped
+    prior = _CountingPrior([0.0])
+    agent = RLACR(env.observation_space, env.action_space, prior, seed=0)
+    logs = train(env, agent, 2, seed=0, progress=False)
+    counted = [lg.extras["prior_failed_solves"] for lg in logs]
+    assert sum(counted) == prior.failures > 0
+    assert counted[0] == logs[0].length // 2  # calls 2, 4, ... of the first episode
+    plain = RLACR(env.observation_space, env.action_space, _ConstantPrior([0.0]), seed=0)
+    assert "prior_failed_solves" not in train(env, plain, 1, seed=0, progress=False)[0].extras
+
+
 def test_authors_focus_pretraining_fits_the_whole_network_from_a_zero_bias():
     space = gym.spaces.Box(-1.0, 1.0, (3,))
     cfg = RLACRConfig(**{**AUTHORS_FOCUS_PRETRAINING, "focus_pretrain_max_steps": 300})

@@ -136,6 +136,7 @@ class RLACR:
         self._low, self._high = self.sac.act_scaler.low, self.sac.act_scaler.high
         self._prior_action: np.ndarray | None = None
         self._episode: dict[str, list] = {"beta": [], "prior_time": [], "q_gap": []}
+        self._prior_failures_before: int | None = None
 
     # -- acting -----------------------------------------------------------------------------------------
 
@@ -169,6 +170,7 @@ class RLACR:
     def begin_episode(self, seed: int | None) -> None:
         self.prior.reset(seed)
         self._episode = {"beta": [], "prior_time": [], "q_gap": []}
+        self._prior_failures_before = getattr(self.prior, "failures", None)
 
     def explore(self, obs: np.ndarray, info: dict[str, Any]) -> np.ndarray:
         a_prior = self._prior_act(obs, info)
@@ -216,4 +218,6 @@ class RLACR:
         # min-Q of the RL action minus min-Q of the regulariser's, averaged over the episode's focus updates:
         # the critics' preference that drives beta (positive pulls the focus towards the RL action)
         out["q_gap"] = float(np.mean(self._episode["q_gap"])) if self._episode["q_gap"] else float("nan")
+        if self._prior_failures_before is not None:  # a prior that counts its failed solves (the NMPCs do)
+            out["prior_failed_solves"] = float(self.prior.failures - self._prior_failures_before)
         return out
