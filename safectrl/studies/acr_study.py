@@ -280,6 +280,7 @@ def _write_curves(cfg: ACRPreset, results: dict[str, dict[str, Any]], seeds: lis
                              sharex="col", gridspec_kw={"height_ratios": [1.6, 1]})
     for col, env_id in enumerate(cfg.envs):
         ax, ax_beta = axes[0, col], axes[1, col]
+        top = -np.inf  # the highest value drawn (returns are costs here: all negative)
         for j, method in enumerate(("RL-ACR", "SAC", "SAC-pt")):
             res = _finished(results, cfg, env_id, method, seeds)
             if not res:
@@ -290,6 +291,7 @@ def _write_curves(cfg: ACRPreset, results: dict[str, dict[str, Any]], seeds: lis
             label = method if len(res) == len(seeds) else f"{method} (n={len(res)})"
             ax.plot(x, mean, color=f"C{j}", label=label, zorder=3 - j)
             ax.fill_between(x, np.nanmin(curves, axis=0), np.nanmax(curves, axis=0), color=f"C{j}", alpha=0.2)
+            top = max(top, float(np.nanmax(curves)))
             if method == "RL-ACR":
                 dims = sorted((k for k in res[0] if k.startswith("beta_")), key=lambda k: int(k.split("_")[1]))
                 for d, k in enumerate(dims):
@@ -299,10 +301,13 @@ def _write_curves(cfg: ACRPreset, results: dict[str, dict[str, Any]], seeds: lis
                     ax_beta.fill_between(x, b.min(axis=0), b.max(axis=0), color="C0", alpha=0.12)
         mpc = _finished(results, cfg, env_id, "MPC", seeds)
         if mpc:
-            ax.axhline(np.mean([r["eval_return"] for r in mpc]), color="k", ls=":", lw=1.5, label="MPC",
-                       zorder=4)  # RL-ACR starts on it
+            mpc_return = float(np.mean([r["eval_return"] for r in mpc]))
+            ax.axhline(mpc_return, color="k", ls=":", lw=1.5, label="MPC", zorder=4)  # RL-ACR starts on it
+            top = max(top, mpc_return)
         ax.set_title(ENV_LABELS[env_id])
         ax.set_yscale("symlog", linthresh=1.0)
+        if np.isfinite(top) and top < 0:  # keep the autoscaled margin from reaching into positive returns
+            ax.set_ylim(top=top / 2)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         ax_beta.set_ylim(-0.02, 1.02)
