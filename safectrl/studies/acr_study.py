@@ -323,7 +323,7 @@ def _write_curves(cfg: ACRPreset, results: dict[str, dict[str, Any]], seeds: lis
 
 
 def _write_report(cfg: ACRPreset, results: dict[str, dict[str, Any]], seeds: list[int], out_dir: Path,
-                  missing: list[str]) -> str:
+                  missing: int) -> str:
     """``episodes.csv``, ``summary.md`` and ``returns.png`` from the finished tasks; the summary's text."""
     keys = [(e, m, s) for e in cfg.envs for m in ("RL-ACR", "SAC", "SAC-pt") for s in seeds
             if _key(e, m, s, cfg) in results]
@@ -342,7 +342,7 @@ def _write_report(cfg: ACRPreset, results: dict[str, dict[str, Any]], seeds: lis
     window = min(cfg.episodes, cfg.failure_window)
     n_tasks = len(cfg.envs) * len(METHODS) * len(seeds)
     status = ("" if not missing else
-              f"**Partial: {n_tasks - len(missing)} of {n_tasks} tasks finished.** A cell over fewer seeds than "
+              f"**Partial: {n_tasks - missing} of {n_tasks} tasks finished.** A cell over fewer seeds than "
               f"the preset's says so (n=k); the per-seed table marks unfinished tasks '-'.\n\n")
     text = (f"# RL-ACR study ({cfg.name})\n\nSeeds {seeds}; {cfg.episodes} training episodes per env and method "
             f"on the actual plant (SAC-pt: {cfg.pretrain_episodes} episodes on the estimated model first).\n\n"
@@ -365,9 +365,7 @@ _LOG_COLUMNS = {"failed": "failed", "length": "length", "return": "return",
 
 
 def _csv_value(v: Any) -> Any:
-    if isinstance(v, (bool, np.bool_)):
-        return int(v)
-    if isinstance(v, (np.integer,)):
+    if isinstance(v, (bool, np.bool_, np.integer)):
         return int(v)
     v = float(v)
     return "" if np.isnan(v) else v
@@ -384,7 +382,8 @@ def _preset(preset: str | ACRPreset) -> ACRPreset:
 def report_acr_study(preset: str | ACRPreset = "quick", out: str | Path | None = None,
                      progress: bool = True) -> Path:
     """Write ``episodes.csv``, ``summary.md`` and ``returns.png`` from the tasks finished so far in ``out``
-    (runs nothing; for a long run still going or interrupted). The summary lists the missing tasks."""
+    (runs nothing; for a long run still going or interrupted). The summary says how many tasks are missing,
+    and its per-seed table which."""
     cfg = _preset(preset)
     out_dir = Path(out) if out is not None else Path("runs") / f"acr-{cfg.name}"
     if not (out_dir / "tasks").is_dir():
@@ -396,7 +395,7 @@ def report_acr_study(preset: str | ACRPreset = "quick", out: str | Path | None =
     results = {k: store.load(k) for k in keys if k in store}
     if not results:
         raise FileNotFoundError(f"no finished task of the {cfg.name!r} preset in {out_dir / 'tasks'}")
-    text = _write_report(cfg, results, seeds, out_dir, [k for k in keys if k not in results])
+    text = _write_report(cfg, results, seeds, out_dir, sum(k not in results for k in keys))
     if progress:
         print(text)
         print(f"written to {out_dir}")
@@ -431,7 +430,7 @@ def run_acr_study(preset: str | ACRPreset = "quick", out: str | Path | None = No
         results = run_tasks(tasks, executor, ResultStore(out_dir / "tasks"), desc="RL-ACR study", progress=progress)
     finally:
         executor.close()
-    text = _write_report(cfg, results, seeds, out_dir, [])
+    text = _write_report(cfg, results, seeds, out_dir, 0)
     if progress:
         print(text)
         print(f"written to {out_dir} in {time.perf_counter() - t0:.0f} s")
