@@ -10,11 +10,12 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "safectrl"
 # subpackage -> safectrl subpackages it may import
 ALLOWED = {
-    "models": {"models"},
-    "controllers": {"models", "controllers"},
-    "rl": {"models", "rl"},
-    "safety": {"safety"},
-    "studies": {"models", "controllers", "rl", "safety", "studies"},
+    "common": {"common"},
+    "models": {"common", "models"},
+    "controllers": {"common", "models", "controllers"},
+    "rl": {"common", "models", "rl"},
+    "safety": {"common", "safety"},
+    "studies": {"common", "models", "controllers", "rl", "safety", "studies"},
 }
 # safety must stand alone: only these third-party roots (plus the standard library)
 # highspy/clarabel/scipy: the exact correction hands cvxpy's compiled data to cvxpy's own LP/QP solvers
