@@ -20,7 +20,7 @@ from scipy.integrate import solve_ivp
 import safectrl  # noqa: F401
 from safectrl.controllers.pi import NOMINAL_TUNING, PIController
 from safectrl.models import polycstr as pc
-from safectrl.rl.polycstr_env import PolyCSTREnv
+from safectrl.rl.env import TaskEnv
 from safectrl.rl.rollout import run_episode
 
 PARAMS = pc.PolyCSTRParams()
@@ -46,7 +46,7 @@ def best_of(fn, repeats):
 
 
 def main() -> None:
-    ep = run_episode(PolyCSTREnv("startup"), PIController(NOMINAL_TUNING), seed=0)
+    ep = run_episode(TaskEnv(pc.TASK, "startup"), PIController(NOMINAL_TUNING), seed=0)
     x0, actions = ep.infos["state"][0], np.clip(ep.actions, pc.U_LOW, pc.U_HIGH)
     n = len(actions)
     truth = scipy_episode(x0, actions, 1e-11, 1e-14)

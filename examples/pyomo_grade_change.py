@@ -7,7 +7,7 @@ of (P_sp - P)² + (T_sp - T)², scaled by 1/100 — plus a small penalty on inpu
 every collocation point. The initial state is the environment's own (reset with a seed), the problem is
 initialised by a ``pyomo.dae.Simulator`` run with the previous inputs held, and solved with ``solve_nlp``.
 
-The optimal input sequence is then replayed in ``PolyCSTREnv``: its trajectory must reproduce the Pyomo
+The optimal input sequence is then replayed in the env: its trajectory must reproduce the Pyomo
 prediction up to the discretisation error of the collocation (and the env's own integrator error), which
 the script prints per state, together with the error against an adaptive CVODES reference.
 
@@ -27,7 +27,7 @@ from pyomo.dae import ContinuousSet
 from safectrl.controllers.pi import PIController
 from safectrl.models import polycstr as pc
 from safectrl.models.pyomo import NLPResult, polycstr_block, simulate, solve_nlp, to_block_units, to_si
-from safectrl.rl.polycstr_env import PolyCSTREnv
+from safectrl.rl.env import TaskEnv
 from safectrl.rl.rollout import run_episode
 
 HORIZON = 40  # control intervals of 30 min: 20 h, between three and four residence times
@@ -106,8 +106,8 @@ def optimise_grade_change(
 
 
 def replay_in_env(plan: GradeChangePlan, scenario: str, seed: int) -> tuple[np.ndarray, float]:
-    """The plan's inputs applied in ``PolyCSTREnv``; returns the states (N+1, 5) and the tracking cost."""
-    env = PolyCSTREnv(scenario, max_steps=len(plan.u))
+    """The plan's inputs applied in the env; returns the states (N+1, 5) and the tracking cost."""
+    env = TaskEnv(pc.TASK, scenario, max_steps=len(plan.u))
     _, info = env.reset(seed=seed)
     states, cost = [info["state"]], 0.0
     for u in plan.u:
@@ -135,7 +135,7 @@ def max_relative_deviation(x: np.ndarray, reference: np.ndarray) -> np.ndarray:
 
 
 def main(scenario: str = "grade_up", seed: int = 0) -> None:
-    env = PolyCSTREnv(scenario, max_steps=HORIZON)
+    env = TaskEnv(pc.TASK, scenario, max_steps=HORIZON)
     obs, info = env.reset(seed=seed)
     x0, u_prev = info["state"], obs[[pc.OBSERVATIONS.index("f_I_prev"), pc.OBSERVATIONS.index("T_c_prev")]]
     plan = optimise_grade_change(x0, u_prev, env.scenario.setpoint)

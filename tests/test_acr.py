@@ -278,9 +278,10 @@ class _HotLearner:
 
 
 def test_training_logs_count_the_reactors_violations():
-    from safectrl.rl.polycstr_env import PolyCSTREnv
+    from safectrl.models import polycstr as pc
+    from safectrl.rl.env import TaskEnv
     from safectrl.rl.sac import train
 
-    logs = train(PolyCSTREnv("grade_up", max_steps=60), _HotLearner(), episodes=1, progress=False)
+    logs = train(TaskEnv(pc.TASK, "grade_up", max_steps=60), _HotLearner(), episodes=1, progress=False)
     assert logs[0].extras["violations"] >= 1
     assert logs[0].failed  # a runaway ends the episode; its intervals above T_max are still counted

@@ -11,7 +11,7 @@ from gymnasium.utils.env_checker import check_env
 
 from safectrl.controllers.pi import NOMINAL_TUNING, PIController
 from safectrl.models import polycstr as pc
-from safectrl.rl.polycstr_env import INFO_KEYS, PolyCSTREnv, PolyCSTRVectorEnv
+from safectrl.rl.env import INFO_KEYS, TaskEnv, TaskVectorEnv
 from safectrl.rl.rollout import run_episode
 
 SCENARIOS = list(pc.SCENARIOS)
@@ -49,7 +49,7 @@ def test_same_seed_same_actions_same_trajectory(scenario, rng):
 
 
 def test_different_seeds_differ():
-    env = PolyCSTREnv("startup")
+    env = TaskEnv(pc.TASK, "startup")
     o1, _ = env.reset(seed=1)
     o2, _ = env.reset(seed=2)
     assert not np.array_equal(o1, o2)
@@ -60,7 +60,7 @@ def test_vector_env_equals_single_envs(noise, rng):
     n, steps = 4, 210  # longer than an episode: covers autoreset
     venv = gym.make_vec("safectrl/PolyCSTR-v0", num_envs=n, vectorization_mode="vector_entry_point",
                         scenario="grade_up", noise=noise, max_steps=100)
-    singles = [PolyCSTREnv("grade_up", noise=noise, max_steps=100) for _ in range(n)]
+    singles = [TaskEnv(pc.TASK, "grade_up", noise=noise, max_steps=100) for _ in range(n)]
     vobs, _ = venv.reset(seed=40)
     sobs = [env.reset(seed=40 + k)[0] for k, env in enumerate(singles)]
     np.testing.assert_array_equal(vobs, np.stack(sobs))
@@ -84,7 +84,7 @@ def test_vector_env_equals_single_envs(noise, rng):
 
 
 def test_vector_env_autoresets_after_truncation():
-    venv = PolyCSTRVectorEnv(num_envs=2, scenario="startup", max_steps=3)
+    venv = TaskVectorEnv(pc.TASK, num_envs=2, scenario="startup", max_steps=3)
     venv.reset(seed=0)
     a = np.tile([1.0, 345.0], (2, 1))
     for _ in range(2):
@@ -98,7 +98,7 @@ def test_vector_env_autoresets_after_truncation():
 
 
 def test_info_carries_state_setpoint_and_constraint_signal():
-    env = PolyCSTREnv("grade_down")
+    env = TaskEnv(pc.TASK, "grade_down")
     _, info = env.reset(seed=0)
     assert set(INFO_KEYS) <= set(info)
     _, reward, _, _, info = env.step(pc.steady_state(100.0, 350.0).u)
@@ -111,7 +111,7 @@ def test_info_carries_state_setpoint_and_constraint_signal():
 
 
 def test_non_finite_action_raises_naming_the_input():
-    env = PolyCSTREnv()
+    env = TaskEnv(pc.TASK)
     env.reset(seed=0)
     with pytest.raises(ValueError, match="non-finite f_I"):
         env.step([np.nan, 340.0])
@@ -120,20 +120,20 @@ def test_non_finite_action_raises_naming_the_input():
 
 
 def test_wrong_shape_raises():
-    env = PolyCSTREnv()
+    env = TaskEnv(pc.TASK)
     env.reset(seed=0)
     with pytest.raises(ValueError, match=r"shape \(2,\)"):
         env.step([1.0, 340.0, 3.0])
-    venv = PolyCSTRVectorEnv(num_envs=3)
+    venv = TaskVectorEnv(pc.TASK, num_envs=3)
     venv.reset(seed=0)
     with pytest.raises(ValueError, match=r"shape \(3, 2\)"):
         venv.step(np.ones((2, 2)))
-    with pytest.raises(ValueError, match="reactor 1 has non-finite T_c"):
+    with pytest.raises(ValueError, match="env 1 has non-finite T_c"):
         venv.step(np.array([[1.0, 340.0], [1.0, np.nan], [1.0, 340.0]]))
 
 
 def test_out_of_bounds_action_is_clipped_and_reported():
-    env = PolyCSTREnv()
+    env = TaskEnv(pc.TASK)
     env.reset(seed=0)
     obs, _, _, _, info = env.step([9.0, 290.0])
     assert info["clipped"] is True
@@ -148,7 +148,7 @@ def test_unknown_scenario_lists_valid_ones():
 
 
 def test_step_after_end_raises():
-    env = PolyCSTREnv(max_steps=1)
+    env = TaskEnv(pc.TASK, max_steps=1)
     env.reset(seed=0)
     env.step([1.0, 340.0])
     with pytest.raises(RuntimeError, match="reset"):
@@ -157,7 +157,7 @@ def test_step_after_end_raises():
 
 def test_runaway_terminates_with_failure_and_is_charged():
     """A weakly cooled plant at full initiator runs away; the episode ends with failure, no exception."""
-    env = PolyCSTREnv("startup", plant=pc.mismatched(UA=0.3, dH=1.5))
+    env = TaskEnv(pc.TASK, "startup", plant=pc.mismatched(UA=0.3, dH=1.5))
     env.reset(seed=0)
     done, k = False, 0
     while not done:
@@ -170,7 +170,7 @@ def test_runaway_terminates_with_failure_and_is_charged():
 
 
 def test_noise_changes_observation_not_state_or_reward():
-    clean, noisy = PolyCSTREnv("grade_up"), PolyCSTREnv("grade_up", noise=True)
+    clean, noisy = TaskEnv(pc.TASK, "grade_up"), TaskEnv(pc.TASK, "grade_up", noise=True)
     o1, _ = clean.reset(seed=5)
     o2, _ = noisy.reset(seed=5)
     assert not np.array_equal(o1[:3], o2[:3])
@@ -183,7 +183,7 @@ def test_noise_changes_observation_not_state_or_reward():
 
 
 def test_plant_change_through_reset_options():
-    env = PolyCSTREnv("grade_down")
+    env = TaskEnv(pc.TASK, "grade_down")
     env.reset(seed=0, options={"plant": pc.mismatched()})
     assert env.plant == pc.mismatched()
     with pytest.raises(TypeError, match="PolyCSTRParams"):
@@ -191,7 +191,7 @@ def test_plant_change_through_reset_options():
 
 
 def test_nominal_pi_episode_runs_to_truncation():
-    ep = run_episode(PolyCSTREnv("grade_up"), PIController(NOMINAL_TUNING), seed=0)
+    ep = run_episode(TaskEnv(pc.TASK, "grade_up"), PIController(NOMINAL_TUNING), seed=0)
     assert ep.length == pc.EPISODE_STEPS and ep.truncations[-1] and not ep.terminations.any()
 
 
@@ -199,7 +199,7 @@ def test_non_finite_state_terminates_with_failure_instead_of_raising():
     """Absurd kinetics make the integration break down: CVODES gives up, the env reports a failure."""
     from dataclasses import replace
 
-    env = PolyCSTREnv("startup", plant=replace(pc.PolyCSTRParams(), k0_p=1e30))
+    env = TaskEnv(pc.TASK, "startup", plant=replace(pc.PolyCSTRParams(), k0_p=1e30))
     first, _ = env.reset(seed=0)
     obs, reward, term, trunc, info = env.step([1.0, 340.0])
     assert term and not trunc and info["failure"]

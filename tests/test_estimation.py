@@ -13,7 +13,7 @@ from safectrl.controllers.pi import NOMINAL_TUNING, PIController
 from safectrl.controllers.polycstr_nmpc import EKF_CONFIG, PolyCSTRObserver
 from safectrl.models import polycstr as pc
 from safectrl.models.core import ODEModel
-from safectrl.rl.polycstr_env import PolyCSTREnv
+from safectrl.rl.env import TaskEnv
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ def test_quasi_steady_state_recovers_the_steady_states_unmeasured_part():
 
 
 def test_reactor_filter_finds_the_unmeasured_states_under_pi_control():
-    env = PolyCSTREnv("startup", noise=True)
+    env = TaskEnv(pc.TASK, "startup", noise=True)
     obs, info = env.reset(seed=500_000)
     pi, observer = PIController(NOMINAL_TUNING), PolyCSTRObserver(pc.PolyCSTRParams())
     errors = []
@@ -85,7 +85,7 @@ def test_estimated_UA_makes_the_mismatched_model_predict_the_plant():
     plant, model = pc.PolyCSTRParams(), pc.mismatched()
     ss = pc.steady_state(*pc.HIGH_GRADE, plant)
     observer = PolyCSTRObserver(model)
-    env = PolyCSTREnv("grade_down")
+    env = TaskEnv(pc.TASK, "grade_down")
     obs, _ = env.reset(seed=500_000)
     for _ in range(60):  # hold the high-grade inputs: the plant stays near its steady state
         observer(obs)

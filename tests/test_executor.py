@@ -22,10 +22,11 @@ from safectrl.studies.executor import (
 def _pi_episode(scenario: str, seed: int) -> dict:
     """A short closed-loop episode: enough physics to make executor differences visible."""
     from safectrl.controllers.pi import NOMINAL_TUNING, PIController
-    from safectrl.rl.polycstr_env import PolyCSTREnv
+    from safectrl.models import polycstr as pc
+    from safectrl.rl.env import TaskEnv
     from safectrl.rl.rollout import run_episode
 
-    ep = run_episode(PolyCSTREnv(scenario, noise=True, max_steps=15), PIController(NOMINAL_TUNING), seed)
+    ep = run_episode(TaskEnv(pc.TASK, scenario, noise=True, max_steps=15), PIController(NOMINAL_TUNING), seed)
     return {"cost": float(-ep.rewards.sum()), "states": ep.infos["state"], "pid": os.getpid()}
 
 

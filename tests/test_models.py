@@ -13,7 +13,7 @@ from safectrl.controllers.pi import NOMINAL_TUNING, PIController
 from safectrl.models import compiled
 from safectrl.models import polycstr as pc
 from safectrl.models.core import ODEModel
-from safectrl.rl.polycstr_env import PolyCSTREnv
+from safectrl.rl.env import TaskEnv
 from safectrl.rl.rollout import run_episode
 
 # SPEC §10: P, T -> f_I, T_c, A, I, R
@@ -58,7 +58,7 @@ def test_rhs_numpy_equals_casadi(rng, nominal_params):
 
 def test_startup_episode_matches_scipy_bdf(nominal_params):
     """The env's integrator against scipy BDF at rtol 1e-10, interval by interval, on a PI startup."""
-    env = PolyCSTREnv("startup")
+    env = TaskEnv(pc.TASK, "startup")
     ep = run_episode(env, PIController(NOMINAL_TUNING), seed=3)
     states = ep.infos["state"]
     u = np.clip(ep.actions, pc.U_LOW, pc.U_HIGH)

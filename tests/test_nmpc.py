@@ -12,7 +12,7 @@ from safectrl.controllers.nmpc import NMPC, NMPCConfig, NMPCSolveError, StateBou
 from safectrl.controllers.polycstr_nmpc import BACKOFF, NMPC_CONFIG, polycstr_nmpc, with_backoff
 from safectrl.models import polycstr as pc
 from safectrl.models.core import ODEModel
-from safectrl.rl.polycstr_env import PolyCSTREnv
+from safectrl.rl.env import TaskEnv
 from safectrl.rl.rollout import run_episode
 from safectrl.studies.metrics import episode_metrics
 
@@ -229,7 +229,7 @@ def test_bad_solve_input_and_act_without_observer_are_rejected():
 @pytest.mark.parametrize("scenario", list(pc.SCENARIOS))
 def test_oracle_closed_loop_short_episode(scenario):
     nmpc = polycstr_nmpc()
-    ep = run_episode(PolyCSTREnv(scenario, max_steps=30), nmpc, seed=500_000)
+    ep = run_episode(TaskEnv(pc.TASK, scenario, max_steps=30), nmpc, seed=500_000)
     m = episode_metrics(ep)
     assert m.violations == 0 and not m.failure
     assert nmpc.stats.solves == 30 and nmpc.stats.failures == 0
@@ -244,7 +244,7 @@ def test_oracle_closed_loop_short_episode(scenario):
 ], ids=["UA-dH", "k0_p", "k0_t"])
 def test_mismatched_controller_is_offset_free_through_estimated_parameters(model_params):
     nmpc = polycstr_nmpc(model_params)
-    ep = run_episode(PolyCSTREnv("grade_up", max_steps=40), nmpc, seed=500_000)
+    ep = run_episode(TaskEnv(pc.TASK, "grade_up", max_steps=40), nmpc, seed=500_000)
     e_P, e_T = ep.infos["setpoint"][-1] - ep.infos["state"][-1, [3, 4]]
     assert abs(e_P) < 0.05 and abs(e_T) < 0.02
     assert not ep.infos["violation"].any()

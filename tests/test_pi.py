@@ -7,7 +7,7 @@ import pytest
 
 from safectrl.controllers import pi
 from safectrl.models import polycstr as pc
-from safectrl.rl.polycstr_env import PolyCSTREnv
+from safectrl.rl.env import TaskEnv
 from safectrl.rl.rollout import run_episode
 from safectrl.studies.metrics import episode_metrics
 from safectrl.studies.pi_tuning import round_tuning
@@ -72,6 +72,6 @@ def test_fopdt_identification_is_sane():
 @pytest.mark.parametrize("scenario", list(pc.SCENARIOS))
 def test_nominal_pi_holds_the_limit_and_reaches_the_setpoint(scenario):
     for seed in range(3):
-        m = episode_metrics(run_episode(PolyCSTREnv(scenario), pi.PIController(pi.NOMINAL_TUNING), seed))
+        m = episode_metrics(run_episode(TaskEnv(pc.TASK, scenario), pi.PIController(pi.NOMINAL_TUNING), seed))
         assert m.violations == 0 and not m.failure
         assert m.final_abs_eP < 0.05 and m.final_abs_eT < 0.01

@@ -37,6 +37,7 @@ import numpy as np
 
 from safectrl.models import glucose
 from safectrl.models.core import ODEModel
+from safectrl.models.task import FixedStart, Limit, Task
 
 STATES = ("Q1", "Q2", "x1", "x2", "x3", "S1", "S2", "I", "Z1", "Z2", "N", "Y")
 INPUTS = ("u_I", "u_N")
@@ -184,13 +185,42 @@ def initial_state(params: BiGlucoseParams) -> np.ndarray:
     return steady_state(params)[0]
 
 
-def failed(x: np.ndarray, params: BiGlucoseParams) -> bool:
-    """True when the measured glucose left [10, 1000] mg/dL or the state is not finite."""
-    return not (np.all(np.isfinite(x))
-                and glucose.G_FAIL_LOW <= glucose_mg_dl(x, params) <= glucose.G_FAIL_HIGH)
 
 
-def reward(x_next: np.ndarray, u: np.ndarray, params: BiGlucoseParams) -> float:
-    """Task reward of an interval that did not fail: -10 risk(18 G) at its end, minus the dosing penalty."""
-    risk = float(glucose.magni_risk(glucose_mg_dl(x_next, params)))
-    return -REWARD_WEIGHT * risk - (ACTION_PENALTY if u[0] >= ACTION_THRESHOLD else 0.0)
+def _glucose_output(x, p, m):
+    return MG_DL_PER_MMOL_L * x[0] / p.V_G
+
+
+def stage_cost(x, u, setpoint, p, m):
+    """10 risk(18 G) at the interval end plus the insulin dosing penalty: the reward's negative."""
+    return (REWARD_WEIGHT * glucose.magni_risk(_glucose_output(x, p, m), m)
+            + m.if_else(u[0] >= ACTION_THRESHOLD, ACTION_PENALTY, 0.0))
+
+
+def failure_reward(cost, remaining, setpoint) -> np.ndarray:
+    """The failing interval's reward: -1e5 (Tian et al.'s code)."""
+    return np.full(len(cost), -FAILURE_PENALTY)
+
+
+#: Measured glucose 18 Q1 / V_G outside which the episode fails, mg/dL.
+G_LIMIT = Limit("G", low=glucose.G_FAIL_LOW, high=glucose.G_FAIL_HIGH, unit="mg/dL", output=_glucose_output)
+
+#: The BiGlucose task of RL-ACR: env ``safectrl/BiGlucose-v0``, on the actual patient by default.
+TASK = Task(
+    name="BiGlucose",
+    model=MODEL,
+    plants={"nominal": ESTIMATED, "actual": ACTUAL, "estimated": ESTIMATED},
+    default_plant="actual",
+    scenarios={"meal": FixedStart("meal", initial_state, (0.0, 0.0), description="a meal at t = 0")},
+    episode_steps=EPISODE_STEPS,
+    observations=("G", "dG", "step"),
+    obs_low=np.array([0.0, -50.0, 0.0]),
+    obs_high=np.array([1000.0, 50.0, np.inf]),
+    measure=lambda x, params: (MG_DL_PER_MMOL_L * x[:, 0] / params.V_G)[:, None],
+    observe=glucose.observe_glucose,
+    stage_cost=stage_cost,
+    failure_reward=failure_reward,
+    limits=(G_LIMIT,),
+    failure=(G_LIMIT,),
+    description="glucose after a meal under insulin and glucagon, a bihormonal Hovorka model (Tian et al., 2024)",
+)

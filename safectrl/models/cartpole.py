@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from safectrl.models.core import ODEModel
+from safectrl.models.task import FixedStart, Limit, Task
 
 STATES = ("x", "x_dot", "theta", "theta_dot")
 INPUTS = ("F",)
@@ -90,11 +91,37 @@ def initial_state(params: CartPoleParams) -> np.ndarray:
     return X0.copy()
 
 
-def failed(x: np.ndarray) -> bool:
-    """True when the cart left the rail, the pole fell, or the state is not finite."""
-    return not (np.all(np.isfinite(x)) and abs(x[0]) <= X_FAIL and abs(x[2]) <= THETA_FAIL)
 
 
-def reward(x_next: np.ndarray, u: np.ndarray) -> float:
-    """Task reward of an interval that did not fail, from the state at its end."""
-    return -1000.0 * float(x_next[2]) ** 2 - max(0.0, abs(float(x_next[0])) - 0.25)
+def stage_cost(x, u, setpoint, p, m):
+    """1000 theta² + max(0, |x| - 0.25) at the interval end: the reward's negative."""
+    return 1000.0 * x[2] ** 2 + m.fmax(0.0, m.fabs(x[0]) - 0.25)
+
+
+def failure_reward(cost, remaining, setpoint) -> np.ndarray:
+    """The failing interval's reward: -1e4 (Tian et al.'s code)."""
+    return np.full(len(cost), -FAILURE_PENALTY)
+
+
+#: The cart on its rail and the pole up.
+SAFE_SET = (Limit("x", low=-X_FAIL, high=X_FAIL, unit="m"), Limit("theta", low=-THETA_FAIL, high=THETA_FAIL, unit="rad"))
+
+#: The Cart Pole task of RL-ACR: env ``safectrl/CartPoleContinuous-v0``, on the actual plant by default.
+TASK = Task(
+    name="CartPole",
+    model=MODEL,
+    plants={"nominal": ESTIMATED, "actual": ACTUAL, "estimated": ESTIMATED},
+    default_plant="actual",
+    scenarios={"balance": FixedStart("balance", initial_state, (0.0,), description="the pole tilted by 6°")},
+    episode_steps=EPISODE_STEPS,
+    observations=STATES,
+    obs_low=-np.array([X_FAIL, 3.1, THETA_FAIL, 5.0]),
+    obs_high=np.array([X_FAIL, 3.1, THETA_FAIL, 5.0]),
+    measure=lambda x, params: x.copy(),
+    observe=lambda y, y_prev, u_prev, step, setpoint: y.copy(),
+    stage_cost=stage_cost,
+    failure_reward=failure_reward,
+    limits=SAFE_SET,
+    failure=SAFE_SET,
+    description="the cart-pole driven by a continuous force (Tian et al., 2024)",
+)

@@ -27,6 +27,7 @@ import numpy as np
 
 from safectrl.models.core import ODEModel
 from safectrl.models.mathns import NUMPY, MathNamespace
+from safectrl.models.task import FixedStart, Limit, Task
 
 STATES = ("G", "X", "I")
 INPUTS = ("u",)
@@ -99,11 +100,42 @@ def initial_state(params: GlucoseParams) -> np.ndarray:
     return np.array([params.Gb, 0.0, params.Ib])
 
 
-def failed(x: np.ndarray) -> bool:
-    """True when the glucose left [10, 1000] mg/dL or the state is not finite."""
-    return not (np.all(np.isfinite(x)) and G_FAIL_LOW <= x[0] <= G_FAIL_HIGH)
 
 
-def reward(x_next: np.ndarray, u: np.ndarray) -> float:
-    """Task reward of an interval that did not fail: minus the risk at its end, minus the dosing penalty."""
-    return -float(magni_risk(x_next[0])) - (ACTION_PENALTY if u[0] >= ACTION_THRESHOLD else 0.0)
+def observe_glucose(y, y_prev, u_prev, step, setpoint) -> np.ndarray:
+    """Observation of both glucose tasks: measured glucose, its change over the last interval, the step."""
+    return np.column_stack([y[:, 0], y[:, 0] - y_prev[:, 0], step])
+
+
+def stage_cost(x, u, setpoint, p, m):
+    """Magni risk of G at the interval end plus the dosing penalty: the reward's negative."""
+    return magni_risk(x[0], m) + m.if_else(u[0] >= ACTION_THRESHOLD, ACTION_PENALTY, 0.0)
+
+
+def failure_reward(cost, remaining, setpoint) -> np.ndarray:
+    """The failing interval's reward: -1e5 (Tian et al.'s code)."""
+    return np.full(len(cost), -FAILURE_PENALTY)
+
+
+#: Glucose range outside which the episode fails, mg/dL.
+G_LIMIT = Limit("G", low=G_FAIL_LOW, high=G_FAIL_HIGH, unit="mg/dL")
+
+#: The Glucose task of RL-ACR: env ``safectrl/Glucose-v0``, on the actual patient by default.
+TASK = Task(
+    name="Glucose",
+    model=MODEL,
+    plants={"nominal": ESTIMATED, "actual": ACTUAL, "estimated": ESTIMATED},
+    default_plant="actual",
+    scenarios={"meal": FixedStart("meal", initial_state, (0.0,), description="a meal at t = 0")},
+    episode_steps=EPISODE_STEPS,
+    observations=("G", "dG", "step"),
+    obs_low=np.array([0.0, -50.0, 0.0]),
+    obs_high=np.array([1000.0, 50.0, np.inf]),
+    measure=lambda x, params: x[:, :1],
+    observe=observe_glucose,
+    stage_cost=stage_cost,
+    failure_reward=failure_reward,
+    limits=(G_LIMIT,),
+    failure=(G_LIMIT,),
+    description="glucose after a meal under insulin, Bergman's minimal model (Tian et al., 2024)",
+)

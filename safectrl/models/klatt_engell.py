@@ -30,6 +30,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from safectrl.models.core import ODEModel
+from safectrl.models.task import FixedStart, Limit, Task
 
 STATES = ("C_a", "C_b", "T_R", "T_K")
 INPUTS = ("F", "Q_dot")
@@ -112,11 +113,40 @@ def initial_state(params: KlattEngellParams) -> np.ndarray:
     return X0.copy()
 
 
-def failed(x: np.ndarray) -> bool:
-    """True when any state left its safe range or is not finite."""
-    return not (np.all(np.isfinite(x)) and np.all(x >= STATE_LOW) and np.all(x <= STATE_HIGH))
 
 
-def reward(x_next: np.ndarray, u: np.ndarray) -> float:
-    """Task reward of an interval that did not fail: -(100 (C_b - 0.6))² at its end."""
-    return -float((100.0 * (x_next[1] - C_B_REF)) ** 2)
+def stage_cost(x, u, setpoint, p, m):
+    """(100 (C_b - C_b,ref))² at the interval end: the reward's negative."""
+    return (100.0 * (x[1] - setpoint[0])) ** 2
+
+
+def failure_reward(cost, remaining, setpoint) -> np.ndarray:
+    """The failing interval's reward: -1e4 (Tian et al.'s code)."""
+    return np.full(len(cost), -FAILURE_PENALTY)
+
+
+_UNITS = ("mol/L", "mol/L", "°C", "°C")
+#: The safe set: every state inside its range.
+SAFE_SET = tuple(Limit(s, low=lo, high=hi, unit=unit) for s, lo, hi, unit in zip(STATES, STATE_LOW, STATE_HIGH, _UNITS))
+
+#: The CSTR task of RL-ACR: env ``safectrl/KlattEngellCSTR-v0``, on the actual plant by default.
+TASK = Task(
+    name="CSTR",
+    model=MODEL,
+    plants={"nominal": ESTIMATED, "actual": ACTUAL, "estimated": ESTIMATED},
+    default_plant="actual",
+    scenarios={"hold": FixedStart("hold", initial_state, (U_LOW[0], 0.0), setpoint=(C_B_REF,),
+                                  description="hold C_b at 0.6 mol/L from do-mpc's initial state")},
+    episode_steps=EPISODE_STEPS,
+    observations=STATES,
+    obs_low=STATE_LOW.copy(),
+    obs_high=STATE_HIGH.copy(),
+    measure=lambda x, params: x.copy(),
+    observe=lambda y, y_prev, u_prev, step, setpoint: y.copy(),
+    stage_cost=stage_cost,
+    failure_reward=failure_reward,
+    limits=SAFE_SET,
+    failure=SAFE_SET,
+    setpoint_names=("C_b",),
+    description="the Klatt-Engell (Van de Vusse) CSTR of do-mpc's example (Tian et al., 2024)",
+)

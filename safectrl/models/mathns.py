@@ -26,6 +26,8 @@ class MathNamespace:
     cos: Callable
     # if_else(cond, a, b): a where cond holds, else b. Piecewise models (e.g. renal clearance) use it.
     if_else: Callable
+    fabs: Callable  # |a|
+    fmax: Callable  # elementwise max(a, b)
 
 
 NUMPY = MathNamespace(
@@ -36,6 +38,8 @@ NUMPY = MathNamespace(
     sin=np.sin,
     cos=np.cos,
     if_else=np.where,
+    fabs=np.abs,
+    fmax=np.maximum,
 )
 
 CASADI = MathNamespace(
@@ -46,4 +50,6 @@ CASADI = MathNamespace(
     sin=ca.sin,
     cos=ca.cos,
     if_else=ca.if_else,
+    fabs=ca.fabs,
+    fmax=ca.fmax,
 )

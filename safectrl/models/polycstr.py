@@ -32,6 +32,7 @@ import casadi as ca
 import numpy as np
 
 from safectrl.models.core import ODEModel
+from safectrl.models.task import Limit, Task
 
 STATES = ("A", "I", "R", "P", "T")
 INPUTS = ("f_I", "T_c")
@@ -222,3 +223,53 @@ def get_scenario(name: str) -> Scenario:
         return SCENARIOS[name]
     except KeyError:
         raise ValueError(f"unknown scenario {name!r}; valid scenarios: {', '.join(SCENARIOS)}") from None
+
+
+# -- the task ------------------------------------------------------------------------------------------------
+
+_MEASURED = [STATES.index(s) for s in ("A", "P", "T")]
+
+
+def measure(x: np.ndarray, params: PolyCSTRParams) -> np.ndarray:
+    """What the sensors read: A, P, T, shape (n, 3)."""
+    return x[:, _MEASURED]
+
+
+def observe(y, y_prev, u_prev, step, setpoint) -> np.ndarray:
+    """Observation :data:`OBSERVATIONS` from the measured A, P, T, the setpoint and the previous input."""
+    return np.column_stack([y, setpoint[:, 0] - y[:, 1], setpoint[:, 1] - y[:, 2], u_prev])
+
+
+def stage_cost(x, u, setpoint, p, m):
+    """(P_sp - P)² + (T_sp - T)² at the end of an interval: the reward's negative."""
+    return (setpoint[0] - x[3]) ** 2 + (setpoint[1] - x[4]) ** 2
+
+
+def failure_reward(cost: np.ndarray, remaining: np.ndarray, setpoint: np.ndarray) -> np.ndarray:
+    """A runaway is charged every remaining interval at least the runaway's tracking cost (T_runaway -
+    T_sp)², so that failing early can never pay off against staying in operation."""
+    floor = (T_RUNAWAY - setpoint[:, 1]) ** 2
+    stage = np.where(np.isfinite(cost), np.maximum(cost, floor), floor)
+    return -stage * remaining
+
+
+#: The polymerisation CSTR as a task: env ``safectrl/PolyCSTR-v0``; the actual plant is :func:`mismatched`.
+TASK = Task(
+    name="PolyCSTR",
+    model=MODEL,
+    plants={"nominal": PolyCSTRParams(), "actual": mismatched(), "mismatch": mismatched()},
+    scenarios=SCENARIOS,
+    episode_steps=EPISODE_STEPS,
+    observations=OBSERVATIONS,
+    obs_low=np.array([-50.0, -50.0, 200.0, -1000.0, -500.0, U_LOW[0], U_LOW[1]]),
+    obs_high=np.array([1000.0, 1000.0, 700.0, 1000.0, 500.0, U_HIGH[0], U_HIGH[1]]),
+    measure=measure,
+    measurement_std=(MeasurementNoise().A, MeasurementNoise().P, MeasurementNoise().T),
+    observe=observe,
+    stage_cost=stage_cost,
+    failure_reward=failure_reward,
+    limits=(Limit("T", high=T_MAX, unit="K"),),
+    failure=(Limit("T", high=T_RUNAWAY, unit="K"),),
+    setpoint_names=("P", "T"),
+    description="exothermic free-radical polymerisation in a jacketed CSTR (Durkin et al., 2025)",
+)

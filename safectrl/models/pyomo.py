@@ -85,6 +85,8 @@ PYOMO = MathNamespace(
     sin=pyo.sin,
     cos=pyo.cos,
     if_else=_if_else,
+    fabs=abs,
+    fmax=lambda a, b: _if_else(a >= b, a, b),
 )
 
 TIME_UNIT = 3600.0  # s per hour: the block's time is in hours

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 from safectrl.controllers.pi import PIController, sample_tuning
 from safectrl.models import polycstr as pc
 from safectrl.rl import data
-from safectrl.rl.polycstr_env import PolyCSTREnv
+from safectrl.rl.env import TaskEnv
 from safectrl.rl.rollout import Episode, run_episode
 
 ENV_ID = "safectrl/PolyCSTR-v0"
@@ -30,7 +30,7 @@ def tuning_rng(episode_seed: int) -> np.random.Generator:
 
 def simulate_pi_episodes(scenario: str, episodes: int, seed: int, progress: bool = False) -> list[Episode]:
     """Run ``episodes`` closed-loop episodes, each with its own random PI tuning and env seed."""
-    env = PolyCSTREnv(scenario=scenario)
+    env = TaskEnv(pc.TASK, scenario=scenario)
     out = []
     for episode_seed in tqdm(data.data_seeds(seed, episodes), desc=f"PI data {scenario}", disable=not progress):
         tuning = sample_tuning(tuning_rng(episode_seed))

@@ -32,7 +32,7 @@ from safectrl.controllers.polycstr_nmpc import (  # noqa: E402
 )
 from safectrl.models import polycstr as pc  # noqa: E402
 from safectrl.rl.data import TUNING_SEED_OFFSET, evaluation_seeds, load_episodes  # noqa: E402
-from safectrl.rl.polycstr_env import PolyCSTREnv  # noqa: E402
+from safectrl.rl.env import TaskEnv  # noqa: E402
 from safectrl.rl.rollout import Episode, run_episode  # noqa: E402
 from safectrl.studies import report  # noqa: E402
 from safectrl.studies.datasets import generate_dataset, tuning_rng  # noqa: E402
@@ -101,7 +101,7 @@ def run_nmpc_episode(
     """
     nmpc = make_nmpc(variant, config)
     policy = _RecordingPolicy(nmpc)
-    env = PolyCSTREnv(scenario=scenario, max_steps=max_steps, noise=noise)
+    env = TaskEnv(pc.TASK, scenario=scenario, max_steps=max_steps, noise=noise)
     ep = run_episode(env, policy, seed)
     observer = nmpc.observer
     observer(ep.observations[-1])  # the estimate of the final state, for the error statistics
@@ -276,7 +276,7 @@ def acceptance(
     rows = []
     for scenario in scenarios:
         pi_best, tuning = best_pi_episode(scenario, data_episodes, data_seed, root, progress)
-        env = PolyCSTREnv(scenario=scenario, max_steps=max_steps)
+        env = TaskEnv(pc.TASK, scenario=scenario, max_steps=max_steps)
         pi_costs = np.array([-run_episode(env, PIController(tuning), s).rewards.sum() for s in seeds])
         for variant in variants:
             runs = [run_nmpc_episode(scenario, variant, s, config, max_steps, noise)

@@ -29,7 +29,7 @@ from safectrl.rl.bc import BCConfig
 from safectrl.rl.checkpoint import save_checkpoint
 from safectrl.rl.iql import IQLConfig, learning_rewards
 from safectrl.rl.offline_data import Normalisation, OfflineData
-from safectrl.rl.polycstr_env import PolyCSTREnv
+from safectrl.rl.env import TaskEnv
 from safectrl.rl.rollout import Episode, Policy, run_episode
 from safectrl.rl.training import AGENTS, make_agent, train
 from safectrl.studies import datasets, plots
@@ -138,7 +138,7 @@ def _write_loss_csv(path: Path, steps: np.ndarray, curves: dict[str, np.ndarray]
 
 def evaluate(policy: Policy, scenario: str, seeds: Sequence[int]) -> list[Episode]:
     """Closed-loop episodes of ``policy`` on the nominal plant of ``scenario``, one per seed."""
-    env = PolyCSTREnv(scenario=scenario)
+    env = TaskEnv(pc.TASK, scenario=scenario)
     return [run_episode(env, policy, s) for s in seeds]
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from safectrl.controllers.pi import NOMINAL_TUNING, PIController, PITuning, simc_tuning
 from safectrl.models import polycstr as pc
 from safectrl.rl.data import TUNING_SEED_OFFSET
-from safectrl.rl.polycstr_env import PolyCSTREnv
+from safectrl.rl.env import TaskEnv
 from safectrl.rl.rollout import run_episode
 from safectrl.studies import report
 
@@ -37,7 +37,7 @@ def closed_loop_score(tuning: PITuning, plant: pc.PolyCSTRParams, episodes: int)
     """Sum over scenarios of the mean episode cost; episodes with violations; runaways."""
     total, violating, failed = 0.0, 0, 0
     for scenario in pc.SCENARIOS:
-        env = PolyCSTREnv(scenario=scenario, plant=plant)
+        env = TaskEnv(pc.TASK, scenario=scenario, plant=plant)
         costs = []
         for k in range(episodes):
             ep = run_episode(env, PIController(tuning), TUNING_SEED_OFFSET + k)

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from safectrl.controllers.pi import NOMINAL_TUNING, PIController, sample_tuning
 from safectrl.models import polycstr as pc
 from safectrl.rl import data
-from safectrl.rl.polycstr_env import PolyCSTREnv
+from safectrl.rl.env import TaskEnv
 from safectrl.rl.rollout import Episode, Policy, run_episode
 from safectrl.safety.correction import GDConfig, GradientCorrector, ExactCorrector
 from safectrl.safety.cost_model import (
@@ -284,7 +284,7 @@ class FilteredRun:
 
 
 def run_controller(scenario: str, policy: Policy, seeds: Sequence[int]) -> FilteredRun:
-    env = PolyCSTREnv(scenario=scenario)
+    env = TaskEnv(pc.TASK, scenario=scenario)
     run = FilteredRun([], [])
     for s in seeds:
         ep = run_episode(env, policy, s)

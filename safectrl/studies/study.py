@@ -34,7 +34,7 @@ import safectrl
 from safectrl.controllers.pi import NOMINAL_TUNING, PIController, PITuning
 from safectrl.models import polycstr as pc
 from safectrl.rl import data
-from safectrl.rl.polycstr_env import PolyCSTREnv
+from safectrl.rl.env import TaskEnv
 from safectrl.rl.rollout import Episode, Policy, run_episode
 from safectrl.studies import artifacts, datasets, plots, report
 from safectrl.studies.executor import Executor, ResultStore, Task, make_executor, run_tasks
@@ -310,7 +310,7 @@ def _episode_task(controller: str, scenario: str, variant: str, seed: int, seed_
     """One closed-loop episode; returns its metrics and trajectory (a ResultStore record)."""
     var = VARIANTS[variant]
     policy = CONTROLLERS[controller].build(BuildContext(scenario, var, seed, seed_index, preset))
-    env = PolyCSTREnv(scenario=scenario, plant=var.plant, noise=var.noise, max_steps=preset.max_steps)
+    env = TaskEnv(pc.TASK, scenario=scenario, plant=var.plant, noise=var.noise, max_steps=preset.max_steps)
     ep = run_episode(env, policy, seed)
     return {
         "metrics": episode_metrics(ep).as_dict(),

@@ -1,0 +1,248 @@
+"""A control task: one plant filled in the same way for every model, so that one env, one NMPC builder and one
+study serve them all.
+
+A :class:`Task` says everything an environment, a controller designer or a study needs to know about a plant
+besides its equations (which live in the task's :class:`~safectrl.models.core.ODEModel`):
+
+* **names**: states and inputs (from the model), observations;
+* **parameters**: the nominal ones (the model a controller is designed with; RL-ACR's "estimated" model) and
+  the actual plant's (the plant that is not the model: the reactor's mismatch, RL-ACR's "actual" plants),
+  plus any other named plant;
+* **scenarios**: where an episode starts (from a ``np.random.Generator``) and the setpoint it tracks;
+* **measurement and observation**: what the sensors measure of the state, their noise, and the observation
+  built from the measurements;
+* **reward** as a stage cost written once against a math namespace (so NumPy gives the env's reward and
+  CasADi an NMPC's objective), and what a failing interval is charged;
+* **limits**: hard operating limits (an interval ending outside is a *violation*, reported beside the reward
+  as a separate cost signal) and the *failure* set (leaving it ends the episode);
+* the control interval (the model's ``dt``) and the episode length.
+
+The functions of a task work on a batch: states ``x`` (n, nx), inputs ``u`` (n, nu), measurements ``y``
+(n, ny), setpoints (n, n_sp), all in physical units; the math-namespace functions (stage cost, limit
+outputs) get sequences of columns, like a right-hand side.
+
+Every decision-maker that acts on a task follows :class:`safectrl.common.protocol.DecisionMaker`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Protocol, Sequence
+
+import numpy as np
+
+from safectrl.models.core import ODEModel
+from safectrl.models.mathns import NUMPY, MathNamespace
+
+#: The two plant names every task defines (others are aliases or further variants).
+NOMINAL, ACTUAL = "nominal", "actual"
+
+
+class Scenario(Protocol):
+    """Where an episode starts and what it tracks."""
+
+    name: str
+    setpoint: tuple[float, ...]  # physical units, the task's `setpoint_names` order; () if none
+
+    def initial(self, rng: np.random.Generator, params: Any) -> tuple[np.ndarray, np.ndarray]:
+        """The initial state (nx,) and the input applied before the episode (nu,), physical units."""
+        ...
+
+
+@dataclass(frozen=True)
+class FixedStart:
+    """A scenario that starts from the same state every episode (it may depend on the plant's parameters)."""
+
+    name: str
+    state: Callable[[Any], np.ndarray]  # params -> initial state (nx,)
+    u_prev: tuple[float, ...]  # input before the episode, physical units
+    setpoint: tuple[float, ...] = ()
+    description: str = field(default="", compare=False)
+
+    def initial(self, rng: np.random.Generator, params: Any) -> tuple[np.ndarray, np.ndarray]:
+        return np.array(self.state(params), dtype=float), np.array(self.u_prev, dtype=float)
+
+
+@dataclass(frozen=True)
+class Limit:
+    """``low <= output(x) <= high`` for one named output of the state (physical units).
+
+    ``output`` is written against a math namespace, ``output(x, p, m)`` with ``x`` a sequence of state
+    columns and ``p`` the parameters, so an NMPC or a safety filter gets the same bound as a CasADi
+    expression; None means the state called ``name``.
+    """
+
+    name: str
+    low: float = -math.inf
+    high: float = math.inf
+    unit: str = ""
+    output: Callable[..., Any] | None = None
+
+    def value(self, x: np.ndarray, params: Any, states: Sequence[str], m: MathNamespace = NUMPY):
+        """The output at states ``x`` (n, nx) as (n,), or an expression for a sequence of symbols."""
+        cols = [x[..., i] for i in range(len(states))] if isinstance(x, np.ndarray) else list(x)
+        if self.output is None:
+            return cols[states.index(self.name)]
+        return self.output(cols, params, m)
+
+    def exceedance(self, v: np.ndarray) -> np.ndarray:
+        """How far ``v`` lies outside [low, high], >= 0; inf where ``v`` is not finite."""
+        over = np.maximum(0.0, np.maximum(self.low - v, v - self.high))
+        return np.where(np.isfinite(v), over, np.inf)
+
+
+@dataclass(frozen=True)
+class Task:
+    """One plant as every part of safectrl sees it; see the module docstring.
+
+    Args:
+        name: short label used in tables ("PolyCSTR", "Glucose", ...).
+        model: the equations, names of states and inputs, interval ``dt``, input bounds.
+        plants: named parameter sets; must contain ``"nominal"`` (the controllers' model) and ``"actual"``
+            (the plant that differs from it); further names are aliases or variants.
+        default_plant: the plant an env runs when none is given.
+        scenarios: by name; the first is the default.
+        episode_steps: intervals per episode.
+        observations: observation names, in vector order.
+        obs_low, obs_high: the observation box (an observation called ``"step"`` gets ``high = max_steps``).
+        measure: ``(x (n, nx), params) -> y (n, ny)``, what the sensors read, noise-free.
+        measurement_std: 1-sigma noise per measured entry for ``noise=True``; None if the task defines none.
+        observe: ``(y, y_prev, u_prev, step, setpoint) -> obs (n, n_obs)``: the observation from the
+            measurement, the previous measurement, the input applied last interval, the intervals done and
+            the setpoint.
+        stage_cost: ``(x, u, setpoint, p, m) -> cost``, the reward's negative at the interval end ``x`` after
+            input ``u``; columns and a math namespace, as a right-hand side.
+        failure_reward: ``(stage_cost (n,), remaining intervals (n,), setpoint (n, n_sp)) -> reward (n,)``,
+            what the failing interval is charged (so that failing never pays).
+        limits: hard operating limits: an interval ending outside is a violation (info ``violation``,
+            ``cost`` = summed exceedance).
+        failure: the failure set: an interval ending outside it (or a non-finite state) ends the episode.
+        setpoint_names: what the scenarios' setpoints are (e.g. ``("P", "T")``); their states are tracked.
+    """
+
+    name: str
+    model: ODEModel
+    plants: Mapping[str, Any]
+    scenarios: Mapping[str, Scenario]
+    episode_steps: int
+    observations: tuple[str, ...]
+    obs_low: np.ndarray
+    obs_high: np.ndarray
+    measure: Callable[[np.ndarray, Any], np.ndarray]
+    observe: Callable[..., np.ndarray]
+    stage_cost: Callable[..., Any]
+    failure_reward: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+    limits: tuple[Limit, ...]
+    failure: tuple[Limit, ...]
+    default_plant: str = NOMINAL
+    measurement_std: tuple[float, ...] | None = None
+    setpoint_names: tuple[str, ...] = ()
+    description: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        missing = [k for k in (NOMINAL, ACTUAL) if k not in self.plants]
+        if missing:
+            raise ValueError(f"task {self.name}: plants must include {missing}")
+        for name, params in self.plants.items():
+            if not isinstance(params, self.model.params_type):
+                raise TypeError(f"task {self.name}: plant {name!r} is a {type(params).__name__}, "
+                                f"not a {self.model.params_type.__name__}")
+        if self.default_plant not in self.plants:
+            raise ValueError(f"task {self.name}: default_plant {self.default_plant!r} is not one of "
+                             f"{list(self.plants)}")
+        if not self.scenarios:
+            raise ValueError(f"task {self.name}: needs at least one scenario")
+        if self.episode_steps < 1:
+            raise ValueError(f"task {self.name}: episode_steps must be >= 1")
+        low, high = np.asarray(self.obs_low, dtype=float), np.asarray(self.obs_high, dtype=float)
+        if low.shape != (len(self.observations),) or high.shape != low.shape or np.any(low >= high):
+            raise ValueError(f"task {self.name}: obs_low/obs_high must be {len(self.observations)} values "
+                             "with low < high")
+        object.__setattr__(self, "obs_low", low)
+        object.__setattr__(self, "obs_high", high)
+        for limit in (*self.limits, *self.failure):
+            if limit.output is None and limit.name not in self.model.states:
+                raise ValueError(f"task {self.name}: limit {limit.name!r} is no state and has no output")
+        for s in self.setpoint_names:
+            if s not in self.model.states:
+                raise ValueError(f"task {self.name}: setpoint {s!r} is not a state of {self.model.states}")
+        for sc in self.scenarios.values():
+            if len(sc.setpoint) != len(self.setpoint_names):
+                raise ValueError(f"task {self.name}: scenario {sc.name!r} has {len(sc.setpoint)} setpoint "
+                                 f"values for {self.setpoint_names}")
+
+    # -- names and parameters ------------------------------------------------------------------------
+
+    @property
+    def states(self) -> tuple[str, ...]:
+        return self.model.states
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return self.model.inputs
+
+    @property
+    def nominal(self) -> Any:
+        """The parameters a controller is designed with."""
+        return self.plants[NOMINAL]
+
+    @property
+    def actual(self) -> Any:
+        """The plant that differs from the nominal model."""
+        return self.plants[ACTUAL]
+
+    def plant(self, plant: Any = None) -> Any:
+        """Parameters from a plant name, a parameter dataclass of the model, or None (the default plant)."""
+        if plant is None:
+            return self.plants[self.default_plant]
+        if isinstance(plant, str):
+            if plant not in self.plants:
+                raise ValueError(f"unknown plant {plant!r} for {self.name}; valid: {', '.join(self.plants)} "
+                                 f"or a {self.model.params_type.__name__}")
+            return self.plants[plant]
+        if not isinstance(plant, self.model.params_type):
+            raise TypeError(f"plant must be a {self.model.params_type.__name__} or one of "
+                            f"{list(self.plants)}, got {type(plant).__name__}")
+        return plant
+
+    def scenario(self, name: str | None = None) -> Scenario:
+        """The scenario called ``name`` (None: the first); a ValueError lists the valid names otherwise."""
+        if name is None:
+            return next(iter(self.scenarios.values()))
+        try:
+            return self.scenarios[name]
+        except KeyError:
+            raise ValueError(f"unknown scenario {name!r} for {self.name}; valid scenarios: "
+                             f"{', '.join(self.scenarios)}") from None
+
+    def observation_box(self, max_steps: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(low, high) of the observations; an observation called "step" ends at ``max_steps``."""
+        high = self.obs_high.copy()
+        if "step" in self.observations:
+            high[self.observations.index("step")] = self.episode_steps if max_steps is None else max_steps
+        return self.obs_low.copy(), high
+
+    # -- what the env evaluates, on batches ----------------------------------------------------------
+
+    def stage_cost_numpy(self, x: np.ndarray, u: np.ndarray, setpoint: np.ndarray, params: Any) -> np.ndarray:
+        """The stage cost at interval ends ``x`` (n, nx) after inputs ``u`` (n, nu), shape (n,)."""
+        x, u, sp = np.atleast_2d(x), np.atleast_2d(u), np.atleast_2d(setpoint)
+        out = self.stage_cost([x[:, i] for i in range(x.shape[1])], [u[:, i] for i in range(u.shape[1])],
+                              [sp[:, i] for i in range(sp.shape[1])], params, NUMPY)
+        return np.broadcast_to(np.asarray(out, dtype=float), (len(x),)).copy()
+
+    def exceedance(self, x: np.ndarray, params: Any, limits: Sequence[Limit] | None = None) -> np.ndarray:
+        """Summed exceedance of ``limits`` (default: the operating limits) at states (n, nx), shape (n,)."""
+        x = np.atleast_2d(x)
+        total = np.zeros(len(x))
+        for limit in self.limits if limits is None else limits:
+            total = total + limit.exceedance(np.asarray(limit.value(x, params, self.states), dtype=float))
+        return total
+
+    def failed(self, x: np.ndarray, params: Any) -> np.ndarray:
+        """Whether states (n, nx) lie outside the failure set or are not finite, shape (n,)."""
+        x = np.atleast_2d(x)
+        bad = ~np.all(np.isfinite(x), axis=1)
+        with np.errstate(invalid="ignore"):
+            return bad | (self.exceedance(x, params, self.failure) > 0)

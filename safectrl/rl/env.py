@@ -1,0 +1,333 @@
+"""The one Gymnasium environment of safectrl, built from a :class:`~safectrl.models.task.Task`: one plant, and N
+plants stepped in one call.
+
+Both classes share :class:`_Plants`, which holds N plants of one task as arrays and advances them through the
+batched model (:meth:`safectrl.models.core.ODEModel.step_batch`), so the single and the vector env give
+identical trajectories for the same seeds and actions. Every registered id (``safectrl/PolyCSTR-v0``,
+``safectrl/Glucose-v0``, ...; :data:`safectrl.models.registry.TASKS`) is this env on its task; the tables of
+actions, observations, rewards and limits of each are in the task's model module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields, is_dataclass
+from typing import Any, Sequence
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.utils import seeding
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from safectrl.models.registry import get_task
+from safectrl.models.task import Task
+
+#: Keys of every step's ``info`` (arrays over plants in the vector env).
+INFO_KEYS = ("state", "time", "setpoint", "cost", "violation", "failure", "clipped")
+
+
+def _task(task: Task | str) -> Task:
+    return get_task(task) if isinstance(task, str) else task
+
+
+def _noise_sigma(task: Task, noise: Any) -> np.ndarray | None:
+    """Noise standard deviations per measured entry: False/None none, True the task's, or one per entry."""
+    if noise is False or noise is None:
+        return None
+    if noise is True:
+        if task.measurement_std is None:
+            raise ValueError(f"{task.name} defines no measurement noise; pass noise=<one std per measured entry>")
+        return np.asarray(task.measurement_std, dtype=float)
+    values = [getattr(noise, f.name) for f in fields(noise)] if is_dataclass(noise) else noise
+    try:
+        sigma = np.asarray(values, dtype=float).reshape(-1)
+    except (TypeError, ValueError):
+        raise TypeError(f"noise must be a bool, a dataclass of std values or a sequence, got {noise!r}") from None
+    if task.measurement_std is not None and len(sigma) != len(task.measurement_std):
+        raise ValueError(f"noise needs {len(task.measurement_std)} std values for {task.name}, got {len(sigma)}")
+    if not np.all(np.isfinite(sigma)) or np.any(sigma < 0):
+        raise ValueError(f"noise std values must be finite and >= 0, got {sigma}")
+    return sigma
+
+
+class _Plants:
+    """N plants of one task and scenario as arrays: the physics, reward and flags both envs share."""
+
+    def __init__(self, n: int, task: Task, scenario: str | None, plant: Any, noise: Any, max_steps: int | None):
+        self.task = task
+        self.n = n
+        self.scenario = task.scenario(scenario)
+        self.set_plant(plant)
+        self.sigma = _noise_sigma(task, noise)
+        self.max_steps = task.episode_steps if max_steps is None else int(max_steps)
+        if self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+        m = task.model
+        self.setpoint = np.array(self.scenario.setpoint, dtype=float)
+        self.x = np.zeros((n, m.nx))
+        self.u_prev = np.zeros((n, m.nu))
+        self.steps = np.zeros(n, dtype=np.int64)
+        self.obs = np.zeros((n, len(task.observations)))
+        self.y: np.ndarray | None = None
+
+    def set_plant(self, plant: Any) -> None:
+        self.plant = self.task.plant(plant)
+        self.p = self.task.model.param_vector(self.plant)
+
+    def _sp(self, k: int) -> np.ndarray:
+        return np.tile(self.setpoint, (k, 1))
+
+    def _observe(self, i: np.ndarray, rngs: list[np.random.Generator], first: bool = False) -> None:
+        y = np.asarray(self.task.measure(self.x[i], self.plant), dtype=float).reshape(len(i), -1).copy()
+        if self.sigma is not None:
+            for row, k in enumerate(i):
+                y[row] += self.sigma * rngs[k].standard_normal(len(self.sigma))
+        if self.y is None:
+            self.y = np.zeros((self.n, y.shape[1]))
+        y_prev = y if first else self.y[i]
+        self.obs[i] = self.task.observe(y, y_prev, self.u_prev[i], self.steps[i].astype(float), self._sp(len(i)))
+        self.y[i] = y
+
+    def reset(self, i: np.ndarray, rngs: list[np.random.Generator]) -> None:
+        """Start plants ``i`` afresh, drawing from their generators in a fixed order."""
+        for k in i:
+            self.x[k], self.u_prev[k] = self.scenario.initial(rngs[k], self.plant)
+        self.steps[i] = 0
+        self._observe(i, rngs, first=True)
+
+    def info(self, i: np.ndarray, clipped: np.ndarray, failure: np.ndarray) -> dict[str, np.ndarray]:
+        cost = self.task.exceedance(self.x[i], self.plant)
+        return {
+            "state": self.x[i].copy(),
+            "time": self.steps[i] * self.task.model.dt,
+            "setpoint": self._sp(len(i)),
+            "cost": cost,
+            "violation": ~(cost <= 0),
+            "failure": failure,
+            "clipped": clipped,
+        }
+
+    def check_actions(self, actions: Any, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """Validate actions; clip finite out-of-bound ones. Returns (actions (n, nu), clipped (n,))."""
+        m = self.task.model
+        try:
+            a = np.asarray(actions, dtype=float)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"action must be numeric with shape {shape}, got {actions!r}") from err
+        if a.shape != shape:
+            raise ValueError(f"action must have shape {shape} ({', '.join(m.inputs)}), got shape {a.shape}")
+        a = a.reshape(-1, m.nu)
+        bad = ~np.isfinite(a)
+        if bad.any():
+            row, col = np.argwhere(bad)[0]
+            where = f" in env {row}" if len(shape) == 2 else ""
+            raise ValueError(f"action{where} has non-finite {m.inputs[col]} = {a[row, col]}")
+        clipped_a = np.clip(a, m.u_low, m.u_high)
+        return clipped_a, np.any(clipped_a != a, axis=1)
+
+    def step(self, i: np.ndarray, u: np.ndarray, clipped: np.ndarray, rngs: list[np.random.Generator]):
+        """Advance plants ``i`` one interval with inputs ``u``; returns reward, terminated, truncated, info."""
+        m = self.task.model
+        x_next = m.step_batch(self.x[i], u, self.p, self.steps[i] * m.dt)
+        finite = np.all(np.isfinite(x_next), axis=1)
+        failure = self.task.failed(x_next, self.plant)
+        self.x[i] = x_next
+        self.u_prev[i] = u
+        self.steps[i] += 1
+        ok = i[finite]
+        if len(ok):
+            self._observe(ok, rngs)  # a non-finite state keeps the last finite observation
+        sp = self._sp(len(i))
+        with np.errstate(all="ignore"):  # failed states may lie outside the cost's domain; they are replaced
+            cost = self.task.stage_cost_numpy(x_next, u, sp, self.plant)
+        reward = -cost
+        if failure.any():
+            remaining = (self.max_steps - self.steps[i] + 1).astype(float)
+            reward = np.where(failure, self.task.failure_reward(cost, remaining, sp), reward)
+        truncated = ~failure & (self.steps[i] >= self.max_steps)
+        return reward, failure, truncated, self.info(i, clipped, failure)
+
+
+class TaskEnv(gym.Env):
+    """One plant of a :class:`~safectrl.models.task.Task` (Gymnasium API, physical units throughout).
+
+    The task's inputs are held over each control interval. An interval ending outside the task's operating
+    limits is a *violation*, reported in ``info`` beside the reward (``cost`` = how far outside), not hidden
+    in it; leaving the failure set, or a non-finite state, ends the episode and is charged the task's
+    failure reward.
+
+    ## Action Space
+
+    ``Box(nu,)``, float64, the model's input bounds. Finite actions outside the bounds are clipped and
+    ``info["clipped"]`` is True; NaN, inf or a wrong shape raise ``ValueError``.
+
+    ## Observation Space
+
+    ``Box(n_obs,)``, float64: the task's observations, built from the measurements (with noise if enabled).
+    After a non-finite state the observation repeats the last finite one.
+
+    ## Rewards
+
+    Minus the task's stage cost at the end of each interval, from the true (noise-free) state; the failing
+    interval gets the task's failure reward instead.
+
+    ## Starting State
+
+    The scenario's (``scenario=``), drawn from the env's generator.
+
+    ## Episode End
+
+    Terminated on failure; truncated after ``max_steps`` intervals (default: the task's episode length).
+
+    ## Info
+
+    ``state`` true state; ``time`` since the episode started (model time unit); ``setpoint``; ``cost``,
+    the summed exceedance of the operating limits (the separate constraint signal); ``violation``;
+    ``failure``; ``clipped``.
+
+    ## Arguments
+
+    ``task``: a Task or a registered id. ``scenario``: a scenario name (default: the task's first).
+    ``plant``: a plant name of the task (e.g. "nominal", "actual") or a parameter dataclass of its model
+    (plant-model mismatch; also ``reset(options={"plant": ...})``); default: the task's default plant.
+    ``noise``: False, True (the task's sensor noise) or one standard deviation per measured entry (a
+    sequence or a dataclass). ``max_steps``: episode length in intervals.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, task: Task | str, scenario: str | None = None, plant: Any = None, noise: Any = False,
+                 max_steps: int | None = None) -> None:
+        self.task = _task(task)
+        self._core = _Plants(1, self.task, scenario, plant, noise, max_steps)
+        low, high = self.task.observation_box(self._core.max_steps)
+        self.observation_space = gym.spaces.Box(low, high, dtype=np.float64)
+        m = self.task.model
+        self.action_space = gym.spaces.Box(m.u_low.copy(), m.u_high.copy(), dtype=np.float64)
+        self._all = np.arange(1)
+        self._done = True
+
+    @property
+    def scenario(self):
+        return self._core.scenario
+
+    @property
+    def plant(self) -> Any:
+        return self._core.plant
+
+    @property
+    def max_steps(self) -> int:
+        return self._core.max_steps
+
+    @property
+    def state(self) -> np.ndarray:
+        """True state, physical units (a copy)."""
+        return self._core.x[0].copy()
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        if options and "plant" in options:
+            self._core.set_plant(options["plant"])
+        self._core.reset(self._all, [self.np_random])
+        self._done = False
+        info = self._core.info(self._all, np.zeros(1, bool), np.zeros(1, bool))
+        return self._core.obs[0].copy(), _unbatch(info)
+
+    def step(self, action: Any):
+        if self._done:
+            raise RuntimeError("step() called on a finished episode; call reset() first")
+        u, clipped = self._core.check_actions(action, (self.task.model.nu,))
+        reward, term, trunc, info = self._core.step(self._all, u, clipped, [self.np_random])
+        self._done = bool(term[0] or trunc[0])
+        return self._core.obs[0].copy(), float(reward[0]), bool(term[0]), bool(trunc[0]), _unbatch(info)
+
+
+def _unbatch(info: dict[str, np.ndarray]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in info.items():
+        out[k] = v[0] if v.ndim > 1 else v[0].item()
+    return out
+
+
+class TaskVectorEnv(VectorEnv):
+    """N plants of one task advanced in one batched, compiled call (Gymnasium vector API).
+
+    Same arguments as :class:`TaskEnv` plus ``num_envs``. Sub-env ``k`` seeded with ``seed + k`` reproduces
+    :class:`TaskEnv` seeded with ``seed + k`` exactly. Autoreset is Gymnasium's default next-step mode: the
+    step after an episode ends resets that plant (its action is ignored, reward 0). Info values are arrays
+    over plants, each with its ``_key`` mask.
+    """
+
+    metadata = {"render_modes": [], "autoreset_mode": AutoresetMode.NEXT_STEP}
+
+    def __init__(self, task: Task | str, num_envs: int = 1, scenario: str | None = None, plant: Any = None,
+                 noise: Any = False, max_steps: int | None = None) -> None:
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        self.task = _task(task)
+        self.num_envs = int(num_envs)
+        self._core = _Plants(self.num_envs, self.task, scenario, plant, noise, max_steps)
+        low, high = self.task.observation_box(self._core.max_steps)
+        m = self.task.model
+        self.single_observation_space = gym.spaces.Box(low, high, dtype=np.float64)
+        self.single_action_space = gym.spaces.Box(m.u_low.copy(), m.u_high.copy(), dtype=np.float64)
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        self._rngs: list[np.random.Generator] = []
+        self._autoreset = np.zeros(self.num_envs, dtype=bool)
+        self._all = np.arange(self.num_envs)
+
+    @property
+    def states(self) -> np.ndarray:
+        """True states, shape (num_envs, nx) (a copy)."""
+        return self._core.x.copy()
+
+    def reset(self, *, seed: int | Sequence[int] | None = None, options: dict[str, Any] | None = None):
+        if seed is None:
+            seeds: list[int | None] = [None] * self.num_envs
+        elif isinstance(seed, (int, np.integer)):
+            seeds = [int(seed) + k for k in range(self.num_envs)]
+        else:
+            if len(seed) != self.num_envs:
+                raise ValueError(f"got {len(seed)} seeds for {self.num_envs} environments")
+            seeds = list(seed)
+        if seed is not None or not self._rngs:
+            self._rngs = [seeding.np_random(s)[0] for s in seeds]
+        if options and "plant" in options:
+            self._core.set_plant(options["plant"])
+        self._core.reset(self._all, self._rngs)
+        self._autoreset[:] = False
+        info = self._core.info(self._all, np.zeros(self.num_envs, bool), np.zeros(self.num_envs, bool))
+        return self._core.obs.copy(), _with_masks(info)
+
+    def step(self, actions: Any):
+        if not self._rngs:
+            raise RuntimeError("step() called before reset()")
+        u, clipped = self._core.check_actions(actions, (self.num_envs, self.task.model.nu))
+        reward = np.zeros(self.num_envs)
+        term = np.zeros(self.num_envs, dtype=bool)
+        trunc = np.zeros(self.num_envs, dtype=bool)
+        failure = np.zeros(self.num_envs, dtype=bool)
+        restart = np.flatnonzero(self._autoreset)
+        live = np.flatnonzero(~self._autoreset)
+        if len(restart):
+            self._core.reset(restart, self._rngs)
+        if len(live):
+            r, te, tr, inf = self._core.step(live, u[live], clipped[live], self._rngs)
+            reward[live], term[live], trunc[live], failure[live] = r, te, tr, inf["failure"]
+        clipped[restart] = False
+        info = self._core.info(self._all, clipped, failure)
+        self._autoreset = term | trunc
+        return self._core.obs.copy(), reward, term, trunc, _with_masks(info)
+
+
+def _with_masks(info: dict[str, np.ndarray]) -> dict[str, Any]:
+    out: dict[str, Any] = dict(info)
+    for k, v in info.items():
+        out[f"_{k}"] = np.ones(len(v), dtype=bool)
+    return out
+
+
+def make_env(env_id: str, **kwargs: Any) -> TaskEnv:
+    """The env of a registered id without Gymnasium's checking wrappers (what studies and tests step)."""
+    return TaskEnv(env_id, **kwargs)
