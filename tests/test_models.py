@@ -16,7 +16,7 @@ from safectrl.models.core import ODEModel
 from safectrl.rl.env import TaskEnv
 from safectrl.rl.rollout import run_episode
 
-# SPEC §10: P, T -> f_I, T_c, A, I, R
+# Steady states (with the -D R term) found independently by solving the balances: P, T -> f_I, T_c, A, I, R
 SPEC_STEADY_STATES = [
     ((100.0, 350.0), (1.794, 339.90, 450.1, 9.87, 1.510e-6)),
     ((70.0, 350.0), (0.750, 342.97, 483.2, 4.15, 9.79e-7)),

@@ -216,7 +216,8 @@ def test_observed_entries_are_checked(root, tmp_path):
 @pytest.mark.slow
 def test_bc_on_grade_up_is_safe_on_tuning_seeds(tmp_path):
     """The runaway this design choice removed: BC with the previous inputs in its observation ran away in 4-9
-    of 20 grade_up tuning episodes (BCConfig); without them, none. Default training, 10 tuning seeds."""
+    of 20 grade_up tuning episodes (docs/decisions.md#offline-observed); without them, none. Default training,
+    10 tuning seeds."""
     root = tmp_path / "minari"
     folder = offline_study.train_policy("bc", ["grade_up"], seed=0, root=root, progress=False, out=tmp_path / "bc")
     episodes = offline_study.evaluate(load_policy(folder), "grade_up", data.tuning_seeds(10))

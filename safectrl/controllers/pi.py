@@ -38,7 +38,7 @@ class PITuning:
         return {"Kp_P": self.Kp_P, "Ki_P": self.Ki_P, "Kp_T": self.Kp_T, "Ki_T": self.Ki_T}
 
 
-#: Ranges from which dataset tunings are drawn uniformly (SPEC §3).
+#: Ranges from which dataset tunings are drawn uniformly (the randomly tuned PI data of Durkin et al., 2025).
 TUNING_RANGES: dict[str, tuple[float, float]] = {
     "Kp_P": (2e-4, 5e-3),
     "Ki_P": (6e-8, 1.5e-6),
@@ -113,8 +113,8 @@ def simc_tuning(tau_c_P: float, tau_c_T: float, params: pc.PolyCSTRParams = pc.P
 #: Nominal tuning: SIMC with closed-loop time constants of 0.5 h (P loop) and 2 h (T loop), rounded to two
 #: significant figures. The time constants are the admissible pair of lowest closed-loop cost on nominal
 #: and mismatched plants (no violation, no runaway); a slower T loop runs away on the mismatched plant.
-#: ``safectrl pi-tuning`` reproduces the derivation and the choice (:mod:`safectrl.studies.pi_tuning`).
-#: The gains lie above the dataset ranges of SPEC §3: the datasets are deliberately detuned.
+#: ``safectrl pi-tuning`` reproduces the derivation and the choice (``docs/decisions.md#pi-nominal-tuning``).
+#: The gains lie above :data:`TUNING_RANGES`: the datasets are deliberately detuned.
 NOMINAL_TUNING = PITuning(Kp_P=0.037, Ki_P=1.4e-06, Kp_T=0.39, Ki_T=6.4e-05)
 
 

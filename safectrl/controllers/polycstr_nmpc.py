@@ -2,8 +2,8 @@
 objective, limit and observer.
 
 * Objective: the environment's reward, scaled, ``(e_P² + e_T²) / 100`` per interval, plus a small move
-  penalty; weighting T more than the reward does makes the reference controller worse on what the studies
-  measure (SPEC §4).
+  penalty, so that the reference controller optimises what the studies measure
+  (``docs/decisions.md#reactor-nmpc-objective``).
 * Limit: T <= T_max - back-off as a soft bound with an exact L1 penalty. The optimum of a startup rides
   the limit, so the back-off absorbs estimation and model error.
 * Observer: the observation carries A, P, T (measured), the errors and the previous inputs, not the
@@ -30,9 +30,9 @@ _Y = [pc.OBSERVATIONS.index(s) for s in _MEASURED]
 _ERR = [pc.OBSERVATIONS.index("e_P"), pc.OBSERVATIONS.index("e_T")]
 _U_PREV = [pc.OBSERVATIONS.index("f_I_prev"), pc.OBSERVATIONS.index("T_c_prev")]
 
-#: Back-off of the NMPC's temperature bound below T_max, K: the smallest of 0, 0.25, 0.5, 1, 1.5, 2 K whose
-#: worst peak over 10 tuning-seed startups stays 0.25 K below T_max for the oracle and the mismatched NMPC,
-#: with and without measurement noise (``safectrl nmpc --backoff-study``). Costs +0.3 % against none.
+#: Back-off of the NMPC's temperature bound below T_max, K: the smallest tried whose worst startup peak stays
+#: 0.25 K below T_max for the oracle and the mismatched NMPC, with and without measurement noise, on tuning
+#: seeds (``safectrl nmpc --backoff-study``; ``docs/decisions.md#nmpc-backoff``).
 BACKOFF = 1.5
 
 #: The reactor's NMPC settings: horizon 20 intervals (10 h, about two residence times), reward/100 as
@@ -48,9 +48,8 @@ NMPC_CONFIG = NMPCConfig(
 #: Filter settings: sensor noise of the later paper's values (used even for noise-free measurements, as a
 #: floor on trust), small process noise, and a broad initial uncertainty on the unmeasured I and R.
 #: Two parameters are estimated as random walks, one integrating disturbance per controlled output: the
-#: jacket's UA (heat balance) and the propagation factor k0_p (polymer balance). With them the controller
-#: is offset-free under the mismatch of ``pc.mismatched()`` (UA, dH) and under wrong kinetics (k0_p, k0_d,
-#: k0_t: ``tests/test_nmpc.py``); with UA alone, kinetic mismatch leaves offsets of 2-5 kg/m³ in P.
+#: jacket's UA (heat balance) and the propagation factor k0_p (polymer balance), so that the controller is
+#: offset-free under mismatched heat transfer and kinetics (``docs/decisions.md#ekf-disturbance-model``).
 EKF_CONFIG = EKFConfig(
     measured=_MEASURED,
     measurement_std=(2.0, 0.5, 0.2),

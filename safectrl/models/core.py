@@ -12,15 +12,11 @@ builds, once and cached:
 * ``step(x, u, params)`` and ``step_batch(x, u, p)`` — the same function evaluated as compiled C when a C
   compiler is present (see :mod:`safectrl.models.compiled`), one reactor or N reactors per call.
 
-Why RODAS4 with fixed substeps (measured in ``benchmarks/env_step.py`` and ``tests/test_models.py``): the
-polymerisation CSTR is stiff (radicals relax in ~30 s, the slowest mode takes hours), so explicit schemes
-are out. CVODES at rtol 1e-8 is accurate to 4e-7 and costs ~80 us per interval, but it is adaptive and
-opaque: it cannot be compiled or mapped cheaply. A stiffly accurate Rosenbrock method has a fixed cost, one
-5x5 factorisation per substep and no Newton iterations. With 16 substeps per 1800 s interval the largest
-relative error over ~6000 intervals of randomly tuned PI episodes is 4e-6 (scipy BDF at rtol 1e-11 as the
-truth); compiled, a batch of 1024 reactors costs ~4 us per reactor-interval. RODAS4's embedded error
-estimate is returned too: an interval whose estimate exceeds ``err_tol`` (a runaway, a violent transient) is
-recomputed by CVODES, so accuracy holds outside the operating region as well.
+Why RODAS4 with fixed substeps: the models are stiff, and an L-stable Rosenbrock method has a fixed cost
+(one factorisation per substep, no Newton iterations) and is a plain SX expression, which an adaptive
+integrator such as CVODES is not. An interval whose embedded error estimate exceeds ``err_tol`` (a runaway,
+a violent transient) is recomputed by CVODES, so accuracy holds outside the operating region as well.
+Accuracy and cost: ``docs/decisions.md#integrator``.
 
 Rosenbrock form used (Hairer & Wanner, *Solving ODEs II*, 1996, sec. IV.7; coefficients of RODAS4 in the
 "K" formulation of Sandu et al., Atmos. Environ. 31, 1997)::

@@ -93,7 +93,7 @@ def rhs(x, u, p, m):
 
 
 #: The reactor as an :class:`~safectrl.models.core.ODEModel`: 16 RODAS4 substeps per 1800 s interval
-#: (chosen by measurement, see ``tests/test_models.py`` and ``benchmarks/env_step.py``).
+#: (accuracy and cost: ``docs/decisions.md#integrator``).
 MODEL = ODEModel(
     name="polycstr",
     states=STATES,

@@ -56,9 +56,8 @@ class RLACRConfig:
     focus_pretrain_batch: int = 512  # uniform observations per pretraining step
     focus_pretrain_max_steps: int = 20_000  # pretraining gives up (RuntimeError) after this many steps
     # Start the output bias at logit(focus_init) (True, ours) or at 0 as the authors' code does (False; then
-    # use AUTHORS_FOCUS_PRETRAINING's rate and step limit). Both meet the same criterion, but the networks
-    # differ: after the authors' pretraining the focus falls below 0.5 1.5-2.8x sooner under the same push
-    # (benchmarks/acr_focus.py).
+    # use AUTHORS_FOCUS_PRETRAINING's rate and step limit). Both meet the same criterion, but after the
+    # authors' pretraining the focus leaves the prior sooner (docs/decisions.md#focus-pretraining).
     focus_bias_start: bool = True
     prior_input: str | None = None  # info key the prior reads (None: the observation)
 

@@ -27,29 +27,10 @@ class BCConfig:
 
     ``observed`` (our design decision, shared with :class:`safectrl.rl.iql.IQLConfig`): the networks see the
     measurements and tracking errors ``A, P, T, e_P, e_T`` but not the previous inputs ``f_I_prev, T_c_prev``
-    of the env's observation. The PI data are velocity-form controllers, ``u_t = u_{t-1} + Kp (e_t - e_{t-1})
-    + Ki dt e_t``: the previous input explains more than 99.5 % of the variance of ``u_t`` (grade_up: std of
-    T_c 0.95 K, of its step-to-step change 0.025 K), while the part that depends on the error also depends on
-    ``e_{t-1}`` and on the episode's unobserved gains. Given ``u_{t-1}``, a regression learns the copy and
-    fits the small feedback part poorly — the "copycat" problem of imitation from histories (Wen et al.,
-    NeurIPS 2020; de Haan et al., "Causal confusion in imitation learning", NeurIPS 2019). Measured on the
-    grade_up policies of the 100-episode datasets (training seeds 0-2, 20 000 steps): the Jacobian
-    ``d u_t / d u_{t-1}`` has spectral radius 1.14-1.21 (median over data points; up to 2.1) where every PI
-    has exactly 1, so the policy is an unstable loop on its own output; the temperature feedback
-    ``d T_c / d T`` scatters in sign (5-95 % range -0.6 .. +0.5 K/K; every PI: -0.01 .. -0.29). In closed
-    loop (tuning seeds 500000-500019) these policies ran away in 9, 6 and 4 of 20 episodes (IQL: 19, 13, 10)
-    although the dataset holds no grade_up runaway. Without the previous inputs the same training gives a
-    static state feedback and no runaway in 20 tuning episodes of any policy tried (BC: grade_up seeds 0-2,
-    startup and grade_down seeds 0-1; IQL: grade_up seed 0, which ran away 19 times before), at median costs
-    of 1.4e4-1.6e4 (grade_up), 9.9e4-1.0e5 (startup), 1.9e4-2.0e4 (grade_down), with the small steady-state
-    offsets the offline literature reports for BC (SPEC §5). Keeping the previous input but predicting only
-    the change ``u_t - u_{t-1}`` (a velocity-form policy) was equally safe on the nominal plant (grade_up
-    seeds 0-2, startup 0-1, grade_down 0); dropping the previous inputs was chosen as the simpler change that
-    applies unchanged to every network of BC and IQL. Neither makes the policies robust to the mismatched
-    plant (``safectrl.models.polycstr.mismatched``: UA -20 %, dH +10 %): on its tuning seeds these static
-    policies ran away in 20 of 20 episodes in every scenario, the velocity-form ones in 0-20 of 20 depending
-    on the training seed, those given the previous inputs in 15-20 of 20 (the dataset's own PI tunings: startup
-    25 of 30, grade_up 3 of 30, grade_down 0 of 30). That is left to the safety layer.
+    of the env's observation. The PI data are velocity-form controllers, so given ``u_{t-1}`` a regression
+    learns to copy it (the "copycat" problem, Wen et al., NeurIPS 2020) and the policy becomes an unstable loop
+    on its own output; without it, the policy is a static state feedback. What was tried and measured:
+    ``docs/decisions.md#offline-observed``.
     """
 
     hidden: tuple[int, ...] = (256, 256)  # units per hidden layer of the actor (ReLU)

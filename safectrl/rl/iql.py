@@ -8,22 +8,14 @@ IQL never evaluates an action outside the dataset. Three regressions, one gradie
 
 with Q' the Polyak-averaged target critics. With tau > 0.5 the value approaches an upper expectile of the
 in-data action values, so the actor regresses towards the better of the dataset's actions. Defaults are
-the IQL authors' locomotion settings (SPEC §5); ``done`` is set only by failure, never by the time limit.
+the IQL authors' locomotion settings (as in CORL); ``done`` is set only by failure, never by the time limit.
 
-Reward scale (our decision, stored in every checkpoint). The env's reward ``-(e_P² + e_T²)`` spans seven
-decades: -1e-3 near the setpoint, -1e4 early in a startup, and about -4e7 on the step that charges a
-runaway for the rest of the episode. ``beta`` only means something relative to the reward scale, and the
-critics must regress all of it. The IQL authors' rule, ``r * 1000 / (max - min episode return)``, lets the
-three runaways of the startup dataset set the scale: every other return then lies within 2.5 units of
-zero while the three failure targets sit at -1000; the critics fit neither, the advantages are noise
-(mean weight ~5) and the resulting policy ran away in 5 of 20 tuning episodes (BC: none). We therefore
-apply the same rule to the episodes that did not fail, and clip a failure step's scaled reward at
-``-failure_penalty`` (default 1000, the spread of complete returns): a runaway stays worse than the
-median complete episode by hundreds of advantage units, far beyond where ``exp(beta A)`` has vanished,
-and every target stays within a few thousand units. The shape of the reward is untouched otherwise, so
-IQL still optimises the tracking cost the study reports. Measured on the tuning seeds (startup, training
-seed 0, 50 000 steps, env seeds 500000-500019, networks then still given the previous inputs, see
-:class:`IQLConfig`): no runaway, mean cost 9.2e4 (BC 1.4e5).
+Reward scale (our decision, stored in every checkpoint): rewards are multiplied by the IQL authors'
+``1000 / (max - min episode return)`` computed over the episodes that did not fail, and a failure step's
+scaled reward is clipped at ``-failure_penalty``. The reward spans seven decades and a runaway charges about
+-4e7 on one step; unrestricted, the few runaways set the scale, every other return lands near zero and the
+advantages are noise. The shape of the reward is untouched otherwise, so IQL still optimises the tracking
+cost the study reports. What it measured: ``docs/decisions.md#iql-reward-scale``.
 """
 
 from __future__ import annotations
@@ -43,12 +35,11 @@ from safectrl.rl.offline_data import DEFAULT_OBSERVED, Batch
 
 @dataclass(frozen=True)
 class IQLConfig:
-    """Hyperparameters of IQL (SPEC §5 reference settings, reward scale as in the module docstring).
+    """Hyperparameters of IQL (the IQL authors' settings, reward scale as in the module docstring).
 
     ``observed``: the actor, both critics and the value network see the same entries of the observation as
-    BC's actor — ``A, P, T, e_P, e_T``, without the previous inputs. Why, and the measurements behind it, is
-    in :class:`safectrl.rl.bc.BCConfig`; the grade_up IQL policies trained with the previous inputs ran away
-    in 19, 13 and 10 of 20 tuning episodes (training seeds 0-2).
+    BC's actor — ``A, P, T, e_P, e_T``, without the previous inputs (why: :class:`safectrl.rl.bc.BCConfig`,
+    ``docs/decisions.md#offline-observed``).
     """
 
     hidden: tuple[int, ...] = (256, 256)  # units per hidden layer of the actor, Q and V networks (ReLU)

@@ -21,8 +21,8 @@ from safectrl.rl.data import Transitions
 STD_EPS = 1e-3
 
 #: What the offline agents' networks see of the reactor's observation by default: the measurements and the
-#: tracking errors, not the inputs applied in the previous interval (f_I_prev, T_c_prev). The reasons and the
-#: measurements behind this choice are in :class:`safectrl.rl.bc.BCConfig`; BC and IQL share it.
+#: tracking errors, not the inputs applied in the previous interval (f_I_prev, T_c_prev). Why: see
+#: :class:`safectrl.rl.bc.BCConfig` and ``docs/decisions.md#offline-observed``; BC and IQL share it.
 DEFAULT_OBSERVED = ("A", "P", "T", "e_P", "e_T")
 
 _ARRAYS = ("obs_mean", "obs_std", "action_low", "action_high")

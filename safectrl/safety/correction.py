@@ -27,25 +27,20 @@ physical actions in and out (:class:`~safectrl.safety.filter.SafetyFilter` does)
   (:meth:`PICNN.gates <safectrl.safety.picnn.PICNN.gates>`), so the hidden z-terms are written
   ``A_i z_i = W_i^z s_i`` with ``s_i = gz_i ∘ z_i`` (an extra variable and equality per hidden layer): W_i^z is
   a constant and the state enters as a diagonal, not as a 64 x 64 parameter matrix. Exactness is unchanged
-  (s_i is a definition). This matters for Clarabel: a parameter matrix keeps every entry of A_i as a
-  structural non-zero, also the zeros of the clamped W^z, and its factorisations took twice as long. The
-  y-terms are written the same way, ``B_i y = W_i^y (gy_i ∘ y)``, so per state only the gate entries of the
-  constraint matrix change (64 + 2 per layer for a 64-64 network, instead of about 450). c_i, the output
-  row of A_{k-1}, lo, hi and y_ref remain Parameters (they enter costs and right-hand sides).
+  (s_i is a definition), and the solver sees the sparsity of the clamped W^z instead of a dense parameter
+  matrix. The y-terms are written the same way, ``B_i y = W_i^y (gy_i ∘ y)``, so per state only the gate
+  entries of the constraint matrix change. c_i, the output row of A_{k-1}, lo, hi and y_ref remain
+  Parameters (they enter costs and right-hand sides).
 
   Per state the parameters go through cvxpy's compiled parameter-to-data map (kept as sparse matrices, see
   :class:`_ProgramData`) straight into one long-lived solver: HiGHS keeps its model and receives only the
-  costs, bounds and coefficients that changed, so the simplex restarts from the previous optimal basis
-  (along a closed-loop episode about one simplex iteration per state instead of ~100 cold); Clarabel is
-  updated in place (no new symbolic factorisation; an interior-point method gains nothing from the previous
-  answer). Gates and the cost at the answer are evaluated by a NumPy snapshot of the network
-  (:class:`~safectrl.safety.picnn.PICNNArrays`). Other solvers, and a QP with HiGHS, go through
-  ``Problem.solve`` with A_i and B_i as parameter matrices (HiGHS's QP solver reported the gated form
-  "unbounded" on states with closed gates, whose z_j are then free above at zero cost). HiGHS's QP
-  solver is no faster here (5.0-5.3 ms vs Clarabel's 4.1-4.7 ms per state, grade_up model, kept loaded
-  and updated in place: its active set does not carry over, ~70 iterations either way), failed on 2 of
-  50 random and 3 of 200 episode states, and once cycled without end on a start-up state, so it is not
-  the default. Every solve's status is checked.
+  costs, bounds and coefficients that changed, so the simplex restarts from the previous optimal basis;
+  Clarabel is updated in place (no new symbolic factorisation). Gates and the cost at the answer are
+  evaluated by a NumPy snapshot of the network (:class:`~safectrl.safety.picnn.PICNNArrays`). Other
+  solvers, and a QP with HiGHS, go through ``Problem.solve`` with A_i and B_i as parameter matrices
+  (HiGHS's QP solver reported the gated form "unbounded" on states with closed gates). HiGHS is not the
+  QP default: it was no faster than Clarabel and less reliable. Every solve's status is checked. Solver
+  choices and their timings: ``docs/decisions.md#exact-correction``.
 """
 
 from __future__ import annotations
@@ -194,8 +189,8 @@ class _ProgramData:
 
     ``Problem.get_problem_data`` compiles the program once into a map, linear in the vector of parameter
     values, from parameters to the data of ``minimise x'Px/2 + c'x + d  s.t.  b - A x in K``. cvxpy's own
-    ``apply_parameters`` rebuilds scipy matrices on every call (about 0.7 ms here, a third of a whole LP
-    re-solve); the map's matrices are taken from the compiled program once instead, with the sparsity
+    ``apply_parameters`` rebuilds scipy matrices on every call (a third of a whole LP re-solve); the map's
+    matrices are taken from the compiled program once instead, with the sparsity
     pattern of A fixed, and checked against ``apply_parameters`` on random values.
     """
 
@@ -403,9 +398,9 @@ class ExactCorrector:
         self.trust = float(trust)
         self.solver = solver or (cp.HIGHS if self.trust == 0 else cp.CLARABEL)
         if solver_options is None and self.solver == cp.CLARABEL:
-            # tight tolerances (the optimum is exact to ~1e-10); no iterative refinement of the KKT solves:
-            # on these small QPs it cost 30 % of the solve time and changed no optimum by more than 1e-11
-            # (grade_up dataset states), and a solve that fails without it is repeated once with it
+            # tight tolerances (the optimum is exact to ~1e-10); no iterative refinement of the KKT solves,
+            # which cost time and changed no optimum (docs/decisions.md#exact-correction); a solve that
+            # fails without it is repeated once with it
             solver_options = {"tol_gap_abs": 1e-10, "tol_gap_rel": 1e-10, "tol_feas": 1e-10,
                               "iterative_refinement_enable": False}
         self.solver_options = dict(solver_options or {})

@@ -232,7 +232,7 @@ def _add_nmpc(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mismatch", action="store_true",
                    help="predict with the mismatched model (UA -20 %%, dH +10 %%) instead of the plant's")
     p.add_argument("--seed", type=_nonnegative_int, default=0, help="env seed (default 0)")
-    p.add_argument("--noise", action="store_true", help="measurement noise on A, P, T (SPEC §1 values)")
+    p.add_argument("--noise", action="store_true", help="measurement noise on A, P, T (nominal sigma)")
     p.add_argument("--out", default=None, help="output folder (default: runs/nmpc-TIMESTAMP)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--acceptance", action="store_true",

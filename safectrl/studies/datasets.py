@@ -63,7 +63,7 @@ def generate_dataset(
         meta,
         description=(
             f"{episodes} episodes of the polymerisation CSTR, scenario {scenario!r}, each under "
-            f"decentralised PI control with gains drawn uniformly from the SPEC ranges (dataset seed {seed})."
+            f"decentralised PI control, gains drawn uniformly from pi.TUNING_RANGES (dataset seed {seed})."
         ),
         root=root,
         overwrite=force,

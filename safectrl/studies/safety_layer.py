@@ -1,7 +1,8 @@
 """The PICNN safety layer on the polymerisation CSTR: cost-model targets, training, closed loop, figure.
 
 The cost model learns, from the PI datasets, the cost-to-go of taking action a in observation o
-(SPEC §6, **decision** on its details)::
+(Durkin et al., 2025, call it a learned cost model; what it regresses is our decision,
+``docs/decisions.md#cost-model-target``)::
 
     C_t = Σ_{j=1..H} γ^j c(x_{t+j}),     c(x) = w_P |P_sp − P| + w_T |T_sp − T| + ρ max(0, T − T_max)
 
@@ -12,10 +13,9 @@ the failed state's stage cost, with T capped at T_runaway; a window that runs pa
 target and its transition is left out. Train and validation sets are split by episode; the regression
 uses a Huber loss (see :class:`SafetyLayerConfig`).
 
-H = 20 (10 h) and λ = 0.3 were chosen by :func:`tune` (``safectrl safety tune``): closed-loop cost of the
-dataset's behaviour policy (PI with gains drawn from the dataset ranges) wrapped by the filter, on 8 tuning
-seeds per scenario, H in {1, 3, 10, 20, 30, 40, 60} and λ in {0.1, 0.3, 1, 3}. Short horizons barely help
-(H = 1: mean cost ratio 0.99 at best), because one interval shows little of what f_I does to P.
+H = 20 (10 h) and λ = 0.3 were chosen by :func:`tune` (``safectrl safety tune``), by the closed-loop cost of
+the dataset's behaviour policy wrapped by the filter on tuning seeds; short horizons barely help, because
+one interval shows little of what f_I does to P (grid and numbers: ``docs/decisions.md#cost-model-target``).
 
 :func:`make_filter` composes a trained model with any policy into a
 :class:`~safectrl.safety.filter.SafetyFilter` on the reactor's input box (and, optionally, a rate limit
@@ -83,19 +83,16 @@ class SafetyLayerConfig:
     """Everything that defines a trained cost model besides the data."""
 
     target: CostTargetConfig = CostTargetConfig()
-    # Huber loss at 0.01 target standard deviations: the start-up data's few runaways have cost-to-go up to
-    # 30x the typical one, and a squared loss spends the model on them (validation R² 0.28 against 0.96)
+    # Huber loss at 0.01 target standard deviations: a squared loss spends the model on the start-up data's
+    # few runaways, whose cost-to-go is many times the typical one (docs/decisions.md#cost-model-target)
     train: CostModelTrainConfig = CostModelTrainConfig(huber_delta=0.01)
     val_fraction: float = 0.2  # share of episodes held out for validation
     split_seed: int = 0  # which episodes are held out
     # What the cost model sees: the state and the setpoint errors, *not* the previous inputs f_I_prev,
-    # T_c_prev of the env's observation. The PI data are velocity-form controllers, so the previous input
-    # predicts the behaviour policy's next inputs, and with it the cost model learned "stay near the previous
-    # input" (the copycat problem of BC and IQL, see safectrl.rl.bc.BCConfig). In the first full study a
-    # model that saw them placed its argmin next to f_I_prev at every state it was asked about (startup,
-    # state P = 79 kg/m³: argmin f_I 0.88 / 1.38 / 1.63 kg/h for f_I_prev 0.8 / 1.29 / 1.8), and the
-    # corrected IQL settled 21 kg/m³ below the grade. The correction's rate limit (FilterSettings.rate)
-    # still reads the previous input from the whole observation.
+    # T_c_prev of the env's observation. The PI data are velocity-form controllers, so with them the model
+    # learns "stay near the previous input" (the copycat problem of BC and IQL;
+    # docs/decisions.md#cost-model-observed). The correction's rate limit (FilterSettings.rate) still reads
+    # the previous input from the whole observation.
     observed: tuple[str, ...] = ("A", "P", "T", "e_P", "e_T")
 
     def __post_init__(self) -> None:
@@ -226,7 +223,7 @@ def action_box(rate: Sequence[float] | None = None) -> ActionBox:
 
 @dataclass(frozen=True)
 class FilterSettings:
-    """How the filter corrects; ``trust`` is λ of SPEC §6 in standardised units (see SafetyFilter)."""
+    """How the filter corrects; ``trust`` is the trust weight λ in standardised units (see SafetyFilter)."""
 
     trust: float = 0.3  # λ: network cost units per squared standard deviation of the dataset's actions
     gd: GDConfig = GDConfig()

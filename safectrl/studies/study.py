@@ -10,7 +10,7 @@ the scenario's PI dataset, and the PICNN safety layer around them. Training runs
 scenario) go through the same executor before the episodes; their results are cached artifacts.
 
 Plant variants: ``nominal`` (plant = model), ``mismatch`` (UA -20 %, dH +10 % in the plant only) and
-``noise`` (measurement noise of SPEC §1). Every controller is designed or trained on the nominal model and
+``noise`` (measurement noise on A, P, T). Every controller is designed or trained on the nominal model and
 data; only the oracle NMPC is given the variant's true plant.
 
 Output folder: ``config.json``, ``episodes.csv`` (one row per episode), ``summary.md`` (tables per variant),
