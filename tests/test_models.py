@@ -17,15 +17,15 @@ from safectrl.rl.env import TaskEnv
 from safectrl.rl.rollout import run_episode
 
 # Steady states (with the -D R term) found independently by solving the balances: P, T -> f_I, T_c, A, I, R
-SPEC_STEADY_STATES = [
+PUBLISHED_STEADY_STATES = [
     ((100.0, 350.0), (1.794, 339.90, 450.1, 9.87, 1.510e-6)),
     ((70.0, 350.0), (0.750, 342.97, 483.2, 4.15, 9.79e-7)),
     ((80.0, 350.0), (1.030, 341.95, 472.4, 5.69, 1.146e-6)),
 ]
 
 
-@pytest.mark.parametrize("target, expected", SPEC_STEADY_STATES)
-def test_steady_states_match_spec(target, expected, nominal_params):
+@pytest.mark.parametrize("target, expected", PUBLISHED_STEADY_STATES)
+def test_steady_states_match_the_published_ones(target, expected, nominal_params):
     ss = pc.steady_state(*target, nominal_params)
     got = (ss.u[0], ss.u[1], ss.x[0], ss.x[1], ss.x[2])
     np.testing.assert_allclose(got, expected, rtol=5e-3)

@@ -21,7 +21,7 @@ from safectrl.models import pyomo as sp
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
-SPEC_STEADY_STATES = [  # as in tests/test_models.py: P, T -> f_I, T_c, A, I, R
+PUBLISHED_STEADY_STATES = [  # as in tests/test_models.py: P, T -> f_I, T_c, A, I, R
     ((100.0, 350.0), (1.794, 339.90, 450.1, 9.87, 1.510e-6)),
     ((70.0, 350.0), (0.750, 342.97, 483.2, 4.15, 9.79e-7)),
     ((80.0, 350.0), (1.030, 341.95, 472.4, 5.69, 1.146e-6)),
@@ -110,8 +110,8 @@ def test_pyomo_namespace_if_else():
     assert pyo.value(e) == -0.5
 
 
-@pytest.mark.parametrize("target, expected", SPEC_STEADY_STATES)
-def test_spec_steady_states_reproduced_in_pyomo(target, expected, nominal_params):
+@pytest.mark.parametrize("target, expected", PUBLISHED_STEADY_STATES)
+def test_published_steady_states_reproduced_in_pyomo(target, expected, nominal_params):
     m = pyo.ConcreteModel()
     m.reactor = sp.polycstr_block(params=nominal_params)
     m.reactor.P.fix(target[0])
