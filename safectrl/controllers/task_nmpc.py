@@ -1,0 +1,104 @@
+"""An NMPC for any :class:`~safectrl.models.task.Task` whose observation carries its states: the controller a new
+plant gets without writing one.
+
+The objective is the task's own stage cost (the reward's negative, written once against a math namespace),
+summed over the horizon at the interval ends, plus a small move penalty; the task's operating limits on
+states become soft bounds with an exact L1 penalty, tightened by ``backoff`` (a fraction of each limit's
+width or of its magnitude). The observer reads the states from the observation by name, the setpoint from
+``e_<state>`` entries (setpoint = state + error, the convention of the reactor's observation) or else from
+the scenario the controller was built for, and the previous input from ``<input>_prev`` entries or else the
+controller's own last input.
+
+Plants whose observation lacks a state (the reactor: I and R are not measured) need an estimator instead:
+see :mod:`safectrl.controllers.polycstr_nmpc` for the reactor's EKF.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from safectrl.controllers.nmpc import NMPC, NMPCConfig, Observed, StateBound
+from safectrl.models.mathns import CASADI
+from safectrl.models.task import Scenario, Task
+
+
+class TaskObserver:
+    """States, setpoint and previous input of a task from its observation (see the module docstring).
+
+    Raises:
+        ValueError: if the observation lacks a state of the model.
+    """
+
+    def __init__(self, task: Task, scenario: Scenario, u_init: np.ndarray | None = None) -> None:
+        obs = task.observations
+        missing = [s for s in task.states if s not in obs]
+        if missing:
+            raise ValueError(f"{task.name}'s observation lacks the states {missing}: its NMPC needs an "
+                             "estimator (see safectrl.controllers.estimation)")
+        self.task = task
+        self._x = [obs.index(s) for s in task.states]
+        errors = [f"e_{s}" for s in task.setpoint_names]
+        self._e = [obs.index(e) for e in errors] if errors and all(e in obs for e in errors) else None
+        self._sp_state = [obs.index(s) for s in task.setpoint_names]
+        self.setpoint = np.asarray(scenario.setpoint, dtype=float)
+        prev = [f"{u}_prev" for u in task.inputs]
+        self._u = [obs.index(p) for p in prev] if all(p in obs for p in prev) else None
+        model = task.model
+        self.u_init = (np.asarray(u_init, dtype=float) if u_init is not None
+                       else (model.u_low + model.u_high) / 2)
+        self._k = 0
+        self._u_prev = self.u_init.copy()
+
+    def reset(self, seed: int | None = None) -> None:
+        """Back to interval 0; ``seed`` is unused."""
+        self._k = 0
+        self._u_prev = self.u_init.copy()
+
+    def __call__(self, obs: np.ndarray) -> Observed:
+        obs = np.asarray(obs, dtype=float)
+        sp = obs[self._sp_state] + obs[self._e] if self._e is not None else self.setpoint
+        u_prev = obs[self._u] if self._u is not None else self._u_prev
+        return Observed(obs[self._x], u_prev, sp if len(sp) else None, self._k * self.task.model.dt)
+
+    def applied(self, u: np.ndarray) -> None:
+        self._k += 1
+        self._u_prev = np.asarray(u, dtype=float).copy()
+
+
+def task_nmpc(task: Task, params: Any = None, scenario: str | None = None, horizon: int = 20,
+              cost_weight: float = 1.0, du_weight: float = 1e-2, backoff: float = 0.0,
+              limit_penalty: float = 1e3) -> NMPC:
+    """The NMPC of ``task`` predicting with ``params`` (default: the task's nominal model).
+
+    Args:
+        task: the plant.
+        params: parameters of the prediction model (a plant name of the task or a dataclass).
+        scenario: the scenario whose setpoint is tracked when the observation carries none.
+        horizon: intervals predicted.
+        cost_weight: factor on the task's stage cost (scale it to order 1 for IPOPT).
+        du_weight: move penalty per input, on (Δu / input range)².
+        backoff: the operating limits tightened by this fraction of their magnitude.
+        limit_penalty: L1 weight of the soft limits, objective units per unit of violation.
+    """
+    p = task.plant(params if params is not None else "nominal")
+    sc = task.scenario(scenario)
+    bounds = []
+    for limit in task.limits:
+        if limit.output is not None:
+            raise ValueError(f"{task.name}: the generic NMPC bounds states only; limit {limit.name!r} is an "
+                             "output of several states")
+        low = limit.low + backoff * abs(limit.low) if math.isfinite(limit.low) else -math.inf
+        high = limit.high - backoff * abs(limit.high) if math.isfinite(limit.high) else math.inf
+        bounds.append(StateBound(limit.name, low=low, high=high, penalty=limit_penalty))
+    config = NMPCConfig(horizon=horizon, du_weights=(du_weight,) * task.model.nu, state_bounds=tuple(bounds))
+    def stage(x, u, r):
+        sp = [r[i] for i in range(len(task.setpoint_names))]
+        return cost_weight * task.stage_cost([x[i] for i in range(task.model.nx)],
+                                             [u[i] for i in range(task.model.nu)], sp, p, CASADI)
+
+    x0, u0 = sc.initial(np.random.default_rng(0), p)
+    return NMPC(task.model, p, config, stage_cost=stage, n_ref=len(task.setpoint_names),
+                observer=TaskObserver(task, sc, u_init=u0))
