@@ -433,7 +433,7 @@ def test_example_b_grade_change_replays_in_the_env(example_b):
     end of the first interval.
     """
     scenario, seed = "grade_up", 3
-    env = example_b["PolyCSTREnv"](scenario, max_steps=example_b["HORIZON"])
+    env = example_b["TaskEnv"](example_b["pc"].TASK, scenario, max_steps=example_b["HORIZON"])
     obs, info = env.reset(seed=seed)
     plan = example_b["optimise_grade_change"](info["state"], obs[5:7], env.scenario.setpoint, solver="casadi")
     assert plan.result.status == "optimal"
