@@ -272,6 +272,19 @@ def test_bad_solve_input_and_act_without_observer_are_rejected():
         nmpc.act(np.zeros(3))
 
 
+class _ObserverWithoutApplied:
+    def reset(self, seed=None):
+        pass
+
+    def __call__(self, obs):
+        raise AssertionError("never called")
+
+
+def test_an_observer_without_applied_is_rejected_at_construction():
+    with pytest.raises(TypeError, match="_ObserverWithoutApplied lacks applied"):
+        NMPC(LAG, LagParams(), TRACK_Y, observer=_ObserverWithoutApplied())
+
+
 @pytest.mark.parametrize("scenario", list(pc.SCENARIOS))
 def test_oracle_closed_loop_short_episode(scenario):
     nmpc = polycstr_nmpc()

@@ -302,6 +302,7 @@ class NMPC:
 
     Raises:
         ValueError: on an inconsistent configuration (unknown state names, weight counts, bounds).
+        TypeError: an observer without the :class:`Observer` methods.
     """
 
     def __init__(
@@ -317,6 +318,11 @@ class NMPC:
     ) -> None:
         self.model = model
         self.config = config
+        missing = [name for name in ("reset", "__call__", "applied")
+                   if not callable(getattr(observer, name, None))]
+        if observer is not None and missing:
+            raise TypeError(f"the observer {type(observer).__name__} lacks {', '.join(missing)} "
+                            "(an Observer has reset(seed), __call__(obs) -> Observed and applied(u))")
         self.observer = observer
         self._p = model.param_vector(params)
         self._validate(stage_cost, n_ref, transition)
