@@ -60,15 +60,15 @@ class ZeroPrior:
 
 def time_steps(env: gym.Env, agent: RLACR, steps: int) -> tuple[float, float, float]:
     """(s per step, s per update, s per prior action) over ``steps`` steps once learning has started."""
-    obs, info = env.reset(seed=0)
+    obs, _ = env.reset(seed=0)
     agent.begin_episode(0)
     t_update, measured, t_start, prior_start = 0.0, 0, 0.0, 0.0
     total = agent.sac.config.learning_starts + steps
     for k in range(total):
         if k == agent.sac.config.learning_starts:
             t_start, prior_start = time.perf_counter(), agent.prior.seconds
-        a = agent.explore(obs, info)
-        next_obs, r, term, trunc, info = env.step(a)
+        a = agent.explore(obs)
+        next_obs, r, term, trunc, _ = env.step(a)
         t0 = time.perf_counter()
         agent.observe(obs, a, r, next_obs, term)
         if k >= agent.sac.config.learning_starts:
@@ -76,7 +76,7 @@ def time_steps(env: gym.Env, agent: RLACR, steps: int) -> tuple[float, float, fl
             measured += 1
         obs = next_obs
         if term or trunc:
-            obs, info = env.reset()
+            obs, _ = env.reset()
             agent.begin_episode(k)
     elapsed = time.perf_counter() - t_start
     return elapsed / measured, t_update / measured, (agent.prior.seconds - prior_start) / measured

@@ -10,8 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from safectrl.common.protocol import DecisionMaker
 from safectrl.controllers.acr_mpc import REGULARISERS
+from safectrl.controllers.nmpc import NMPC, NMPCStats, SolveRecord
 from safectrl.rl.acr import AUTHORS_FOCUS_PRETRAINING, RLACR, FocusNetwork, RLACRConfig, pretrain_focus
+from safectrl.rl.rollout import run_episode
 from safectrl.rl.sac import SAC, BoxScaler, ReplayBuffer, SACConfig, normalised_return, train
 from safectrl.studies.acr_study import ACRPreset, report_acr_study, run_acr_study
 from safectrl.studies.cli import main
@@ -101,7 +104,7 @@ def test_focus_network_starts_at_the_prior_and_buffer_keeps_its_action():
     assert abs(agent.beta(obs_batch)[0] - 0.999) < 1e-3
     obs, info = env.reset(seed=0)
     agent.begin_episode(0)
-    a = agent.explore(obs, info)
+    a = agent.explore(obs)
     # before learning starts the RL action is 0: a = beta * a_prior
     assert a[0] == pytest.approx(agent.beta(obs)[0] * 3.0)
     next_obs, r, term, trunc, info = env.step(a)
@@ -111,16 +114,21 @@ def test_focus_network_starts_at_the_prior_and_buffer_keeps_its_action():
 
 
 class _CountingPrior(_ConstantPrior):
-    """A prior that reports a failed solve on every second call."""
+    """A prior with an NMPC's statistics that records a failed solve on every second call."""
 
     def __init__(self, a):
         super().__init__(a)
         self.calls = 0
-        self.failures = 0
+        self.stats = NMPCStats()
+
+    def reset(self, seed=None):
+        super().reset(seed)
+        self.stats.begin_episode()
 
     def act(self, obs):
         self.calls += 1
-        self.failures += self.calls % 2 == 0
+        ok = self.calls % 2 == 1
+        self.stats.records.append(SolveRecord("x", ok, not ok, 1, 0.0))
         return self.a
 
 
@@ -130,10 +138,71 @@ def test_training_log_counts_the_priors_failed_solves_per_episode():
     agent = RLACR(env.observation_space, env.action_space, prior, seed=0)
     logs = train(env, agent, 2, seed=0, progress=False)
     counted = [lg.extras["prior_failed_solves"] for lg in logs]
-    assert sum(counted) == prior.failures > 0
+    assert sum(counted) == prior.stats.failures > 0
+    assert counted == [ep.failures for ep in prior.stats.episodes]
     assert counted[0] == logs[0].length // 2  # calls 2, 4, ... of the first episode
     plain = RLACR(env.observation_space, env.action_space, _ConstantPrior([0.0]), seed=0)
     assert "prior_failed_solves" not in train(env, plain, 1, seed=0, progress=False)[0].extras
+
+
+class _RecordingLearner:
+    """A learner that explores with a constant action and records what train hands it."""
+
+    def __init__(self):
+        self.seeds, self.transitions = [], []
+
+    def begin_episode(self, seed):
+        self.seeds.append(seed)
+
+    def explore(self, obs):
+        return np.array([1.0])
+
+    def observe(self, *transition):
+        self.transitions.append(transition)
+
+    def end_episode(self):
+        return {"extra": 1.0}
+
+
+class _ResetLog(gym.Wrapper):
+    """Records the seed of every reset."""
+
+    def __init__(self, env):
+        super().__init__(env)
+        self.seeds = []
+
+    def reset(self, *, seed=None, options=None):
+        self.seeds.append(seed)
+        return self.env.reset(seed=seed, options=options)
+
+
+def test_training_runs_the_common_episode_loop_with_one_env_stream():
+    env = _ResetLog(gym.make(CARTPOLE).unwrapped)
+    learner = _RecordingLearner()
+    logs = train(env, learner, 2, seed=3, progress=False)
+    assert env.seeds == [3, None]  # the env is seeded once, then continues its stream
+    assert learner.seeds == [3, 4] and [lg.extras for lg in logs] == [{"extra": 1.0}] * 2
+    assert len(learner.transitions) == sum(lg.length for lg in logs)
+    first = run_episode(env, _ConstantPrior([1.0]), seed=3)
+    np.testing.assert_array_equal([t[0] for t in learner.transitions[:first.length]], first.observations[:-1])
+    np.testing.assert_array_equal([t[3] for t in learner.transitions[:first.length]], first.observations[1:])
+    assert logs[0].length == first.length and logs[0].return_ == first.rewards.sum()
+    assert logs[0].failed == first.terminations[-1]
+
+
+def test_rlacr_is_a_decision_maker_with_a_deterministic_act():
+    env = gym.make(CARTPOLE).unwrapped
+    prior = _ConstantPrior([2.0])
+    agent = RLACR(env.observation_space, env.action_space, prior, seed=0)
+    assert isinstance(agent, DecisionMaker) and isinstance(agent.sac, DecisionMaker)
+    a = run_episode(env, agent, seed=1).actions
+    b = run_episode(env, agent, seed=1).actions
+    np.testing.assert_array_equal(a, b)
+    obs, _ = env.reset(seed=1)
+    beta = agent.beta(obs)
+    expected = beta * 2.0 + (1 - beta) * agent.sac.policy_action(obs, deterministic=True)
+    np.testing.assert_allclose(a[0], np.clip(expected, env.action_space.low, env.action_space.high))
+    assert prior.resets == 2
 
 
 def test_authors_focus_pretraining_fits_the_whole_network_from_a_zero_bias():
@@ -196,16 +265,11 @@ def test_regulariser_keeps_the_actual_plant_safe(env_id):
     converging and every input inside the bounds (the premise of RL-ACR)."""
     env = gym.make(env_id).unwrapped
     mpc = REGULARISERS[env_id]()
-    obs, _ = env.reset(seed=0)
-    mpc.reset(0)
-    done, steps = False, 0
-    while not done:
-        a = mpc.act(obs)
-        assert np.all(a >= env.action_space.low) and np.all(a <= env.action_space.high)
-        obs, _, term, trunc, _ = env.step(a)
-        done, steps = term or trunc, steps + 1
-    assert not term and steps == env.max_steps
-    assert mpc.solves == steps and mpc.failures == 0
+    assert isinstance(mpc, NMPC) and isinstance(mpc, DecisionMaker)
+    ep = run_episode(env, mpc, seed=0)
+    assert np.all(ep.actions >= env.action_space.low) and np.all(ep.actions <= env.action_space.high)
+    assert not ep.failed and ep.length == env.max_steps
+    assert mpc.stats.solves == ep.length and mpc.stats.failures == 0
 
 
 @pytest.mark.slow
@@ -265,7 +329,7 @@ class _HotLearner:
     def begin_episode(self, seed):
         pass
 
-    def explore(self, obs, info):
+    def explore(self, obs):
         from safectrl.models import polycstr as pc
 
         return np.array(pc.U_HIGH, dtype=float)

@@ -8,7 +8,15 @@ import casadi as ca
 import numpy as np
 import pytest
 
-from safectrl.controllers.nmpc import NMPC, NMPCConfig, NMPCSolveError, StateBound, radau_coefficients
+from safectrl.common.protocol import DecisionMaker
+from safectrl.controllers.nmpc import (
+    NMPC,
+    FullStateObserver,
+    NMPCConfig,
+    NMPCSolveError,
+    StateBound,
+    radau_coefficients,
+)
 from safectrl.controllers.polycstr_nmpc import BACKOFF, NMPC_CONFIG, polycstr_nmpc, with_backoff
 from safectrl.models import polycstr as pc
 from safectrl.models.core import ODEModel
@@ -196,7 +204,45 @@ def test_warm_start_needs_fewer_iterations_than_a_cold_start():
     assert second.iterations < cold.iterations / 2
     np.testing.assert_allclose(second.u, cold.u, rtol=1e-5)
     warm.reset()
-    assert warm.stats.solves == 0 and warm.last_solution is None
+    assert warm.last_solution is None
+    assert warm.stats.solves == 2 and warm.stats.episode().solves == 0  # the totals outlive the episode
+
+
+class _Lag:
+    """A plant that is the LAG model itself, observed in full: the NMPC through a FullStateObserver."""
+
+    def __init__(self, steps):
+        self.steps = steps
+
+    def reset(self, seed=None, options=None):
+        self.x, self.k = np.array([0.5 if seed else 0.0]), 0
+        return self.x.copy(), {}
+
+    def step(self, u):
+        self.x, self.k = LAG.step(self.x, u, LagParams()), self.k + 1
+        return self.x.copy(), 0.0, False, self.k >= self.steps, {}
+
+
+def test_stats_are_cumulative_with_a_view_per_episode_and_the_observer_sees_the_applied_input():
+    observer = FullStateObserver(LAG.dt, u_init=np.array([0.25]), reference=np.array([0.6]))
+    nmpc = NMPC(LAG, LagParams(), replace(TRACK_Y, du_weights=(1.0,)), observer=observer)
+    assert isinstance(nmpc, DecisionMaker)
+    with pytest.raises(IndexError, match="no episode has started"):
+        nmpc.stats.episode()
+    run_episode(_Lag(3), nmpc, seed=0)
+    second = run_episode(_Lag(2), nmpc, seed=1)
+    st = nmpc.stats
+    assert st.solves == 5 and [e.solves for e in st.episodes] == [3, 2] and st.episode().solves == 2
+    assert st.episode(0).records == st.records[:3] and st.failures == sum(e.failures for e in st.episodes)
+    # the observer's previous input is the controller's own last one, and time counts intervals since reset
+    x = second.observations[-2]
+    u_prev = second.actions[-2]
+    np.testing.assert_array_equal(observer(x).u_prev, second.actions[-1])
+    assert observer(x).t0 == 2 * LAG.dt
+    sol = NMPC(LAG, LagParams(), replace(TRACK_Y, du_weights=(1.0,))).solve(x, u_prev, np.array([0.6]))
+    np.testing.assert_allclose(second.actions[-1], sol.u, atol=1e-6)
+    observer.reset()
+    assert observer(x).t0 == 0.0 and np.array_equal(observer(x).u_prev, [0.25])
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -224,6 +270,19 @@ def test_bad_solve_input_and_act_without_observer_are_rejected():
         nmpc.solve(np.array([np.nan]), np.array([0.0]), np.array([0.0]))
     with pytest.raises(RuntimeError, match="needs an observer"):
         nmpc.act(np.zeros(3))
+
+
+class _ObserverWithoutApplied:
+    def reset(self, seed=None):
+        pass
+
+    def __call__(self, obs):
+        raise AssertionError("never called")
+
+
+def test_an_observer_without_applied_is_rejected_at_construction():
+    with pytest.raises(TypeError, match="_ObserverWithoutApplied lacks applied"):
+        NMPC(LAG, LagParams(), TRACK_Y, observer=_ObserverWithoutApplied())
 
 
 @pytest.mark.parametrize("scenario", list(pc.SCENARIOS))

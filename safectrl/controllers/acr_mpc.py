@@ -12,11 +12,13 @@ their public code, which builds them in do-mpc):
 The move penalties are the authors' do-mpc weights on their scaled inputs, rewritten as the NMPC's weights
 on (Δu / input range)². The glucose bound on 18 Q1 / V_G is a bound on Q1 with the model's V_G.
 
-:class:`StateFeedbackMPC` wraps an NMPC as a controller of the common interface that reads the full
-state, which is the observation of the CSTR and the cart-pole; the time of a time-varying model counts
-intervals since :meth:`~StateFeedbackMPC.reset`, and the move penalty refers to the controller's own
-previous input (as in do-mpc). The glucose tasks observe glucose only: :class:`MeasuredGlucoseMPC`
-completes the state with the estimated model run open loop, as Tian et al.'s MPCs do.
+:func:`glucose_mpc` and the others return plain :class:`~safectrl.controllers.nmpc.NMPC` objects, whose
+``act(obs)`` goes through an observer. The CSTR and the cart-pole observe their full state:
+:class:`~safectrl.controllers.nmpc.FullStateObserver` (the move penalty refers to the controller's own
+previous input, as in do-mpc; the time of a time-varying model counts intervals since reset). The glucose
+tasks observe glucose only: :class:`MeasuredGlucoseObserver` completes the state with the estimated model run
+open loop, as Tian et al.'s MPCs do. Failed solves are in ``nmpc.stats`` (over all episodes; per episode:
+``nmpc.stats.episode()``).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any, Callable
 import casadi as ca
 import numpy as np
 
-from safectrl.controllers.nmpc import NMPC, NMPCConfig, StateBound
+from safectrl.controllers.nmpc import NMPC, FullStateObserver, NMPCConfig, Observed, StateBound
 from safectrl.models import biglucose, cartpole, glucose, klatt_engell
 from safectrl.models.core import ODEModel
 from safectrl.models.mathns import CASADI
@@ -35,47 +37,8 @@ from safectrl.models.mathns import CASADI
 G_SAFE = (50.0, 800.0)
 
 
-class StateFeedbackMPC:
-    """An NMPC as a controller of the full state; see the module docstring.
-
-    Args:
-        nmpc: the controller (its model, parameters and configuration).
-        u_init: the "previous input" of the first interval of an episode, shape (nu,).
-        reference: the NMPC's reference (None for a custom stage cost without one).
-    """
-
-    def __init__(self, nmpc: NMPC, u_init: np.ndarray, reference: np.ndarray | None = None) -> None:
-        self.nmpc = nmpc
-        self.u_init = np.asarray(u_init, dtype=float)
-        self.reference = reference
-        self._k = 0
-        self._u_prev = self.u_init.copy()
-        #: Solves and failed solves (fallbacks applied) since construction, over all episodes.
-        self.solves = 0
-        self.failures = 0
-
-    @property
-    def model(self) -> ODEModel:
-        return self.nmpc.model
-
-    def reset(self, seed: int | None = None) -> None:
-        self.nmpc.reset(seed)
-        self._k = 0
-        self._u_prev = self.u_init.copy()
-
-    def act(self, x: np.ndarray) -> np.ndarray:
-        """Input for the next interval from the full state ``x`` (physical units)."""
-        sol = self.nmpc.solve(np.asarray(x, dtype=float), self._u_prev, self.reference,
-                              t0=self._k * self.model.dt)
-        self.solves += 1
-        self.failures += int(not sol.success)
-        self._k += 1
-        self._u_prev = sol.u
-        return sol.u
-
-
-class MeasuredGlucoseMPC(StateFeedbackMPC):
-    """An NMPC of a glucose task fed with the *observation*: only glucose is measured.
+class MeasuredGlucoseObserver(FullStateObserver):
+    """The observer of a glucose task's NMPC: only glucose is measured.
 
     The unmeasured states come from the estimated model run open loop on the controller's own inputs, and
     the measured glucose replaces the model's (Tian et al.'s glucose MPCs: "the closed loop is maintained
@@ -83,59 +46,62 @@ class MeasuredGlucoseMPC(StateFeedbackMPC):
     different body (e.g. Q1 of another distribution volume V_G), which it cannot interpret.
 
     Args:
-        nmpc, u_init: as :class:`StateFeedbackMPC`.
-        params: the parameters of the NMPC's model (the open-loop prediction uses the same).
+        model: the NMPC's model.
+        params: its parameters (the open-loop prediction uses the same as the NMPC).
+        u_init: the "previous input" of the first interval, shape (nu,).
         x_init: the model's initial state (its own fasting steady state), shape (nx,).
-        glucose_to_state: maps the measured glucose [mg/dL] to the value of state 0 of the model.
+        glucose_to_state: maps the measured glucose [mg/dL] (observation 0) to the value of state 0.
     """
 
-    def __init__(self, nmpc: NMPC, params: Any, u_init: np.ndarray, x_init: np.ndarray,
+    def __init__(self, model: ODEModel, params: Any, u_init: np.ndarray, x_init: np.ndarray,
                  glucose_to_state: Callable[[float], float]) -> None:
-        super().__init__(nmpc, u_init)
+        super().__init__(model.dt, u_init)
+        self.model = model
         self.x_init = np.asarray(x_init, dtype=float)
         self.glucose_to_state = glucose_to_state
         self._x = self.x_init.copy()
-        self._p = nmpc.model.param_vector(params)
+        self._p = model.param_vector(params)
 
     def reset(self, seed: int | None = None) -> None:
         super().reset(seed)
         self._x = self.x_init.copy()
 
-    def act(self, obs: np.ndarray) -> np.ndarray:
-        """Input for the next interval from the observation (measured glucose first, mg/dL)."""
-        if self._k > 0:  # predict over the last interval with the input this controller applied
-            self._x = self.model.step(self._x, self._u_prev, self._p, t0=(self._k - 1) * self.model.dt)
+    def __call__(self, obs: np.ndarray) -> Observed:
+        if self._k > 0:  # predict over the last interval with the input the controller applied
+            self._x = self.model.step(self._x, self._u_prev, self._p, t0=(self._k - 1) * self.dt)
         self._x[0] = self.glucose_to_state(float(obs[0]))
-        return super().act(self._x)
+        return Observed(self._x.copy(), self._u_prev, None, self._k * self.dt)
 
 
 def _risk(G_mg_dl: ca.SX) -> ca.SX:
     return glucose.magni_risk(G_mg_dl, CASADI)
 
 
-def glucose_mpc(params: glucose.GlucoseParams = glucose.ESTIMATED, horizon: int = 20) -> StateFeedbackMPC:
+def glucose_mpc(params: glucose.GlucoseParams = glucose.ESTIMATED, horizon: int = 20) -> NMPC:
     """The Glucose regulariser: 10 risk + 50 u², G in [50, 800] mg/dL hard (the authors' code weighs the
     risk by 10 here, unlike the reward)."""
     config = NMPCConfig(horizon=horizon, collocation_degree=2, collocation_elements=1,
                         state_bounds=(StateBound("G", low=G_SAFE[0], high=G_SAFE[1]),))
-    nmpc = NMPC(glucose.MODEL, params, config, n_ref=0,
+    observer = MeasuredGlucoseObserver(glucose.MODEL, params, np.zeros(1), glucose.initial_state(params),
+                                       lambda G: G)
+    return NMPC(glucose.MODEL, params, config, n_ref=0, observer=observer,
                 stage_cost=lambda x, u, r: 10.0 * _risk(x[0]) + 50.0 * u[0] ** 2)
-    return MeasuredGlucoseMPC(nmpc, params, np.zeros(1), glucose.initial_state(params), lambda G: G)
 
 
-def biglucose_mpc(params: biglucose.BiGlucoseParams = biglucose.ESTIMATED, horizon: int = 20) -> StateFeedbackMPC:
+def biglucose_mpc(params: biglucose.BiGlucoseParams = biglucose.ESTIMATED, horizon: int = 20) -> NMPC:
     """The BiGlucose regulariser: 10 risk + 100 u_I² + u_N², 18 Q1 / V_G in [50, 800] mg/dL hard."""
     q1_per_mg_dl = params.V_G / biglucose.MG_DL_PER_MMOL_L
     config = NMPCConfig(horizon=horizon, collocation_degree=2, collocation_elements=1, state_bounds=(
         StateBound("Q1", low=G_SAFE[0] * q1_per_mg_dl, high=G_SAFE[1] * q1_per_mg_dl),))
-    nmpc = NMPC(biglucose.MODEL, params, config, n_ref=0,
+    observer = MeasuredGlucoseObserver(biglucose.MODEL, params, np.zeros(2), biglucose.initial_state(params),
+                                       lambda G: G * q1_per_mg_dl)
+    return NMPC(biglucose.MODEL, params, config, n_ref=0, observer=observer,
                 stage_cost=lambda x, u, r: biglucose.REWARD_WEIGHT * _risk(x[0] / q1_per_mg_dl)
                 + 100.0 * u[0] ** 2 + u[1] ** 2)
-    return MeasuredGlucoseMPC(nmpc, params, np.zeros(2), biglucose.initial_state(params), lambda G: G * q1_per_mg_dl)
 
 
 def klatt_engell_mpc(params: klatt_engell.KlattEngellParams = klatt_engell.ESTIMATED,
-                     horizon: int = 20) -> StateFeedbackMPC:
+                     horizon: int = 20) -> NMPC:
     """The CSTR regulariser: (C_b - 0.6)² with do-mpc's move penalty, the safe set (T_K <= 140) hard."""
     u_range = klatt_engell.U_HIGH - klatt_engell.U_LOW
     # do-mpc rterm weights on the authors' scaled inputs (F / 10, Q_dot / 1000), per (Δu / range)²
@@ -145,12 +111,12 @@ def klatt_engell_mpc(params: klatt_engell.KlattEngellParams = klatt_engell.ESTIM
     config = NMPCConfig(horizon=horizon, collocation_degree=2, collocation_elements=1, tracked=("C_b",), tracking_weights=(1.0,), du_weights=du,
                         state_bounds=tuple(StateBound(s, low=lo, high=hi)
                                            for s, lo, hi in zip(klatt_engell.STATES, low, high)))
-    nmpc = NMPC(klatt_engell.MODEL, params, config)
-    return StateFeedbackMPC(nmpc, u_init=np.array([klatt_engell.U_LOW[0], 0.0]),
-                            reference=np.array([klatt_engell.C_B_REF]))
+    observer = FullStateObserver(klatt_engell.MODEL.dt, u_init=np.array([klatt_engell.U_LOW[0], 0.0]),
+                                 reference=np.array([klatt_engell.C_B_REF]))
+    return NMPC(klatt_engell.MODEL, params, config, observer=observer)
 
 
-def cartpole_mpc(params: cartpole.CartPoleParams = cartpole.ESTIMATED, horizon: int = 100) -> StateFeedbackMPC:
+def cartpole_mpc(params: cartpole.CartPoleParams = cartpole.ESTIMATED, horizon: int = 100) -> NMPC:
     """The CartPole regulariser: 100 x² + 100 theta², do-mpc's move penalty, |theta| <= 12° hard.
 
     Multiple shooting through the model's own interval (one explicit Euler step: the plant's definition).
@@ -159,8 +125,8 @@ def cartpole_mpc(params: cartpole.CartPoleParams = cartpole.ESTIMATED, horizon: 
     config = NMPCConfig(horizon=horizon, discretisation="shooting", tracked=("x", "theta"),
                         tracking_weights=(100.0, 100.0), du_weights=(100.0 * (u_range / 10.0) ** 2,),
                         state_bounds=(StateBound("theta", low=-cartpole.THETA_FAIL, high=cartpole.THETA_FAIL),))
-    nmpc = NMPC(cartpole.MODEL, params, config)
-    return StateFeedbackMPC(nmpc, u_init=np.zeros(1), reference=np.zeros(2))
+    observer = FullStateObserver(cartpole.MODEL.dt, u_init=np.zeros(1), reference=np.zeros(2))
+    return NMPC(cartpole.MODEL, params, config, observer=observer)
 
 
 #: Builders of the regularisers by env id.

@@ -46,11 +46,17 @@ Usage (full state known)::
     sol = nmpc.solve(x, u_prev, reference)      # reference: (n_ref,) or (horizon, n_ref)
     sol.u, sol.u_plan, sol.x_plan, sol.status, sol.iterations, sol.solve_time
 
-As a policy (``reset(seed=None)`` / ``act(obs)``, like every controller in safectrl), the NMPC needs an
-*observer*: an object with ``reset(seed=None)`` and ``__call__(obs) -> Observed(x, u_prev, reference, t0,
-params)``, which maps an observation to the full state (e.g. through a state estimator,
-:mod:`safectrl.controllers.estimation`), the reference and optionally the parameters to predict with.
-:mod:`safectrl.controllers.polycstr_nmpc` builds one for the polymerisation CSTR.
+As a decision-maker (:class:`~safectrl.common.protocol.DecisionMaker`: ``reset(seed=None)`` /
+``act(obs)``), the NMPC needs an *observer* (:class:`Observer`): ``reset(seed=None)``, ``__call__(obs) ->
+Observed(x, u_prev, reference, t0, params)``, which maps an observation to the full state (e.g. through a
+state estimator, :mod:`safectrl.controllers.estimation`), the reference and optionally the parameters to
+predict with, and ``applied(u)``, through which the NMPC tells it the input it returned (an observer that
+predicts, or that counts its own inputs as the previous ones, needs it). :class:`FullStateObserver` is the
+one for a plant whose observation is its state; :mod:`safectrl.controllers.polycstr_nmpc` builds one for the
+polymerisation CSTR.
+
+:attr:`NMPC.stats` covers the controller's whole life; every :meth:`NMPC.reset` starts an episode in it,
+and ``stats.episode()`` (the current one) or ``stats.episodes`` are the per-episode views.
 
 Time-varying models (``model.time_varying``) receive the absolute time ``t0`` of the first interval; the
 k-th interval starts at ``t0 + k dt``.
@@ -120,11 +126,50 @@ class Observed(NamedTuple):
 
 
 class Observer(Protocol):
-    """Maps observations to the full state and the reference (e.g. a state estimator plus a setpoint)."""
+    """Maps observations to the full state and the reference (e.g. a state estimator plus a setpoint).
+
+    :meth:`NMPC.act` calls it once per interval and then :meth:`applied` with the input it returns, so an
+    observer can predict over the interval or remember the input without reading it from the observation.
+    """
 
     def reset(self, seed: int | None = None) -> None: ...
 
     def __call__(self, obs: np.ndarray) -> Observed: ...
+
+    def applied(self, u: np.ndarray) -> None: ...
+
+
+class FullStateObserver:
+    """The observer of a plant whose observation is its full state (physical units, the model's order).
+
+    ``u_prev`` is the controller's own previous input (``u_init`` in the first interval), as in do-mpc: the
+    move penalty refers to what the controller chose, whatever a wrapper applied. Time counts intervals
+    since :meth:`reset` (``t0 = k dt``, for time-varying models).
+
+    Args:
+        dt: the control interval (the model's ``dt``).
+        u_init: the "previous input" of the first interval of an episode, shape (nu,).
+        reference: the NMPC's reference, (n_ref,) or (horizon, n_ref); None for a stage cost without one.
+    """
+
+    def __init__(self, dt: float, u_init: np.ndarray, reference: np.ndarray | None = None) -> None:
+        self.dt = float(dt)
+        self.u_init = np.asarray(u_init, dtype=float)
+        self.reference = reference
+        self._k = 0
+        self._u_prev = self.u_init.copy()
+
+    def reset(self, seed: int | None = None) -> None:
+        """Back to interval 0 and ``u_init``; ``seed`` is unused."""
+        self._k = 0
+        self._u_prev = self.u_init.copy()
+
+    def __call__(self, obs: np.ndarray) -> Observed:
+        return Observed(np.asarray(obs, dtype=float), self._u_prev, self.reference, self._k * self.dt)
+
+    def applied(self, u: np.ndarray) -> None:
+        self._k += 1
+        self._u_prev = np.asarray(u, dtype=float).copy()
 
 
 class NMPCSolveError(RuntimeError):
@@ -161,9 +206,35 @@ class SolveRecord:
 
 @dataclass
 class NMPCStats:
-    """Solve statistics since the last :meth:`NMPC.reset`, one record per solve."""
+    """Solve statistics over the controller's whole life, one record per solve, with episode boundaries.
+
+    The totals (``solves``, ``failures``, ...) count every solve since construction, so nobody has to add up
+    episodes; :meth:`episode` and :attr:`episodes` give the same statistics for one episode (the solves from
+    one :meth:`NMPC.reset` to the next). Solves before the first reset count in the totals only.
+    """
 
     records: list[SolveRecord] = field(default_factory=list)
+    starts: list[int] = field(default_factory=list)  # index into records where each episode starts
+
+    def begin_episode(self) -> None:
+        """Start a new episode at the next solve (called by :meth:`NMPC.reset`)."""
+        self.starts.append(len(self.records))
+
+    @property
+    def episodes(self) -> list[NMPCStats]:
+        """One view per episode, in order (each with that episode's records only)."""
+        ends = self.starts[1:] + [len(self.records)]
+        return [NMPCStats(self.records[a:b], [0]) for a, b in zip(self.starts, ends)]
+
+    def episode(self, k: int = -1) -> NMPCStats:
+        """The k-th episode's statistics (default: the current one).
+
+        Raises:
+            IndexError: no such episode (none before the first reset).
+        """
+        if not self.starts:
+            raise IndexError("no episode has started: NMPC.reset() starts one")
+        return self.episodes[k]
 
     @property
     def solves(self) -> int:
@@ -223,10 +294,12 @@ class NMPC:
         n_ref: reference columns of a custom ``stage_cost`` (default: ``len(config.tracked)``).
         transition: optional discrete transition ``(x0, u, p[, t0]) -> xf`` used by ``"shooting"`` instead
             of ``model.interval_function()``.
-        observer: maps observations to full state and reference; needed by :meth:`act` only.
+        observer: maps observations to full state and reference (:class:`Observer`); needed by :meth:`act`
+            only.
 
     Raises:
         ValueError: on an inconsistent configuration (unknown state names, weight counts, bounds).
+        TypeError: an observer without the :class:`Observer` methods.
     """
 
     def __init__(
@@ -242,6 +315,11 @@ class NMPC:
     ) -> None:
         self.model = model
         self.config = config
+        missing = [name for name in ("reset", "__call__", "applied")
+                   if not callable(getattr(observer, name, None))]
+        if observer is not None and missing:
+            raise TypeError(f"the observer {type(observer).__name__} lacks {', '.join(missing)} "
+                            "(an Observer has reset(seed), __call__(obs) -> Observed and applied(u))")
         self.observer = observer
         self._p = model.param_vector(params)
         self._validate(stage_cost, n_ref, transition)
@@ -598,8 +676,9 @@ class NMPC:
         return self._last
 
     def reset(self, seed: int | None = None) -> None:
-        """Forget the warm start, the previous plan and the statistics; reset the observer."""
-        self.stats = NMPCStats()
+        """Forget the warm start and the previous plan, start an episode in :attr:`stats` (which keeps the
+        earlier ones) and reset the observer."""
+        self.stats.begin_episode()
         self._last = None
         self._warm = None
         if self.observer is not None:
@@ -610,4 +689,6 @@ class NMPC:
         if self.observer is None:
             raise RuntimeError("act() needs an observer that maps observations to states; use solve(x, ...)")
         seen = self.observer(obs)
-        return self.solve(seen.x, seen.u_prev, seen.reference, seen.t0, seen.params).u
+        u = self.solve(seen.x, seen.u_prev, seen.reference, seen.t0, seen.params).u
+        self.observer.applied(u)
+        return u

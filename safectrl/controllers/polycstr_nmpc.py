@@ -103,6 +103,10 @@ class PolyCSTRObserver:
         return Observed(self.ekf.x.copy(), u_prev, setpoint, 0.0,
                         self.ekf.params if self._estimating else None)
 
+    def applied(self, u: np.ndarray) -> None:
+        """Nothing to remember: the next observation carries the input the plant received (the filter
+        predicts with that, not with what the controller asked for)."""
+
 
 def polycstr_nmpc(
     params: pc.PolyCSTRParams = pc.PolyCSTRParams(),

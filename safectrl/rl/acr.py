@@ -14,10 +14,10 @@ mixes them per action dimension::
   held fixed and a_RL sampled from the current actor (Tian et al., eq. 12, and their code);
 * before SAC starts learning (256 steps) the RL action is 0.
 
-The prior is any object with the common controller interface, ``reset(seed=None)`` and ``act(x)``. What it
-reads is configuration: the observation, or an entry of the env's ``info`` (``"state"``: full-state feedback
-from the plant, what an MPC needs when the observation is not the state). rl never imports controllers:
-the prior is handed in as an object.
+The prior is any decision-maker (:class:`~safectrl.common.protocol.DecisionMaker`) and reads the
+observation; one that needs the state completes it itself (an NMPC through its observer). rl never imports
+controllers: the prior is handed in as an object. A prior with ``stats`` (an NMPC's cumulative
+:class:`~safectrl.controllers.nmpc.NMPCStats`) has its failed solves logged per training episode.
 """
 
 from __future__ import annotations
@@ -25,22 +25,14 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
 
 import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
 
+from safectrl.common.protocol import DecisionMaker
 from safectrl.rl.sac import SAC, BoxScaler, SACConfig, mlp
-
-
-class Prior(Protocol):
-    """A controller RL-ACR regularises with (e.g. an NMPC on the estimated model)."""
-
-    def reset(self, seed: int | None = None) -> None: ...
-
-    def act(self, obs: np.ndarray) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -59,7 +51,6 @@ class RLACRConfig:
     # use AUTHORS_FOCUS_PRETRAINING's rate and step limit). Both meet the same criterion, but after the
     # authors' pretraining the focus leaves the prior sooner (docs/decisions.md#focus-pretraining).
     focus_bias_start: bool = True
-    prior_input: str | None = None  # info key the prior reads (None: the observation)
 
 
 class FocusNetwork(nn.Module):
@@ -118,12 +109,12 @@ class RLACR:
 
     Args:
         observation_space, action_space: finite boxes of the env.
-        prior: the regularising controller (``reset(seed)``, ``act(x)``).
+        prior: the regularising controller (``reset(seed)``, ``act(obs)``).
         config: hyperparameters.
         seed: seeds the SAC agent and the focus network.
     """
 
-    def __init__(self, observation_space: gym.spaces.Box, action_space: gym.spaces.Box, prior: Prior,
+    def __init__(self, observation_space: gym.spaces.Box, action_space: gym.spaces.Box, prior: DecisionMaker,
                  config: RLACRConfig = RLACRConfig(), seed: int = 0) -> None:
         self.config = config
         self.prior = prior
@@ -135,16 +126,12 @@ class RLACR:
         self._low, self._high = self.sac.act_scaler.low, self.sac.act_scaler.high
         self._prior_action: np.ndarray | None = None
         self._episode: dict[str, list] = {"beta": [], "prior_time": [], "q_gap": []}
-        self._prior_failures_before: int | None = None
 
     # -- acting -----------------------------------------------------------------------------------------
 
-    def _prior_act(self, obs: np.ndarray, info: dict[str, Any]) -> np.ndarray:
-        key = self.config.prior_input
-        if key is not None and key not in info:
-            raise KeyError(f"the prior reads info[{key!r}], which the env does not provide")
+    def _prior_act(self, obs: np.ndarray) -> np.ndarray:
         t0 = time.perf_counter()
-        a = np.asarray(self.prior.act(obs if key is None else info[key]), dtype=float).reshape(-1)
+        a = np.asarray(self.prior.act(obs), dtype=float).reshape(-1)
         self._episode["prior_time"].append(time.perf_counter() - t0)
         return a
 
@@ -157,11 +144,12 @@ class RLACR:
         return np.clip(beta * a_prior + (1 - beta) * a_rl, self._low, self._high)
 
     def reset(self, seed: int | None = None) -> None:
+        """Start an evaluation episode: the prior's reset (the agent itself keeps nothing between steps)."""
         self.prior.reset(seed)
 
-    def act_with_info(self, obs: np.ndarray, info: dict[str, Any]) -> np.ndarray:
+    def act(self, obs: np.ndarray) -> np.ndarray:
         """The deterministic combined action (the actor's mean), for evaluation."""
-        a_prior = self._prior_act(obs, info)
+        a_prior = self._prior_act(obs)
         return self._combine(self.beta(obs), a_prior, self.sac.policy_action(obs, deterministic=True))
 
     # -- training (the Learner interface of safectrl.rl.sac.train) ---------------------------------------
@@ -169,10 +157,9 @@ class RLACR:
     def begin_episode(self, seed: int | None) -> None:
         self.prior.reset(seed)
         self._episode = {"beta": [], "prior_time": [], "q_gap": []}
-        self._prior_failures_before = getattr(self.prior, "failures", None)
 
-    def explore(self, obs: np.ndarray, info: dict[str, Any]) -> np.ndarray:
-        a_prior = self._prior_act(obs, info)
+    def explore(self, obs: np.ndarray) -> np.ndarray:
+        a_prior = self._prior_act(obs)
         if self.sac.steps < self.sac.config.learning_starts:
             a_rl = np.zeros_like(a_prior)  # the RL agent has not learned yet: no RL action (Tian et al.)
         else:
@@ -217,6 +204,7 @@ class RLACR:
         # min-Q of the RL action minus min-Q of the regulariser's, averaged over the episode's focus updates:
         # the critics' preference that drives beta (positive pulls the focus towards the RL action)
         out["q_gap"] = float(np.mean(self._episode["q_gap"])) if self._episode["q_gap"] else float("nan")
-        if self._prior_failures_before is not None:  # a prior that counts its failed solves (the NMPCs do)
-            out["prior_failed_solves"] = float(self.prior.failures - self._prior_failures_before)
+        stats = getattr(self.prior, "stats", None)
+        if stats is not None:  # a prior that keeps solve statistics (an NMPC): this episode's failed solves
+            out["prior_failed_solves"] = float(stats.episode().failures)
         return out

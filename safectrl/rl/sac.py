@@ -14,7 +14,6 @@ logs of return, length, failure and time per step).
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,6 +25,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
+
+from safectrl.rl.rollout import run_episode
 
 
 @dataclass(frozen=True)
@@ -220,7 +221,7 @@ class SAC:
         """Deterministic action (the actor's mean): the trained policy as a controller."""
         return self.policy_action(obs, deterministic=True)
 
-    def explore(self, obs: np.ndarray, info: dict[str, Any]) -> np.ndarray:
+    def explore(self, obs: np.ndarray) -> np.ndarray:
         """Training action: uniform random before ``learning_starts`` (unless pretrained), else sampled."""
         if self.steps < self.config.learning_starts and not self.pretrained:
             lo, hi = self.act_scaler.low, self.act_scaler.high
@@ -295,15 +296,33 @@ class SAC:
 
 
 class Learner(Protocol):
-    """What :func:`train` drives: SAC, RL-ACR."""
+    """What :func:`train` drives: SAC, RL-ACR.
+
+    ``begin_episode``/``explore`` are the exploring decision-maker's ``reset``/``act`` (the episode loop is
+    :func:`safectrl.rl.rollout.run_episode`); ``observe`` learns from each transition; ``end_episode``
+    returns the episode's extras for the log.
+    """
 
     def begin_episode(self, seed: int | None) -> None: ...
 
-    def explore(self, obs: np.ndarray, info: dict[str, Any]) -> np.ndarray: ...
+    def explore(self, obs: np.ndarray) -> np.ndarray: ...
 
     def observe(self, obs, action, reward, next_obs, terminated: bool) -> None: ...
 
     def end_episode(self) -> dict[str, float]: ...
+
+
+class _Exploring:
+    """A learner's exploration as a decision-maker (``reset`` = ``begin_episode``, ``act`` = ``explore``)."""
+
+    def __init__(self, learner: Learner) -> None:
+        self.learner = learner
+
+    def reset(self, seed: int | None = None) -> None:
+        self.learner.begin_episode(seed)
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        return self.learner.explore(obs)
 
 
 @dataclass
@@ -337,27 +356,29 @@ def train(env: gym.Env, learner: Learner, episodes: int, seed: int = 0, progress
           desc: str = "training") -> list[EpisodeLog]:
     """Run ``episodes`` whole training episodes of ``learner`` on ``env``; one update per env step.
 
-    The env is reset with ``seed`` for the first episode and without a seed afterwards (one random stream).
+    Each episode is one :func:`~safectrl.rl.rollout.run_episode` of the learner's exploration with its
+    ``observe`` as the step callback. The env is reset with ``seed`` for the first episode and without a seed
+    afterwards (one random stream); the learner's ``begin_episode`` gets ``seed + k`` in episode k.
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
+    explorer = _Exploring(learner)
     logs = []
     for k in tqdm(range(episodes), desc=desc, disable=not progress, leave=False):
-        obs, info = env.reset(seed=seed if k == 0 else None)
-        learner.begin_episode(seed + k)
-        rewards, done, t_start, failed = [], False, time.perf_counter(), False
         violations = 0  # intervals an env flags in info["violation"] (e.g. the reactor's T > T_max)
-        while not done:
-            action = learner.explore(obs, info)
-            next_obs, reward, terminated, truncated, info = env.step(action)
+        flagged = False  # the env reports violations at all
+
+        def on_step(obs, action, reward, next_obs, terminated, truncated, info) -> None:
+            nonlocal violations, flagged
             learner.observe(obs, action, reward, next_obs, terminated)
-            rewards.append(reward)
             violations += bool(info.get("violation", False))
-            obs, done, failed = next_obs, terminated or truncated, terminated
-        elapsed = time.perf_counter() - t_start
+            flagged = "violation" in info
+
+        ep = run_episode(env, explorer, seed + k, on_step=on_step, reseed_env=k == 0)
+        failed = bool(ep.terminations[-1])  # a truncated episode did not fail
         extras = learner.end_episode()
-        if "violation" in info:
+        if flagged:
             extras = {**extras, "violations": float(violations)}
-        logs.append(EpisodeLog(k, float(np.sum(rewards)), len(rewards), failed,
-                               normalised_return(np.asarray(rewards), failed), elapsed / len(rewards), extras))
+        logs.append(EpisodeLog(k, float(np.sum(ep.rewards)), ep.length, failed,
+                               normalised_return(ep.rewards, failed), float(ep.step_time.mean()), extras))
     return logs

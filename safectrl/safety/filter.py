@@ -18,21 +18,15 @@ Per step the filter records the raw action, the corrected action and the predict
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 
+from safectrl.common.protocol import DecisionMaker
 from safectrl.safety.correction import ExactCorrector, GDConfig, GradientCorrector
 from safectrl.safety.cost_model import ConvexCostModel
 from safectrl.safety.picnn import PICNNArrays
 
 METHODS = ("gd", "exact")
-
-
-class Policy(Protocol):
-    def reset(self, seed: int | None = None) -> None: ...
-
-    def act(self, obs: np.ndarray) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -123,7 +117,7 @@ class SafetyFilter:
 
     def __init__(
         self,
-        policy: Policy,
+        policy: DecisionMaker,
         cost_model: ConvexCostModel,
         box: ActionBox,
         method: str = "gd",

@@ -30,7 +30,9 @@ import gymnasium as gym
 import numpy as np
 
 import safectrl
+from safectrl.common.protocol import DecisionMaker
 from safectrl.rl.acr import RLACR, RLACRConfig
+from safectrl.rl.rollout import run_episode
 from safectrl.rl.sac import SAC, EpisodeLog, ReplayBuffer, normalised_return, train
 from safectrl.studies import report
 from safectrl.studies.executor import ResultStore, Task, make_executor, run_tasks
@@ -92,54 +94,24 @@ def make_env(env_id: str, plant: str) -> gym.Env:
     return gym.make(env_id, plant=plant).unwrapped
 
 
-class CountedNMPC:
-    """An NMPC controller whose failed solves are counted over all episodes (its own statistics restart at
-    every reset)."""
-
-    def __init__(self, nmpc: Any) -> None:
-        self.nmpc = nmpc
-        self._done_solves = 0
-        self._done_failures = 0
-
-    @property
-    def solves(self) -> int:
-        return self._done_solves + self.nmpc.stats.solves
-
-    @property
-    def failures(self) -> int:
-        return self._done_failures + self.nmpc.stats.failures
-
-    def reset(self, seed: int | None = None) -> None:
-        self._done_solves, self._done_failures = self.solves, self.failures
-        self.nmpc.reset(seed)
-
-    def act(self, obs: np.ndarray) -> np.ndarray:
-        return self.nmpc.act(obs)
-
-
 def make_prior(env_id: str) -> Any:
-    """The MPC regulariser of ``env_id`` on the estimated model; it reads the observation and counts its
-    failed solves in ``failures``."""
+    """The MPC regulariser of ``env_id`` on the estimated model: an NMPC that reads the observation through
+    its observer and keeps its solve statistics over all episodes in ``stats``."""
     if env_id == POLYCSTR:
         from safectrl.controllers.polycstr_nmpc import polycstr_nmpc
         from safectrl.models import polycstr as pc
 
-        return CountedNMPC(polycstr_nmpc(pc.mismatched()))
+        return polycstr_nmpc(pc.mismatched())
     from safectrl.controllers.acr_mpc import REGULARISERS
 
     return REGULARISERS[env_id]()
 
 
-def _evaluate(env: gym.Env, act, reset, seed: int) -> tuple[float, bool, int]:
-    """One episode with ``act(obs, info)`` after ``reset(seed)``; (normalised return, failed, length)."""
-    obs, info = env.reset(seed=seed)
-    reset(seed)
-    rewards, done, failed = [], False, False
-    while not done:
-        obs, r, failed, truncated, info = env.step(act(obs, info))
-        rewards.append(r)
-        done = failed or truncated
-    return normalised_return(np.asarray(rewards), failed), bool(failed), len(rewards)
+def _evaluate(env: gym.Env, decider: DecisionMaker, seed: int) -> tuple[float, bool, int]:
+    """One episode of ``decider`` from ``seed``; (normalised return, failed, length)."""
+    ep = run_episode(env, decider, seed)
+    failed = bool(ep.terminations[-1])  # a truncated episode did not fail
+    return normalised_return(ep.rewards, failed), failed, ep.length
 
 
 def _logs_to_result(logs: list[EpisodeLog]) -> dict[str, Any]:
@@ -162,9 +134,9 @@ def run_method(env_id: str, method: str, seed: int, episodes: int, pretrain_epis
     t0 = time.perf_counter()
     if method == "MPC":
         prior = make_prior(env_id)
-        ret, failed, length = _evaluate(env, lambda obs, info: prior.act(obs), prior.reset, seed)
+        ret, failed, length = _evaluate(env, prior, seed)
         return {"eval_return": ret, "eval_failed": failed, "eval_length": length,
-                "prior_failures": prior.failures, "wall_time": time.perf_counter() - t0}
+                "prior_failures": prior.stats.failures, "wall_time": time.perf_counter() - t0}
     label = f"{ENV_LABELS[env_id]} {method} seed {seed}"
     result: dict[str, Any] = {}
     if method == "RL-ACR":
@@ -172,8 +144,7 @@ def run_method(env_id: str, method: str, seed: int, episodes: int, pretrain_epis
         agent = RLACR(env.observation_space, env.action_space, prior, RLACRConfig(), seed=seed)
         result["focus_pretrain_steps"] = agent.pretrain_steps
         logs = train(env, agent, episodes, seed, progress, label)
-        result["prior_failures"] = prior.failures  # during training
-        evaluate, reset = agent.act_with_info, agent.reset
+        result["prior_failures"] = prior.stats.failures  # during training (the evaluation follows)
     elif method in ("SAC", "SAC-pt"):
         agent = SAC(env.observation_space, env.action_space, seed=seed)
         if method == "SAC-pt":
@@ -184,11 +155,10 @@ def run_method(env_id: str, method: str, seed: int, episodes: int, pretrain_epis
                                         agent.config.buffer_size)  # the actual plant's data only
             agent.steps, agent.pretrained = 0, True
         logs = train(env, agent, episodes, seed, progress, label)
-        evaluate, reset = (lambda obs, info: agent.act(obs)), agent.reset
     else:
         raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
     result.update(_logs_to_result(logs))
-    ret, failed, length = _evaluate(env, evaluate, reset, seed)
+    ret, failed, length = _evaluate(env, agent, seed)
     result.update(eval_return=ret, eval_failed=failed, eval_length=length, wall_time=time.perf_counter() - t0)
     return result
 

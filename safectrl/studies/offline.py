@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 import safectrl
+from safectrl.common.protocol import DecisionMaker
 from safectrl.controllers.pi import NOMINAL_TUNING, PIController, PITuning
 from safectrl.models import polycstr as pc
 from safectrl.rl import data
@@ -30,7 +31,7 @@ from safectrl.rl.checkpoint import save_checkpoint
 from safectrl.rl.iql import IQLConfig, learning_rewards
 from safectrl.rl.offline_data import Normalisation, OfflineData
 from safectrl.rl.env import TaskEnv
-from safectrl.rl.rollout import Episode, Policy, run_episode
+from safectrl.rl.rollout import Episode, run_episode
 from safectrl.rl.training import AGENTS, make_agent, train
 from safectrl.studies import datasets, plots
 from safectrl.studies.metrics import EpisodeMetrics, episode_metrics
@@ -136,7 +137,7 @@ def _write_loss_csv(path: Path, steps: np.ndarray, curves: dict[str, np.ndarray]
             writer.writerow([int(step), *(f"{c[k]:.6g}" for c in curves.values())])
 
 
-def evaluate(policy: Policy, scenario: str, seeds: Sequence[int]) -> list[Episode]:
+def evaluate(policy: DecisionMaker, scenario: str, seeds: Sequence[int]) -> list[Episode]:
     """Closed-loop episodes of ``policy`` on the nominal plant of ``scenario``, one per seed."""
     env = TaskEnv(pc.TASK, scenario=scenario)
     return [run_episode(env, policy, s) for s in seeds]
@@ -155,7 +156,7 @@ def dataset_tunings(scenario: str, episodes: int = 100, dataset_seed: int = 0,
 
 
 def compare(
-    policies: dict[str, Policy],
+    policies: dict[str, DecisionMaker],
     scenario: str,
     seeds: Sequence[int],
     baselines: bool = True,
@@ -164,7 +165,7 @@ def compare(
     root: str | os.PathLike | None = None,
 ) -> dict[str, list[Episode]]:
     """Episodes of every policy (and, with ``baselines``, of the nominal and dataset PI) on ``seeds``."""
-    controllers: dict[str, Policy] = dict(policies)
+    controllers: dict[str, DecisionMaker] = dict(policies)
     if baselines:
         controllers["PI nominal"] = PIController(NOMINAL_TUNING)
         for label, tuning in dataset_tunings(scenario, episodes, dataset_seed, root).items():
@@ -217,7 +218,7 @@ def evaluation_report(
     from safectrl.studies import report
     from safectrl.studies.study import controller_rows, summary_headers
 
-    groups: dict[str, list[Policy]] = {}
+    groups: dict[str, list[DecisionMaker]] = {}
     trained_on: dict[str, list[str]] = {}
     for path in policy_paths:
         policy = load_policy(path)

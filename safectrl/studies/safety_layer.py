@@ -35,11 +35,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from safectrl.common.protocol import DecisionMaker
 from safectrl.controllers.pi import NOMINAL_TUNING, PIController, sample_tuning
 from safectrl.models import polycstr as pc
 from safectrl.rl import data
 from safectrl.rl.env import TaskEnv
-from safectrl.rl.rollout import Episode, Policy, run_episode
+from safectrl.rl.rollout import Episode, run_episode
 from safectrl.safety.correction import GDConfig, GradientCorrector, ExactCorrector
 from safectrl.safety.cost_model import (
     ConvexCostModel,
@@ -230,7 +231,7 @@ class FilterSettings:
     rate: tuple[float, float] | None = None  # optional rate limit (kg/h, K) per interval
 
 
-def make_filter(policy: Policy, model: ConvexCostModel, method: str,
+def make_filter(policy: DecisionMaker, model: ConvexCostModel, method: str,
                 settings: FilterSettings = FilterSettings()) -> SafetyFilter:
     return SafetyFilter(policy, model, action_box(settings.rate), method=method, trust=settings.trust,
                         gd=settings.gd)
@@ -265,7 +266,7 @@ class DatasetPI:
 
 
 #: Policy factories the closed-loop table can wrap without the offline-RL agents.
-BASE_POLICIES: dict[str, Callable[[str], Policy]] = {
+BASE_POLICIES: dict[str, Callable[[str], DecisionMaker]] = {
     "PI nominal": lambda scenario: PIController(NOMINAL_TUNING),
     "PI dataset gains": lambda scenario: DatasetPI(),
 }
@@ -280,7 +281,7 @@ class FilteredRun:
     records: list[dict[str, np.ndarray]] = field(default_factory=list)
 
 
-def run_controller(scenario: str, policy: Policy, seeds: Sequence[int]) -> FilteredRun:
+def run_controller(scenario: str, policy: DecisionMaker, seeds: Sequence[int]) -> FilteredRun:
     env = TaskEnv(pc.TASK, scenario=scenario)
     run = FilteredRun([], [])
     for s in seeds:
@@ -313,7 +314,7 @@ def table_row(scenario: str, name: str, run: FilteredRun) -> list:
 
 def closed_loop_table(
     models: dict[str, ConvexCostModel],
-    policies: dict[str, Callable[[str], Policy]],
+    policies: dict[str, Callable[[str], DecisionMaker]],
     seeds: Sequence[int],
     methods: Sequence[str] = ("gd", "exact"),
     settings: FilterSettings = FilterSettings(),
@@ -544,7 +545,7 @@ def figure_for_episode(
 
 
 #: Policies the command line can wrap, by name, and their names in tables.
-POLICIES: dict[str, Callable[[str], Policy]] = {
+POLICIES: dict[str, Callable[[str], DecisionMaker]] = {
     "pi-nominal": BASE_POLICIES["PI nominal"],
     "pi-dataset": BASE_POLICIES["PI dataset gains"],
 }

@@ -31,11 +31,12 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 import safectrl
+from safectrl.common.protocol import DecisionMaker
 from safectrl.controllers.pi import NOMINAL_TUNING, PIController, PITuning
 from safectrl.models import polycstr as pc
 from safectrl.rl import data
 from safectrl.rl.env import TaskEnv
-from safectrl.rl.rollout import Episode, Policy, run_episode
+from safectrl.rl.rollout import Episode, run_episode
 from safectrl.studies import artifacts, datasets, plots, report
 from safectrl.studies.executor import Executor, ResultStore, Task, make_executor, run_tasks
 from safectrl.studies.metrics import EpisodeMetrics, episode_metrics
@@ -77,11 +78,11 @@ class ControllerSpec:
     """A controller of the study: a name and how to build it for one episode."""
 
     name: str
-    build: Callable[[BuildContext], Policy]
+    build: Callable[[BuildContext], DecisionMaker]
     description: str
 
 
-def _pi_nominal(ctx: BuildContext) -> Policy:
+def _pi_nominal(ctx: BuildContext) -> DecisionMaker:
     return PIController(NOMINAL_TUNING)
 
 
@@ -91,18 +92,18 @@ def _dataset_tunings(scenario: str, preset: "StudyPreset") -> list[PITuning]:
     return [PITuning(**{k: float(m[k]) for k in keys}) for m in data.episode_metadata(ds)]
 
 
-def _pi_dataset(ctx: BuildContext) -> Policy:
+def _pi_dataset(ctx: BuildContext) -> DecisionMaker:
     tunings = _dataset_tunings(ctx.scenario, ctx.preset)
     return PIController(tunings[ctx.seed_index % len(tunings)])
 
 
-def _nmpc_oracle(ctx: BuildContext) -> Policy:
+def _nmpc_oracle(ctx: BuildContext) -> DecisionMaker:
     from safectrl.controllers.polycstr_nmpc import polycstr_nmpc
 
     return polycstr_nmpc(ctx.variant.plant)
 
 
-def _nmpc_mismatched(ctx: BuildContext) -> Policy:
+def _nmpc_mismatched(ctx: BuildContext) -> DecisionMaker:
     """The NMPC whose model is off by UA -20 %, dH +10 % from the plant it runs on."""
     from safectrl.controllers.polycstr_nmpc import polycstr_nmpc
 
@@ -110,8 +111,8 @@ def _nmpc_mismatched(ctx: BuildContext) -> Policy:
     return polycstr_nmpc(pc.mismatched() if ctx.variant.plant == nominal else nominal)
 
 
-def _offline(algo: str) -> Callable[[BuildContext], Policy]:
-    def build(ctx: BuildContext) -> Policy:
+def _offline(algo: str) -> Callable[[BuildContext], DecisionMaker]:
+    def build(ctx: BuildContext) -> DecisionMaker:
         from safectrl.rl.checkpoint import load_policy
 
         _torch_threads()
@@ -120,8 +121,8 @@ def _offline(algo: str) -> Callable[[BuildContext], Policy]:
     return build
 
 
-def _filtered(algo: str, method: str) -> Callable[[BuildContext], Policy]:
-    def build(ctx: BuildContext) -> Policy:
+def _filtered(algo: str, method: str) -> Callable[[BuildContext], DecisionMaker]:
+    def build(ctx: BuildContext) -> DecisionMaker:
         from safectrl.safety.cost_model import load_cost_model
         from safectrl.studies import safety_layer
 
