@@ -167,8 +167,15 @@ def test_weights_that_do_not_fit_the_config_are_named(tmp_path):
         ckpt.check_tensors({"net.weight": torch.zeros(3, 3)})
     with pytest.raises(CheckpointError, match=r"missing \['net\.bias'\]"):
         ckpt.check_tensors({"net.weight": torch.zeros(2, 3), "net.bias": torch.zeros(2)})
-    with pytest.raises(CheckpointError, match="another SAC config"):
-        SAC(OBS, ACT, SACConfig(hidden=(8, 8), buffer_size=100, alpha=0.1)).load(_sac_save(tmp_path / "s"))
+    folder = _sac_save(tmp_path / "s")
+    SAC(OBS, ACT, SACConfig(hidden=(8, 8), alpha=0.1)).load(folder)  # other learning settings load
+    with pytest.raises(CheckpointError, match="another SAC network: log_std_max 2.0, this agent's is 1.0"):
+        SAC(OBS, ACT, SACConfig(hidden=(8, 8), log_std_max=1.0)).load(folder)
+    with pytest.raises(CheckpointError, match=r"another SAC network: hidden \[8, 8\], this agent's is \[16"):
+        SAC(OBS, ACT, SACConfig(hidden=(16,))).load(folder)
+    with pytest.raises(CheckpointError, match=r"records action_high \[2.0, 2.0\], this agent's is \[2.0, 3"):
+        wider = gym.spaces.Box(-2.0, np.array([2.0, 3.0], dtype=np.float32))
+        SAC(OBS, wider, SACConfig(hidden=(8, 8))).load(folder)
 
 
 def test_an_interrupted_write_leaves_no_checkpoint_that_verifies(tmp_path, monkeypatch):

@@ -38,6 +38,8 @@ from safectrl.rl.networks import BoxScaler, TanhGaussianActor, TwinQ
 
 #: The ``kind`` of SAC checkpoints (:mod:`safectrl.common.checkpoint`).
 KIND = "sac"
+#: The fields of SACConfig that shape the networks or the meaning of their outputs.
+_NETWORK_FIELDS = ("hidden", "log_std_min", "log_std_max")
 
 
 @dataclass(frozen=True)
@@ -142,7 +144,7 @@ class SAC:
 
     @torch.no_grad()
     def policy_action(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
-        """The actor's action (sampled, or its mean if ``deterministic``), physical units, shape (act_dim,)."""
+        """The actor's action (sampled, or its mean if ``deterministic``) in physical units, (act_dim,)."""
         act, _, mean = self.actor.sample(self.normalised_obs(obs))
         chosen = mean if deterministic else act
         return self.act_scaler.denormalise(chosen)[0].numpy().astype(float)
@@ -231,19 +233,28 @@ class SAC:
                                {"steps": self.steps, "updates": self.updates})
 
     def load(self, path: str | os.PathLike) -> None:
-        """Load the networks of a checkpoint written by :meth:`save` of a SAC with the same config and spaces.
+        """Load the networks of a checkpoint written by :meth:`save`.
+
+        The spaces and the config entries that give the weights their meaning (``hidden``, the log-std bounds)
+        must equal this agent's; learning rates, buffer and the rest may differ.
 
         Raises:
-            CheckpointError: unverifiable, altered, or written for another config or other spaces.
+            CheckpointError: unverifiable, altered, or written for other networks or other spaces.
         """
         path = Path(path)
         if not path.exists() and path.with_suffix(".safetensors").exists():
             raise CheckpointError(
                 f"{path.with_suffix('.safetensors')} is a SAC checkpoint without a hash; {RETRAIN}")
         ckpt = load_checkpoint(path, KIND)
-        if ckpt.config != self._checkpoint_config():
-            raise CheckpointError(f"{ckpt.config_path} records another SAC config or other spaces than this "
-                                  f"agent's: {ckpt.config} vs {self._checkpoint_config()}")
+        mine, theirs = self._checkpoint_config(), ckpt.config
+        for key in ("observation_low", "observation_high", "action_low", "action_high"):
+            if theirs.get(key) != mine[key]:
+                raise CheckpointError(f"{ckpt.config_path} records {key} {theirs.get(key)}, this agent's is "
+                                      f"{mine[key]}")
+        for key in _NETWORK_FIELDS:
+            if theirs.get("sac", {}).get(key) != mine["sac"][key]:
+                raise CheckpointError(f"{ckpt.config_path} records another SAC network: {key} "
+                                      f"{theirs.get('sac', {}).get(key)}, this agent's is {mine['sac'][key]}")
         ckpt.load_into(self.modules())
 
 
