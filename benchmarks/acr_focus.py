@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from safectrl.rl.acr import AUTHORS_FOCUS_PRETRAINING, FocusNetwork, RLACRConfig, pretrain_focus
-from safectrl.rl.sac import BoxScaler
+from safectrl.rl.networks import BoxScaler
 
 THRESHOLDS = (0.99, 0.9, 0.5, 0.1)
 SHAPES = {"CSTR (4 obs, 2 actions)": (4, 2), "Glucose (3 obs, 1 action)": (3, 1)}
@@ -35,11 +35,11 @@ def steps_to_leave(focus: FocusNetwork, cfg: RLACRConfig, seed: int, max_steps: 
     """Adam steps (the focus update's rate) that push beta down until its batch mean is below each threshold."""
     gen = torch.Generator().manual_seed(1000 + seed)
     opt = torch.optim.Adam(focus.parameters(), lr=cfg.focus_lr)
-    n_obs = focus.net[0].in_features
-    centre = 2 * torch.rand(1, n_obs, generator=gen) - 1  # normalised observations: the box is [-1, 1]
+    obs_dim = focus.net[0].in_features
+    centre = 2 * torch.rand(1, obs_dim, generator=gen) - 1  # normalised observations: the box is [-1, 1]
     reached: dict[float, int] = {}
     for step in range(1, max_steps + 1):
-        beta = focus(centre + 0.05 * torch.randn(256, n_obs, generator=gen)).mean()
+        beta = focus(centre + 0.05 * torch.randn(256, obs_dim, generator=gen)).mean()
         for thr in THRESHOLDS:
             if thr not in reached and beta.item() < thr:
                 reached[thr] = step
@@ -56,14 +56,14 @@ def main(seeds: int = 3) -> None:
     configs = {"ours": RLACRConfig(), "authors'": RLACRConfig(**AUTHORS_FOCUS_PRETRAINING)}
     print(f"{'shape':28s} {'seed':>4s} {'pretraining':12s} {'steps':>7s} {'s':>5s}  "
           + "  ".join(f"to {t:<5g}" for t in THRESHOLDS))
-    for label, (n_obs, n_act) in SHAPES.items():
+    for label, (obs_dim, act_dim) in SHAPES.items():
         ratios = []
         for seed in range(seeds):
             half = {}
             for name, cfg in configs.items():
                 torch.manual_seed(seed)
-                focus = FocusNetwork(n_obs, n_act, cfg.focus_hidden)
-                scaler = BoxScaler(gym.spaces.Box(-1.0, 1.0, (n_obs,)))
+                focus = FocusNetwork(obs_dim, act_dim, cfg.focus_hidden)
+                scaler = BoxScaler(gym.spaces.Box(-1.0, 1.0, (obs_dim,)))
                 t0 = time.perf_counter()
                 steps, _ = pretrain_focus(focus, scaler, cfg, torch.Generator().manual_seed(seed + 1))
                 elapsed = time.perf_counter() - t0

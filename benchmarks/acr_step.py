@@ -48,8 +48,8 @@ class TimedPrior:
 class ZeroPrior:
     """A prior that costs nothing: isolates the MPC's share of a step."""
 
-    def __init__(self, n_act: int) -> None:
-        self.a = np.zeros(n_act)
+    def __init__(self, act_dim: int) -> None:
+        self.a = np.zeros(act_dim)
 
     def reset(self, seed=None) -> None:
         pass

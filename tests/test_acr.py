@@ -14,8 +14,9 @@ from safectrl.common.protocol import DecisionMaker
 from safectrl.controllers.acr_mpc import REGULARISERS
 from safectrl.controllers.nmpc import NMPC, NMPCStats, SolveRecord
 from safectrl.rl.acr import AUTHORS_FOCUS_PRETRAINING, RLACR, FocusNetwork, RLACRConfig, pretrain_focus
+from safectrl.rl.networks import BoxScaler
 from safectrl.rl.rollout import run_episode
-from safectrl.rl.sac import SAC, BoxScaler, ReplayBuffer, SACConfig, normalised_return, train
+from safectrl.rl.sac import SAC, ReplayBuffer, SACConfig, normalised_return, train
 from safectrl.studies.acr_study import ACRPreset, report_acr_study, run_acr_study
 from safectrl.studies.cli import main
 
@@ -74,7 +75,10 @@ def test_sac_checkpoint_round_trip(tmp_path):
     assert not np.allclose(a.act(obs), b.act(obs))
     b.load(tmp_path / "sac")
     np.testing.assert_array_equal(a.act(obs), b.act(obs))
-    assert json.loads((tmp_path / "sac.json").read_text())["config"]["alpha"] == 0.2
+    for name in ("actor", "critic", "critic_target"):
+        for p, q in zip(getattr(a, name).parameters(), getattr(b, name).parameters()):
+            assert torch.equal(p, q)
+    assert json.loads((tmp_path / "sac" / "config.json").read_text())["config"]["sac"]["alpha"] == 0.2
 
 
 def test_scaler_and_buffer_errors():

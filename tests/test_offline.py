@@ -13,7 +13,8 @@ import torch
 from safectrl.models import polycstr as pc
 from safectrl.rl import data
 from safectrl.rl.bc import BC, BCConfig
-from safectrl.rl.checkpoint import WEIGHTS, CheckpointError, load_policy, save_checkpoint
+from safectrl.common.checkpoint import WEIGHTS, CheckpointError, load_checkpoint, save_checkpoint
+from safectrl.rl.checkpoint import load_policy, read_record, save_policy
 from safectrl.rl.iql import IQL, IQLConfig, expectile_loss, learning_rewards
 from safectrl.rl.offline_data import Batch, Normalisation, OfflineData
 from safectrl.rl.policy import OfflinePolicy
@@ -83,8 +84,8 @@ def test_one_update_returns_finite_losses_and_moves_the_networks(algo, offline):
         moved = max((p - q).abs().max().item() for p, q in zip(net.parameters(), before[name]))
         assert moved > 0, f"{name} did not change"
     if algo == "iql":  # the targets move by tau of the way towards the critics
-        for p, p_old, t, t_old in zip(agent.q.parameters(), before["q"], agent.q_target.parameters(),
-                                      before["q_target"]):
+        for p, p_old, t, t_old in zip(agent.critic.parameters(), before["critic"],
+                                      agent.critic_target.parameters(), before["critic_target"]):
             torch.testing.assert_close(t, t_old + agent.config.tau * (p - t_old))
 
 
@@ -184,8 +185,8 @@ def test_trained_policies_do_not_see_the_previous_inputs(algo, root, tmp_path):
     """BC and IQL share the design choice of BCConfig: no network is given f_I_prev and T_c_prev."""
     folder = offline_study.train_policy(algo, ["startup"], steps=20, episodes=3, root=root, progress=False,
                                         out=tmp_path / algo)
-    record = json.loads((folder / "config.json").read_text())
-    assert record["observed"] == record["config"]["observed"] == ["A", "P", "T", "e_P", "e_T"]
+    record = read_record(folder)
+    assert record["observed"] == record["hyperparameters"]["observed"] == ["A", "P", "T", "e_P", "e_T"]
     assert record["normalisation"]["obs_index"] == [pc.OBSERVATIONS.index(n) for n in record["observed"]]
     policy = load_policy(folder)
     assert policy.actor.net[0].in_features == 5
@@ -197,7 +198,7 @@ def test_trained_policies_do_not_see_the_previous_inputs(algo, root, tmp_path):
         from safetensors.torch import load_file
 
         shapes = {k: v.shape for k, v in load_file(folder / WEIGHTS).items()}
-        assert shapes["value.net.0.weight"][1] == 5 and shapes["q.q1.net.0.weight"][1] == 5 + 2
+        assert shapes["value.net.0.weight"][1] == 5 and shapes["critic.q1.net.0.weight"][1] == 5 + 2
 
 
 def test_observed_entries_are_checked(root, tmp_path):
@@ -232,7 +233,7 @@ def test_bc_on_grade_up_is_safe_on_tuning_seeds(tmp_path):
 def checkpoint(tmp_path, offline):
     agent = make_agent("iql", 7, 2, IQLConfig(SMALL, steps=20), seed=0)
     train(agent, offline, seed=0)
-    return save_checkpoint(tmp_path / "ckpt", agent, offline.normalisation, {"scenarios": ["startup"]}), agent
+    return save_policy(tmp_path / "ckpt", agent, offline.normalisation, {"scenarios": ["startup"]}), agent
 
 
 def test_save_load_gives_identical_actions(checkpoint, offline):
@@ -281,16 +282,24 @@ def test_corrupted_or_mismatched_checkpoints_give_clear_errors(checkpoint, tmp_p
     flipped = bytearray(weights)
     flipped[-5] ^= 0xFF
     (folder / WEIGHTS).write_bytes(bytes(flipped))
-    with pytest.raises(CheckpointError, match="SHA-256"):
+    with pytest.raises(CheckpointError, match="weights_sha256"):
         load_policy(folder)
     (folder / WEIGHTS).write_bytes(weights[: len(weights) // 2])
-    with pytest.raises(CheckpointError, match="corrupted|not a safetensors"):
+    with pytest.raises(CheckpointError, match="does not match|not a safetensors"):
         load_policy(folder)
     (folder / WEIGHTS).write_bytes(weights)
 
-    (folder / "config.json").write_text(json.dumps({**record, "config": {**record["config"], "hidden": [64, 64]}}))
-    with pytest.raises(CheckpointError, match="do not match the recorded config"):
+    config = record["config"]
+    edited = {**config, "hyperparameters": {**config["hyperparameters"], "hidden": [64, 64]}}
+    (folder / "config.json").write_text(json.dumps({**record, "config": edited}))
+    with pytest.raises(CheckpointError, match="config.json does not match its sha256"):
         load_policy(folder)
+    (folder / "config.json").write_text(json.dumps(record))
+    # a verified checkpoint whose weights do not fit its config
+    tensors = load_checkpoint(folder, "offline-policy").tensors
+    other = save_checkpoint(tmp_path / "other", "offline-policy", tensors, edited)
+    with pytest.raises(CheckpointError, match="do not match the recorded config"):
+        load_policy(other)
     (folder / "config.json").write_text(json.dumps({**record, "format_version": 99}))
     with pytest.raises(CheckpointError, match="format version 99"):
         load_policy(folder)
@@ -326,10 +335,10 @@ def test_train_and_evaluate_from_the_command_line(tmp_path, capsys):
                  "--root", str(root), "--out", str(ckpt)]) == 0
     for name in ("model.safetensors", "config.json", "losses.csv", "losses.png"):
         assert (ckpt / name).stat().st_size > 0
-    record = json.loads((ckpt / "config.json").read_text())
+    record = read_record(ckpt)
     assert record["scenarios"] == list(pc.SCENARIOS) and record["transitions"] == 3 * 2 * pc.EPISODE_STEPS
     header = (ckpt / "losses.csv").read_text().splitlines()[0]
-    assert header == "step,value_loss,q_loss,actor_loss,weight_mean"
+    assert header == "step,value_loss,critic_loss,actor_loss,weight_mean"
     capsys.readouterr()
     assert main(["evaluate", "--policy", str(ckpt), "--scenario", "grade_up", "--seeds", "2", "--baselines",
                  "--episodes", "2", "--root", str(root), "--out", str(tmp_path / "eval")]) == 0

@@ -37,13 +37,13 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
-def random_picnn(seed: int, state_dim: int = 3, action_dim: int = 2, hidden=(16, 16), slope: float = 0.0,
+def random_picnn(seed: int, obs_dim: int = 3, act_dim: int = 2, hidden=(16, 16), slope: float = 0.0,
                  scale: float = 0.5) -> PICNN:
     """A PICNN whose weights are kicked away from the initialisation, so that it is far from linear."""
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = PICNN(PICNNConfig(state_dim, action_dim, hidden, slope))
+        net = PICNN(PICNNConfig(obs_dim, act_dim, hidden, slope))
     with torch.no_grad():
         for p in net.parameters():
             p.add_(scale * torch.randn(p.shape, generator=gen))
@@ -62,8 +62,8 @@ def f(net: PICNN, x: np.ndarray, y: np.ndarray) -> np.ndarray:
 networks = st.builds(
     dict,
     seed=st.integers(0, 2**31 - 1),
-    state_dim=st.integers(1, 4),
-    action_dim=st.integers(1, 3),
+    obs_dim=st.integers(1, 4),
+    act_dim=st.integers(1, 3),
     hidden=st.lists(st.integers(1, 12), min_size=1, max_size=3).map(tuple),
     slope=st.sampled_from([0.0, 0.05, 0.5, 1.0]),
     scale=st.floats(0.0, 2.0),
@@ -74,8 +74,8 @@ def midpoint_violations(net: PICNN, rng: np.random.Generator, n: int, spread: fl
     """f(x, t y1 + (1-t) y2) − (t f(x, y1) + (1-t) f(x, y2)) on n random segments (<= 0 when convex),
     relative to 1 + the magnitude of the three values compared (float64 rounding grows with them)."""
     cfg = net.config
-    x = rng.normal(size=(n, cfg.state_dim))
-    y1, y2 = spread * rng.normal(size=(2, n, cfg.action_dim))
+    x = rng.normal(size=(n, cfg.obs_dim))
+    y1, y2 = spread * rng.normal(size=(2, n, cfg.act_dim))
     t = rng.uniform(0, 1, size=(n, 1))
     mid, f1, f2 = f(net, x, t * y1 + (1 - t) * y2), f(net, x, y1), f(net, x, y2)
     gap = mid - (t[:, 0] * f1 + (1 - t[:, 0]) * f2)
@@ -109,8 +109,8 @@ def test_segment_check_detects_a_non_convex_network():
 def test_export_is_non_negative_and_reproduces_the_forward_pass(spec, points):
     net = random_picnn(**spec)
     rng = np.random.default_rng(points)
-    x = rng.normal(size=(17, spec["state_dim"]))
-    y = 3 * rng.normal(size=(17, spec["action_dim"]))
+    x = rng.normal(size=(17, spec["obs_dim"]))
+    y = 3 * rng.normal(size=(17, spec["act_dim"]))
     layers = net.export(torch.as_tensor(x))
     assert layers.A[0] is None and len(layers) == len(spec["hidden"]) + 1
     for A in layers.A[1:]:
@@ -140,10 +140,10 @@ def test_training_keeps_w_z_non_negative_and_fits_a_convex_target():
 def problems(net: PICNN, n: int, seed: int, half_width: float = 2.0):
     rng = np.random.default_rng(seed)
     cfg = net.config
-    x = rng.normal(size=(n, cfg.state_dim))
-    centre = rng.normal(size=(n, cfg.action_dim))
-    lo, hi = centre - half_width, centre + half_width * rng.uniform(0.2, 1.0, size=(n, cfg.action_dim))
-    y_ref = centre + rng.normal(size=(n, cfg.action_dim))  # sometimes outside the box
+    x = rng.normal(size=(n, cfg.obs_dim))
+    centre = rng.normal(size=(n, cfg.act_dim))
+    lo, hi = centre - half_width, centre + half_width * rng.uniform(0.2, 1.0, size=(n, cfg.act_dim))
+    y_ref = centre + rng.normal(size=(n, cfg.act_dim))  # sometimes outside the box
     return x, y_ref, lo, hi
 
 
@@ -205,7 +205,7 @@ def test_a_failed_highs_solve_is_repeated_from_scratch_then_reported():
 
 def test_numpy_snapshot_equals_the_torch_network():
     for slope in (0.0, 0.2):
-        net = random_picnn(3, state_dim=4, action_dim=3, hidden=(10, 7, 5), slope=slope)
+        net = random_picnn(3, obs_dim=4, act_dim=3, hidden=(10, 7, 5), slope=slope)
         rng = np.random.default_rng(0)
         x, y = rng.normal(size=(9, 4)), 2 * rng.normal(size=(9, 3))
         arrays = PICNNArrays(net)
@@ -234,7 +234,7 @@ def test_exact_correction_falls_back_to_problem_solve_when_the_fast_path_cannot_
 
 @pytest.mark.parametrize("trust", [0.0, 0.5])
 def test_no_sampled_or_gradient_found_action_beats_the_exact_optimum(trust):
-    net = random_picnn(5, state_dim=2, action_dim=2, hidden=(16, 16))
+    net = random_picnn(5, obs_dim=2, act_dim=2, hidden=(16, 16))
     x, y_ref, lo, hi = problems(net, 8, seed=2)
     exact = ExactCorrector(net, trust).correct(x, y_ref, lo, hi)
     gd = GradientCorrector(net, trust, GDConfig(max_steps=200)).correct(x, y_ref, lo, hi)
@@ -355,7 +355,7 @@ def test_check_problem_accepts_a_degenerate_box():
 
 def test_checkpoint_round_trip(trained_model, tmp_path):
     save_cost_model(trained_model, tmp_path / "ck", {"note": "test"})
-    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["cost_model.json", "cost_model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["config.json", "model.safetensors"]
     loaded = load_cost_model(tmp_path / "ck")
     rng = np.random.default_rng(0)
     obs, act = rng.normal(size=(50, 3)), rng.normal(size=(50, 2))
@@ -369,7 +369,7 @@ def test_checkpoint_with_negative_w_z_is_refused(trained_model, tmp_path):
     save_cost_model(bad, tmp_path / "bad")
     with pytest.raises(ValueError, match="not be convex"):
         load_cost_model(tmp_path / "bad")
-    with pytest.raises(FileNotFoundError, match="no cost-model checkpoint"):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
         load_cost_model(tmp_path / "missing")
 
 

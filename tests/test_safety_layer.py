@@ -97,7 +97,7 @@ def test_cost_model_does_not_see_the_previous_inputs(small_models):
     root, _ = small_models
     model = sl.load_scenario_model(root / "models", "grade_up")
     assert model.obs_index == sl.SafetyLayerConfig().obs_index == (0, 1, 2, 3, 4)
-    assert model.state_dim == 5 and model.obs_dim == len(pc.OBSERVATIONS)
+    assert model.net_obs_dim == 5 and model.obs_dim == len(pc.OBSERVATIONS)
     obs = np.tile([480.0, 90.0, 351.0, 10.0, -1.0, 1.2, 341.0], (3, 1))
     obs[1, 5:] = (0.4, 330.0)
     obs[2, 5:] = (2.4, 349.0)
@@ -146,7 +146,7 @@ def test_safety_train_command(tmp_path, capsys):
     assert main(["safety", "train", "--scenario", "grade_down", "--episodes", "3", "--epochs", "1",
                  "--horizon", "2", "--root", str(tmp_path / "minari"), "--out", str(tmp_path / "m")]) == 0
     assert "val RMSE" in capsys.readouterr().out
-    assert (tmp_path / "m" / "grade_down" / "cost_model.safetensors").exists()
+    assert (tmp_path / "m" / "grade_down" / "model.safetensors").exists()
 
 
 def test_cli_policy_names_match_the_registry():

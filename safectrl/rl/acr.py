@@ -1,7 +1,7 @@
 r"""RL with adaptive control regularisation (RL-ACR; Tian et al., NeurIPS 2024).
 
 Two agents act in parallel on the real plant: a *prior* controller built on an estimated model (in the
-paper an MPC with hard state constraints) and an off-policy SAC agent. A focus network beta(s) in (0, 1)^n_act
+paper an MPC with hard state constraints) and an off-policy SAC agent. A focus network beta(s) in (0, 1)^act_dim
 mixes them per action dimension::
 
     a = clip(beta(s) * a_prior + (1 - beta(s)) * a_RL)
@@ -32,7 +32,8 @@ import torch
 from torch import nn
 
 from safectrl.common.protocol import DecisionMaker
-from safectrl.rl.sac import SAC, BoxScaler, SACConfig, mlp
+from safectrl.rl.networks import BoxScaler, mlp
+from safectrl.rl.sac import SAC, SACConfig
 
 
 @dataclass(frozen=True)
@@ -56,9 +57,9 @@ class RLACRConfig:
 class FocusNetwork(nn.Module):
     """beta(s): an MLP on the normalised observation with a sigmoid output per action dimension."""
 
-    def __init__(self, n_obs: int, n_act: int, hidden: tuple[int, ...]) -> None:
+    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...]) -> None:
         super().__init__()
-        self.net = mlp(n_obs, hidden, n_act)
+        self.net = mlp([obs_dim, *hidden, act_dim])
         with torch.no_grad():  # start near beta = 0.5 with small output weights (Tian et al.'s code)
             self.net[-1].weight.mul_(0.1)
             self.net[-1].bias.zero_()
@@ -83,10 +84,10 @@ def pretrain_focus(focus: FocusNetwork, scaler: BoxScaler, cfg: RLACRConfig,
         with torch.no_grad():
             focus.net[-1].bias.fill_(math.log(cfg.focus_init / (1 - cfg.focus_init)))
     opt = torch.optim.Adam(focus.parameters(), lr=cfg.focus_pretrain_lr)
-    n_obs = scaler.center.shape[0]
+    obs_dim = scaler.center.shape[0]
     mse = float("inf")
     for step in range(1, cfg.focus_pretrain_max_steps + 1):
-        obs_n = 2 * torch.rand(cfg.focus_pretrain_batch, n_obs, generator=generator) - 1  # uniform on the box
+        obs_n = 2 * torch.rand(cfg.focus_pretrain_batch, obs_dim, generator=generator) - 1  # uniform on the box
         loss = ((focus(obs_n) - cfg.focus_init) ** 2).mean()
         mse = loss.item()
         if mse < cfg.focus_pretrain_mse:
@@ -137,7 +138,7 @@ class RLACR:
 
     @torch.no_grad()
     def beta(self, obs: np.ndarray) -> np.ndarray:
-        """Focus weights beta(obs), shape (n_act,)."""
+        """Focus weights beta(obs), shape (act_dim,)."""
         return self.focus(self.sac.normalised_obs(obs))[0].numpy().astype(float)
 
     def _combine(self, beta: np.ndarray, a_prior: np.ndarray, a_rl: np.ndarray) -> np.ndarray:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from safectrl.rl.networks import Actor, cosine_adam, regression_loss, seeded_init
+from safectrl.rl.networks import DeterministicActor, cosine_adam, regression_loss, seeded_init
 from safectrl.rl.offline_data import DEFAULT_OBSERVED, Batch
 
 
@@ -58,7 +58,7 @@ class BC:
     def __init__(self, obs_dim: int, act_dim: int, config: BCConfig = BCConfig(), seed: int = 0) -> None:
         self.config = config
         with seeded_init(seed):
-            self.actor = Actor(obs_dim, act_dim, config.hidden)
+            self.actor = DeterministicActor(obs_dim, act_dim, config.hidden)
         self.actor_optimizer, self.actor_schedule = cosine_adam(self.actor, config.lr, config.steps)
 
     def networks(self) -> dict[str, torch.nn.Module]:

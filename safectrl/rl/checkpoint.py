@@ -1,43 +1,41 @@
-"""Checkpoints of the offline agents: weights as safetensors plus a JSON record, never a pickle.
+"""Checkpoints of the offline agents (BC, IQL) in safectrl's one format (:mod:`safectrl.common.checkpoint`).
 
-A checkpoint is a folder::
-
-    model.safetensors   every network of the agent, tensors named "<network>.<parameter>" (e.g. actor.net.0.weight)
-    config.json         format, algorithm and its config, normalisation, SHA-256 of the weights, training record
-
-Loading never unpickles anything: the weights file's header is checked to be safetensors before it is
-parsed (a pickle or a ``torch.save`` zip is refused by name), its digest must match the record, and the
-tensors must have exactly the names and shapes the recorded config implies.
+The config holds the algorithm, its hyperparameters and the normalisation; the tensors are every network of
+the agent; loading rebuilds the actor from the config and checks the tensors' names and shapes against it.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import struct
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
-from safectrl.rl.networks import Actor
+from safectrl.common.checkpoint import (
+    CONFIG,
+    RETRAIN,
+    WEIGHTS,
+    Checkpoint,
+    CheckpointError,
+    checkpoint_folder,
+    load_checkpoint,
+    module_tensors,
+    parse_weights,
+    read_config,
+    read_weights,
+    save_checkpoint,
+)
+from safectrl.rl.networks import DeterministicActor
 from safectrl.rl.offline_data import Normalisation
 from safectrl.rl.policy import OfflinePolicy
 
-FORMAT = "safectrl-offline-policy"
-FORMAT_VERSION = 1
-WEIGHTS = "model.safetensors"
-RECORD = "config.json"
-_PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".tar")
-_MAX_HEADER = 100_000_000  # bytes; safetensors itself refuses larger headers
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is missing parts, corrupted, unsafe or inconsistent with its record."""
+#: The ``kind`` of offline-policy checkpoints.
+KIND = "offline-policy"
+#: The format of safectrl before the common checkpoint: its weights are hashed, its config is not.
+_V1_FORMAT = "safectrl-offline-policy"
 
 
 class Agent(Protocol):
@@ -47,50 +45,25 @@ class Agent(Protocol):
     def networks(self) -> dict[str, torch.nn.Module]: ...
 
 
-def save_checkpoint(path: str | os.PathLike, agent: Agent, normalisation: Normalisation,
-                    record: dict[str, Any] | None = None) -> Path:
-    """Write ``agent``'s networks and a JSON record to the folder ``path`` (created if needed).
+def save_policy(path: str | os.PathLike, agent: Agent, normalisation: Normalisation,
+                record: dict[str, Any] | None = None) -> Path:
+    """Write ``agent``'s networks, hyperparameters and normalisation as a checkpoint folder ``path``.
 
     Args:
-        path: checkpoint folder.
+        path: checkpoint folder (created if needed).
         agent: a trained :class:`~safectrl.rl.bc.BC` or :class:`~safectrl.rl.iql.IQL`.
         normalisation: the normalisation the agent was trained with.
         record: what else to remember (datasets, scenarios, seed, steps, reward scale ...); JSON-serialisable.
     """
-    folder = Path(path)
-    folder.mkdir(parents=True, exist_ok=True)
-    tensors = {f"{name}.{key}": value.detach().clone().contiguous()
-               for name, net in agent.networks().items() for key, value in net.state_dict().items()}
-    save_file(tensors, folder / WEIGHTS, metadata={"format": FORMAT})
-    content = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "algo": agent.algo,
-        "config": asdict(agent.config),
-        "normalisation": normalisation.as_dict(),
-        "weights_sha256": _sha256(folder / WEIGHTS),
-        **(record or {}),
-    }
-    (folder / RECORD).write_text(json.dumps(content, indent=2))
-    return folder
+    config = {"algo": agent.algo, "hyperparameters": asdict(agent.config),
+              "normalisation": normalisation.as_dict()}
+    return save_checkpoint(path, KIND, module_tensors(agent.networks()), config, record)
 
 
 def read_record(path: str | os.PathLike) -> dict[str, Any]:
-    """The JSON record of the checkpoint folder ``path`` (validated format, not yet the weights)."""
-    folder = _folder(path)
-    try:
-        record = json.loads((folder / RECORD).read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{folder} has no {RECORD}; not a safectrl checkpoint") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{folder / RECORD} is corrupted (not valid JSON: {err})") from None
-    if not isinstance(record, dict) or record.get("format") != FORMAT:
-        raise CheckpointError(f"{folder / RECORD} is not a {FORMAT} record")
-    if record.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{folder} has checkpoint format version {record.get('format_version')}, this safectrl reads "
-            f"version {FORMAT_VERSION}")
-    return record
+    """The verified config and record of the checkpoint ``path`` as one dict (algo, hyperparameters, ...)."""
+    ckpt = _load(path)
+    return {**ckpt.record, **ckpt.config}
 
 
 def load_policy(path: str | os.PathLike) -> OfflinePolicy:
@@ -101,73 +74,37 @@ def load_policy(path: str | os.PathLike) -> OfflinePolicy:
         CheckpointError: a pickle-based file, a corrupted or altered file, or weights that do not match
             the recorded config.
     """
-    folder = _folder(path)
-    record = read_record(folder)
+    ckpt = _load(path)
     try:
-        normalisation = Normalisation.from_dict(record["normalisation"])
-        hidden = tuple(int(h) for h in record["config"]["hidden"])
+        normalisation = Normalisation.from_dict(ckpt.config["normalisation"])
+        hidden = tuple(int(h) for h in ckpt.config["hyperparameters"]["hidden"])
+        actor = DeterministicActor(normalisation.net_obs_dim, normalisation.act_dim, hidden)
     except (KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"{folder / RECORD} is incomplete or malformed: {err!r}") from None
-    tensors = _load_tensors(folder / WEIGHTS, record.get("weights_sha256"))
-    actor = Actor(normalisation.net_obs_dim, normalisation.act_dim, hidden)
-    prefix = "actor."
-    state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-    try:
-        actor.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise CheckpointError(
-            f"actor weights in {folder / WEIGHTS} do not match the recorded config (hidden {list(hidden)}, "
-            f"{normalisation.net_obs_dim} network inputs, {normalisation.act_dim} actions): {err}") from None
-    return OfflinePolicy(actor, normalisation, record)
+        raise CheckpointError(f"{ckpt.config_path} is incomplete or malformed: {err!r}") from None
+    tensors = {k: v for k, v in ckpt.tensors.items() if k.startswith("actor.")}
+    Checkpoint(ckpt.folder, KIND, tensors, ckpt.config, ckpt.record).load_into({"actor": actor})
+    return OfflinePolicy(actor, normalisation, {**ckpt.record, **ckpt.config})
 
 
-def _folder(path: str | os.PathLike) -> Path:
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"no checkpoint at {p}")
-    if p.is_file():
-        if p.suffix.lower() in _PICKLE_SUFFIXES:
-            raise CheckpointError(
-                f"{p} looks like a pickle-based checkpoint ({p.suffix}); refused, because loading a pickle can "
-                f"execute arbitrary code. safectrl checkpoints are folders with {WEIGHTS} and {RECORD}")
-        if p.name != WEIGHTS:
-            raise CheckpointError(f"{p} is not a checkpoint: expected a folder holding {WEIGHTS} and {RECORD}")
-        p = p.parent
-    return p
+def _load(path: str | os.PathLike) -> Checkpoint:
+    doc = read_config(path)
+    if doc.get("format") == _V1_FORMAT and doc.get("format_version") == 1:
+        return _load_v1(checkpoint_folder(path), doc)
+    if doc.get("format") == _V1_FORMAT:
+        raise CheckpointError(f"{checkpoint_folder(path) / CONFIG} has {_V1_FORMAT} version "
+                              f"{doc.get('format_version')}; {RETRAIN}")
+    return load_checkpoint(path, KIND)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _check_safetensors_header(path: Path) -> None:
-    """Refuse anything but a safetensors file, naming pickles and torch zips, before any parser sees it."""
-    size = path.stat().st_size
-    with open(path, "rb") as fh:
-        head = fh.read(9)
-    if head[:1] == b"\x80" or head[:2] == b"PK":
-        kind = "a pickle payload" if head[:1] == b"\x80" else "a torch.save zip archive (pickle inside)"
-        raise CheckpointError(f"{path} contains {kind}; refused, because loading it could execute code")
-    if len(head) < 9:
-        raise CheckpointError(f"{path} is truncated ({size} bytes); not a safetensors file")
-    (header_len,) = struct.unpack("<Q", head[:8])
-    if header_len > min(size - 8, _MAX_HEADER) or head[8:9] != b"{":
-        raise CheckpointError(f"{path} is not a safetensors file (bad header); corrupted or not a checkpoint")
-
-
-def _load_tensors(path: Path, expected_sha256: str | None) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise CheckpointError(f"{path.parent} has no {WEIGHTS}")
-    _check_safetensors_header(path)
-    if expected_sha256 is None:
-        raise CheckpointError(f"{path.parent / RECORD} records no weights_sha256; cannot verify {WEIGHTS}")
-    if _sha256(path) != expected_sha256:
-        raise CheckpointError(f"{path} does not match the SHA-256 in {RECORD}: corrupted or altered")
-    try:
-        return load_file(path)
-    except SafetensorError as err:
-        raise CheckpointError(f"{path} is corrupted: {err}") from None
+def _load_v1(folder: Path, doc: dict[str, Any]) -> Checkpoint:
+    """A checkpoint of the first format: the weights are verified by their hash; the config could not be."""
+    weights = read_weights(folder / WEIGHTS)
+    expected = doc.get("weights_sha256")
+    if expected is None or hashlib.sha256(weights).hexdigest() != expected:
+        raise CheckpointError(f"{folder / WEIGHTS} does not match the weights_sha256 in {CONFIG}: "
+                              "corrupted or altered")
+    config = {"algo": doc.get("algo"), "hyperparameters": doc.get("config"),
+              "normalisation": doc.get("normalisation")}
+    skip = {"format", "format_version", "algo", "config", "normalisation", "weights_sha256"}
+    record = {k: v for k, v in doc.items() if k not in skip}
+    return Checkpoint(folder, KIND, parse_weights(weights, folder / WEIGHTS), config, record)

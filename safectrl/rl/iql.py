@@ -29,7 +29,14 @@ import torch.nn.functional as F
 
 from safectrl.rl.data import Transitions
 from safectrl.rl.bc import check_observed
-from safectrl.rl.networks import Actor, TwinQ, ValueNetwork, cosine_adam, regression_loss, seeded_init
+from safectrl.rl.networks import (
+    DeterministicActor,
+    TwinQ,
+    ValueNetwork,
+    cosine_adam,
+    regression_loss,
+    seeded_init,
+)
 from safectrl.rl.offline_data import DEFAULT_OBSERVED, Batch
 
 
@@ -111,22 +118,23 @@ class IQL:
     def __init__(self, obs_dim: int, act_dim: int, config: IQLConfig = IQLConfig(), seed: int = 0) -> None:
         self.config = config
         with seeded_init(seed):
-            self.actor = Actor(obs_dim, act_dim, config.hidden)
-            self.q = TwinQ(obs_dim, act_dim, config.hidden)
+            self.actor = DeterministicActor(obs_dim, act_dim, config.hidden)
+            self.critic = TwinQ(obs_dim, act_dim, config.hidden)
             self.value = ValueNetwork(obs_dim, config.hidden)
-        self.q_target = copy.deepcopy(self.q).requires_grad_(False)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.actor_optimizer, self.actor_schedule = cosine_adam(self.actor, config.actor_lr, config.steps)
-        self.q_optimizer = torch.optim.Adam(self.q.parameters(), lr=config.critic_lr)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
         self.value_optimizer = torch.optim.Adam(self.value.parameters(), lr=config.critic_lr)
 
     def networks(self) -> dict[str, torch.nn.Module]:
         """Every trained network by name, for the checkpoint."""
-        return {"actor": self.actor, "q": self.q, "q_target": self.q_target, "value": self.value}
+        return {"actor": self.actor, "critic": self.critic, "critic_target": self.critic_target,
+                "value": self.value}
 
     def update_value(self, batch: Batch) -> tuple[float, torch.Tensor]:
         """Expectile regression of V onto the target critics; returns the loss and the advantages."""
         with torch.no_grad():
-            target_q = self.q_target.min(batch.obs, batch.action)
+            target_q = self.critic_target.min_q(batch.obs, batch.action)
         advantage = target_q - self.value(batch.obs)
         loss = expectile_loss(advantage, self.config.expectile)
         self.value_optimizer.zero_grad()
@@ -134,17 +142,17 @@ class IQL:
         self.value_optimizer.step()
         return loss.item(), advantage.detach()
 
-    def update_q(self, batch: Batch) -> float:
+    def update_critic(self, batch: Batch) -> float:
         """TD regression of both critics onto ``r + gamma (1 - done) V(s')``, then the Polyak step."""
         with torch.no_grad():
             target = batch.reward + self.config.discount * (1.0 - batch.done) * self.value(batch.next_obs)
-        q1, q2 = self.q(batch.obs, batch.action)
+        q1, q2 = self.critic(batch.obs, batch.action)
         loss = 0.5 * (F.mse_loss(q1, target) + F.mse_loss(q2, target))
-        self.q_optimizer.zero_grad()
+        self.critic_optimizer.zero_grad()
         loss.backward()
-        self.q_optimizer.step()
+        self.critic_optimizer.step()
         with torch.no_grad():
-            for p, p_target in zip(self.q.parameters(), self.q_target.parameters()):
+            for p, p_target in zip(self.critic.parameters(), self.critic_target.parameters()):
                 p_target.lerp_(p, self.config.tau)
         return loss.item()
 
@@ -161,6 +169,7 @@ class IQL:
     def update(self, batch: Batch) -> dict[str, float]:
         """One step of each regression on the same batch (value first: its advantages weight the actor)."""
         value_loss, advantage = self.update_value(batch)
-        q_loss = self.update_q(batch)
+        critic_loss = self.update_critic(batch)
         actor_loss, weight_mean = self.update_actor(batch, advantage)
-        return {"value_loss": value_loss, "q_loss": q_loss, "actor_loss": actor_loss, "weight_mean": weight_mean}
+        return {"value_loss": value_loss, "critic_loss": critic_loss, "actor_loss": actor_loss,
+                "weight_mean": weight_mean}

@@ -1,8 +1,9 @@
-"""Networks shared by the offline agents (BC, IQL): a deterministic actor, twin Q critics, a value network.
+"""The networks of every agent (BC, IQL, SAC, RL-ACR): one MLP, two actors, twin Q critics, a value network.
 
-Every network works in normalised coordinates: observations standardised with the dataset's mean and std,
-actions scaled to [-1, 1] (:mod:`safectrl.rl.offline_data`). Hidden layers are ReLU MLPs (256-256 by
-default, the IQL authors' and CORL's setting).
+Every network works in normalised coordinates: observations standardised by the dataset's statistics
+(:mod:`safectrl.rl.offline_data`) or mapped onto [-1, 1] by the observation box (:class:`BoxScaler`),
+actions in [-1, 1]. Hidden layers are ReLU MLPs (256-256 by default: the IQL authors', CORL's and Tian et
+al.'s setting).
 """
 
 from __future__ import annotations
@@ -10,7 +11,10 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator, Sequence
 
+import gymnasium as gym
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -26,8 +30,26 @@ def mlp(sizes: Sequence[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class Actor(nn.Module):
-    """Deterministic policy ``obs (batch, n_obs) -> action (batch, n_act)`` in [-1, 1] (tanh output).
+class BoxScaler:
+    """Affine map of a ``gym.spaces.Box`` onto [-1, 1]^n (finite bounds required)."""
+
+    def __init__(self, space: gym.spaces.Box) -> None:
+        low, high = np.asarray(space.low, dtype=float), np.asarray(space.high, dtype=float)
+        if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high)) and np.all(high > low)):
+            raise ValueError(f"the box needs finite bounds with high > low, got {low} .. {high}")
+        self.low, self.high = low, high
+        self.center = torch.tensor((high + low) / 2, dtype=torch.float32)
+        self.half = torch.tensor((high - low) / 2, dtype=torch.float32)
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.center) / self.half
+
+    def denormalise(self, y: torch.Tensor) -> torch.Tensor:
+        return y * self.half + self.center
+
+
+class DeterministicActor(nn.Module):
+    """Deterministic policy ``obs (batch, obs_dim) -> action (batch, act_dim)`` in [-1, 1] (tanh output).
 
     IQL's policy extraction is advantage-weighted regression; with a Gaussian of state-independent
     variance (the IQL authors' policy, evaluated at its mean) its log-likelihood reduces to a weighted
@@ -43,8 +65,42 @@ class Actor(nn.Module):
         return torch.tanh(self.net(obs))
 
 
+class TanhGaussianActor(nn.Module):
+    """SAC's policy: a Gaussian squashed by tanh, actions in [-1, 1]^act_dim.
+
+    The trunk is the MLP of all hidden layers (ReLU after the last too); the mean and the log standard
+    deviation are linear heads on it, the latter mapped smoothly into [log_std_min, log_std_max] (CleanRL's
+    choice).
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int], log_std_min: float,
+                 log_std_max: float) -> None:
+        super().__init__()
+        self.trunk = mlp([obs_dim, *hidden])
+        self.mean = nn.Linear(hidden[-1], act_dim)
+        self.log_std = nn.Linear(hidden[-1], act_dim)
+        self.log_std_min, self.log_std_max = log_std_min, log_std_max
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log standard deviation before squashing, each (batch, act_dim)."""
+        h = F.relu(self.trunk(obs))
+        span = self.log_std_max - self.log_std_min
+        log_std = self.log_std_min + 0.5 * span * (torch.tanh(self.log_std(h)) + 1)
+        return self.mean(h), log_std
+
+    def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Reparameterised sample: action (batch, act_dim) in [-1, 1], its log-density (batch,), the mean action."""
+        mean, log_std = self(obs)
+        normal = torch.distributions.Normal(mean, log_std.exp())
+        pre = normal.rsample()
+        act = torch.tanh(pre)
+        # change of variables of the tanh squashing; 1e-6 keeps the log finite at the bounds
+        log_prob = (normal.log_prob(pre) - torch.log(1 - act.pow(2) + 1e-6)).sum(-1)
+        return act, log_prob, torch.tanh(mean)
+
+
 class QNetwork(nn.Module):
-    """``Q(obs, action)``: (batch, n_obs), (batch, n_act) -> (batch,)."""
+    """``Q(obs, action)``: (batch, obs_dim), (batch, act_dim) -> (batch,)."""
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int]) -> None:
         super().__init__()
@@ -55,7 +111,7 @@ class QNetwork(nn.Module):
 
 
 class TwinQ(nn.Module):
-    """Two independent Q networks; :meth:`min` is the pessimistic estimate used for targets and advantages."""
+    """Two independent Q networks; :meth:`min_q` is the pessimistic estimate (targets, advantages, actor loss)."""
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int]) -> None:
         super().__init__()
@@ -65,12 +121,12 @@ class TwinQ(nn.Module):
     def forward(self, obs: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.q1(obs, action), self.q2(obs, action)
 
-    def min(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    def min_q(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         return torch.minimum(*self(obs, action))
 
 
 class ValueNetwork(nn.Module):
-    """``V(obs)``: (batch, n_obs) -> (batch,)."""
+    """``V(obs)``: (batch, obs_dim) -> (batch,)."""
 
     def __init__(self, obs_dim: int, hidden: Sequence[int]) -> None:
         super().__init__()
@@ -80,7 +136,7 @@ class ValueNetwork(nn.Module):
         return self.net(obs).squeeze(-1)
 
 
-def regression_loss(actor: Actor, obs: torch.Tensor, action: torch.Tensor,
+def regression_loss(actor: DeterministicActor, obs: torch.Tensor, action: torch.Tensor,
                     weight: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over the batch of ``weight * ||actor(obs) - action||²`` (unit weights: behaviour cloning)."""
     squared_error = ((actor(obs) - action) ** 2).sum(dim=-1)

@@ -7,17 +7,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from safectrl.rl.networks import Actor
+from safectrl.rl.networks import DeterministicActor
 from safectrl.rl.offline_data import Normalisation
 
 
 class OfflinePolicy:
     """A deterministic actor with the normalisation it was trained with.
 
-    ``act`` takes one observation (n_obs,) or a batch (batch, n_obs) in physical units (layout
+    ``act`` takes one observation (obs_dim,) or a batch (batch, obs_dim) in physical units (layout
     :data:`safectrl.models.polycstr.OBSERVATIONS` for the reactor), of which the actor sees the entries
-    ``normalisation.obs_index``, and returns the inputs (n_act,) or (batch, n_act) in physical units, always
-    inside the action bounds. The policy is stateless; ``reset`` exists for the common interface.
+    ``normalisation.obs_index``, and returns the inputs (act_dim,) or (batch, act_dim) in physical units,
+    always inside the action bounds. The policy is stateless; ``reset`` exists for the common interface.
 
     Args:
         actor: trained actor (normalised observation -> action in [-1, 1]).
@@ -25,7 +25,8 @@ class OfflinePolicy:
         info: what the checkpoint records about training (algorithm, config, datasets, seed ...).
     """
 
-    def __init__(self, actor: Actor, normalisation: Normalisation, info: dict[str, Any] | None = None) -> None:
+    def __init__(self, actor: DeterministicActor, normalisation: Normalisation,
+                 info: dict[str, Any] | None = None) -> None:
         self.actor = actor.eval().requires_grad_(False)
         self.normalisation = normalisation
         self.info = dict(info or {})

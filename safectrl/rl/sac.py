@@ -14,6 +14,7 @@ logs of return, length, failure and time per step).
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,11 +23,23 @@ import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from safectrl.common.checkpoint import (
+    RETRAIN,
+    CheckpointError,
+    load_checkpoint,
+    module_tensors,
+    save_checkpoint,
+)
+from safectrl.rl.networks import BoxScaler, TanhGaussianActor, TwinQ
 from safectrl.rl.rollout import run_episode
+
+#: The ``kind`` of SAC checkpoints (:mod:`safectrl.common.checkpoint`).
+KIND = "sac"
+#: The fields of SACConfig that shape the networks or the meaning of their outputs.
+_NETWORK_FIELDS = ("hidden", "log_std_min", "log_std_max")
 
 
 @dataclass(frozen=True)
@@ -35,10 +48,10 @@ class SACConfig:
 
     hidden: tuple[int, ...] = (256, 256)  # hidden units of the actor and of each Q network
     alpha: float = 0.2  # entropy weight (fixed)
-    q_lr: float = 1e-3  # Adam learning rate of the Q networks
-    policy_lr: float = 3e-4  # Adam learning rate of the actor
+    critic_lr: float = 1e-3  # Adam learning rate of the Q networks
+    actor_lr: float = 3e-4  # Adam learning rate of the actor
     batch_size: int = 256  # transitions per update
-    gamma: float = 0.99  # discount
+    discount: float = 0.99  # per env step
     tau: float = 0.005  # target-network tracking rate, every critic step
     policy_frequency: int = 2  # the actor takes this many steps every this many critic steps
     learning_starts: int = 256  # environment steps before the first update (random actions before)
@@ -47,94 +60,22 @@ class SACConfig:
     log_std_max: float = 2.0  # upper bound of the actor's log standard deviation
 
 
-class BoxScaler:
-    """Affine map of a ``gym.spaces.Box`` onto [-1, 1]^n (finite bounds required)."""
-
-    def __init__(self, space: gym.spaces.Box) -> None:
-        low, high = np.asarray(space.low, dtype=float), np.asarray(space.high, dtype=float)
-        if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high)) and np.all(high > low)):
-            raise ValueError(f"the box needs finite bounds with high > low, got {low} .. {high}")
-        self.low, self.high = low, high
-        self.center = torch.tensor((high + low) / 2, dtype=torch.float32)
-        self.half = torch.tensor((high - low) / 2, dtype=torch.float32)
-
-    def normalise(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.center) / self.half
-
-    def denormalise(self, y: torch.Tensor) -> torch.Tensor:
-        return y * self.half + self.center
-
-
-def mlp(n_in: int, hidden: tuple[int, ...], n_out: int) -> nn.Sequential:
-    """Linear layers with ReLU between them."""
-    layers: list[nn.Module] = []
-    for h in hidden:
-        layers += [nn.Linear(n_in, h), nn.ReLU()]
-        n_in = h
-    layers.append(nn.Linear(n_in, n_out))
-    return nn.Sequential(*layers)
-
-
-class Actor(nn.Module):
-    """Tanh-squashed Gaussian policy on normalised observations; actions in [-1, 1]^n_act."""
-
-    def __init__(self, n_obs: int, n_act: int, cfg: SACConfig) -> None:
-        super().__init__()
-        self.trunk = mlp(n_obs, cfg.hidden[:-1], cfg.hidden[-1])
-        self.mean = nn.Linear(cfg.hidden[-1], n_act)
-        self.log_std = nn.Linear(cfg.hidden[-1], n_act)
-        self.log_std_min, self.log_std_max = cfg.log_std_min, cfg.log_std_max
-
-    def forward(self, obs_n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = F.relu(self.trunk(obs_n))
-        # tanh maps the raw output smoothly into [log_std_min, log_std_max] (CleanRL's choice)
-        log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (torch.tanh(self.log_std(h)) + 1)
-        return self.mean(h), log_std
-
-    def sample(self, obs_n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Reparameterised sample: (action in [-1, 1], its log-density (batch, 1), the mean action)."""
-        mean, log_std = self(obs_n)
-        normal = torch.distributions.Normal(mean, log_std.exp())
-        pre = normal.rsample()
-        act = torch.tanh(pre)
-        # change of variables of the tanh squashing; 1e-6 keeps the log finite at the bounds
-        log_prob = (normal.log_prob(pre) - torch.log(1 - act.pow(2) + 1e-6)).sum(1, keepdim=True)
-        return act, log_prob, torch.tanh(mean)
-
-
-class TwinQ(nn.Module):
-    """Two Q networks on (normalised observation, normalised action)."""
-
-    def __init__(self, n_obs: int, n_act: int, cfg: SACConfig) -> None:
-        super().__init__()
-        self.q1 = mlp(n_obs + n_act, cfg.hidden, 1)
-        self.q2 = mlp(n_obs + n_act, cfg.hidden, 1)
-
-    def forward(self, obs_n: torch.Tensor, act_n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.cat([obs_n, act_n], 1)
-        return self.q1(x), self.q2(x)
-
-    def min_q(self, obs_n: torch.Tensor, act_n: torch.Tensor) -> torch.Tensor:
-        q1, q2 = self(obs_n, act_n)
-        return torch.min(q1, q2)
-
-
 class ReplayBuffer:
     """Transitions in preallocated arrays (grown on demand up to ``capacity``), physical units."""
 
-    def __init__(self, n_obs: int, n_act: int, capacity: int, extra_action: bool = False) -> None:
+    def __init__(self, obs_dim: int, act_dim: int, capacity: int, extra_action: bool = False) -> None:
         self.capacity = int(capacity)
         self.size = 0
         self._next = 0
-        self._n_obs, self._n_act, self._extra = n_obs, n_act, extra_action
+        self._obs_dim, self._act_dim, self._extra = obs_dim, act_dim, extra_action
         self._arrays: dict[str, np.ndarray] = {}
         self._grow(min(self.capacity, 4096))
 
     def _grow(self, n: int) -> None:
-        shapes = {"obs": (self._n_obs,), "action": (self._n_act,), "reward": (), "next_obs": (self._n_obs,),
-                  "done": ()}
+        shapes = {"obs": (self._obs_dim,), "action": (self._act_dim,), "reward": (),
+                  "next_obs": (self._obs_dim,), "done": ()}
         if self._extra:
-            shapes["prior_action"] = (self._n_act,)
+            shapes["prior_action"] = (self._act_dim,)
         new = {k: np.zeros((n, *s), dtype=np.float32) for k, s in shapes.items()}
         for k, v in self._arrays.items():
             new[k][: len(v)] = v
@@ -176,18 +117,19 @@ class SAC:
         self.config = config
         self.obs_scaler = BoxScaler(observation_space)
         self.act_scaler = BoxScaler(action_space)
-        n_obs, n_act = observation_space.shape[0], action_space.shape[0]
+        obs_dim, act_dim = observation_space.shape[0], action_space.shape[0]
         self.rng = np.random.default_rng(seed)
         self.generator = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)
-        self.actor = Actor(n_obs, n_act, config)
-        self.critic = TwinQ(n_obs, n_act, config)
-        self.critic_target = TwinQ(n_obs, n_act, config)
+        self.actor = TanhGaussianActor(obs_dim, act_dim, config.hidden, config.log_std_min,
+                                       config.log_std_max)
+        self.critic = TwinQ(obs_dim, act_dim, config.hidden)
+        self.critic_target = TwinQ(obs_dim, act_dim, config.hidden)
         self.critic_target.load_state_dict(self.critic.state_dict())
         self.critic_target.requires_grad_(False)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=config.policy_lr)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=config.q_lr)
-        self.buffer = ReplayBuffer(n_obs, n_act, config.buffer_size, extra_action)
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
+        self.buffer = ReplayBuffer(obs_dim, act_dim, config.buffer_size, extra_action)
         self.updates = 0
         #: Environment steps seen (transitions added).
         self.steps = 0
@@ -197,12 +139,12 @@ class SAC:
     # -- acting -------------------------------------------------------------------------------------
 
     def normalised_obs(self, obs: np.ndarray) -> torch.Tensor:
-        """One observation as a (1, n_obs) tensor normalised to the box."""
+        """One observation as a (1, obs_dim) tensor normalised to the box."""
         return self.obs_scaler.normalise(torch.as_tensor(np.asarray(obs, dtype=np.float32)).reshape(1, -1))
 
     @torch.no_grad()
     def policy_action(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
-        """The actor's action (sampled, or its mean if ``deterministic``) in physical units, shape (n_act,)."""
+        """The actor's action (sampled, or its mean if ``deterministic``) in physical units, (act_dim,)."""
         act, _, mean = self.actor.sample(self.normalised_obs(obs))
         chosen = mean if deterministic else act
         return self.act_scaler.denormalise(chosen)[0].numpy().astype(float)
@@ -250,23 +192,23 @@ class SAC:
         with torch.no_grad():
             next_act, next_logp, _ = self.actor.sample(next_n)
             target_q = self.critic_target.min_q(next_n, next_act) - cfg.alpha * next_logp
-            y = batch["reward"] + (1 - batch["done"]) * cfg.gamma * target_q.view(-1)
+            y = batch["reward"] + (1 - batch["done"]) * cfg.discount * target_q
         q1, q2 = self.critic(obs_n, act_n)
-        critic_loss = F.mse_loss(q1.view(-1), y) + F.mse_loss(q2.view(-1), y)
-        self.critic_opt.zero_grad()
+        critic_loss = F.mse_loss(q1, y) + F.mse_loss(q2, y)
+        self.critic_optimizer.zero_grad()
         critic_loss.backward()
-        self.critic_opt.step()
-        losses = {"critic": critic_loss.item()}
+        self.critic_optimizer.step()
+        losses = {"critic_loss": critic_loss.item()}
         if self.updates % cfg.policy_frequency == 0:
             self.critic.requires_grad_(False)
             for _ in range(cfg.policy_frequency):
                 act, logp, _ = self.actor.sample(obs_n)
                 actor_loss = (cfg.alpha * logp - self.critic.min_q(obs_n, act)).mean()
-                self.actor_opt.zero_grad()
+                self.actor_optimizer.zero_grad()
                 actor_loss.backward()
-                self.actor_opt.step()
+                self.actor_optimizer.step()
             self.critic.requires_grad_(True)
-            losses["actor"] = actor_loss.item()
+            losses["actor_loss"] = actor_loss.item()
         with torch.no_grad():
             for p, pt in zip(self.critic.parameters(), self.critic_target.parameters()):
                 pt.mul_(1 - cfg.tau).add_(p, alpha=cfg.tau)
@@ -278,21 +220,42 @@ class SAC:
     def modules(self) -> dict[str, nn.Module]:
         return {"actor": self.actor, "critic": self.critic, "critic_target": self.critic_target}
 
-    def save(self, path: str | Path) -> None:
-        """Network weights as ``path.safetensors`` and the config as ``path.json``."""
-        path = Path(path)
-        tensors = {f"{name}.{k}": v.contiguous() for name, mod in self.modules().items()
-                   for k, v in mod.state_dict().items()}
-        save_file(tensors, str(path.with_suffix(".safetensors")))
-        path.with_suffix(".json").write_text(json.dumps(
-            {"config": asdict(self.config), "steps": self.steps, "updates": self.updates}, indent=2))
+    def _checkpoint_config(self) -> dict[str, Any]:
+        config = {"sac": asdict(self.config),
+                  "observation_low": self.obs_scaler.low.tolist(),
+                  "observation_high": self.obs_scaler.high.tolist(),
+                  "action_low": self.act_scaler.low.tolist(), "action_high": self.act_scaler.high.tolist()}
+        return json.loads(json.dumps(config))  # as a checkpoint reads it back (tuples as lists)
 
-    def load(self, path: str | Path) -> None:
-        """Load weights written by :meth:`save` (the networks must have the same shapes)."""
-        tensors = load_file(str(Path(path).with_suffix(".safetensors")))
-        for name, mod in self.modules().items():
-            prefix = f"{name}."
-            mod.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the networks, the config and the spaces' bounds as a checkpoint folder ``path``."""
+        return save_checkpoint(path, KIND, module_tensors(self.modules()), self._checkpoint_config(),
+                               {"steps": self.steps, "updates": self.updates})
+
+    def load(self, path: str | os.PathLike) -> None:
+        """Load the networks of a checkpoint written by :meth:`save`.
+
+        The spaces and the config entries that give the weights their meaning (``hidden``, the log-std bounds)
+        must equal this agent's; learning rates, buffer and the rest may differ.
+
+        Raises:
+            CheckpointError: unverifiable, altered, or written for other networks or other spaces.
+        """
+        path = Path(path)
+        if not path.exists() and path.with_suffix(".safetensors").exists():
+            raise CheckpointError(
+                f"{path.with_suffix('.safetensors')} is a SAC checkpoint without a hash; {RETRAIN}")
+        ckpt = load_checkpoint(path, KIND)
+        mine, theirs = self._checkpoint_config(), ckpt.config
+        for key in ("observation_low", "observation_high", "action_low", "action_high"):
+            if theirs.get(key) != mine[key]:
+                raise CheckpointError(f"{ckpt.config_path} records {key} {theirs.get(key)}, this agent's is "
+                                      f"{mine[key]}")
+        for key in _NETWORK_FIELDS:
+            if theirs.get("sac", {}).get(key) != mine["sac"][key]:
+                raise CheckpointError(f"{ckpt.config_path} records another SAC network: {key} "
+                                      f"{theirs.get('sac', {}).get(key)}, this agent's is {mine['sac'][key]}")
+        ckpt.load_into(self.modules())
 
 
 class Learner(Protocol):

@@ -83,31 +83,31 @@ class GDConfig:
 class Correction:
     """Corrected actions of a batch of states, network units."""
 
-    action: np.ndarray  # (N, action_dim) the minimiser found
+    action: np.ndarray  # (N, act_dim) the minimiser found
     cost: np.ndarray  # (N,) f(x, action), network output units
     objective: np.ndarray  # (N,) f + trust/2 ‖action − y_ref‖², as reported by the solver
     iterations: np.ndarray  # (N,) gradient evaluations (GD) or solver iterations (exact)
-    path: np.ndarray | None = None  # (steps + 1, N, action_dim) GD iterates, if requested
+    path: np.ndarray | None = None  # (steps + 1, N, act_dim) GD iterates, if requested
     # (N,) seconds in the solver per state (exact): HiGHS's run time; Clarabel's update and solve
     solver_time: np.ndarray | None = None
 
 
-def check_problem(x: np.ndarray, y_ref: np.ndarray, lo: np.ndarray, hi: np.ndarray, state_dim: int,
-                  action_dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def check_problem(x: np.ndarray, y_ref: np.ndarray, lo: np.ndarray, hi: np.ndarray, obs_dim: int,
+                  act_dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Validate a batch of correction problems; returns float64 arrays of shapes (N, n_x), (N, n_y) x 3.
 
     Raises:
         ValueError: wrong shapes, non-finite numbers, or an empty box (lo > hi in some coordinate).
     """
     x = np.asarray(x, dtype=float)
-    if x.ndim != 2 or x.shape[1] != state_dim:
-        raise ValueError(f"states must have shape (N, {state_dim}), got {x.shape}")
+    if x.ndim != 2 or x.shape[1] != obs_dim:
+        raise ValueError(f"states must have shape (N, {obs_dim}), got {x.shape}")
     n = len(x)
     out = [x]
     for name, arr in (("y_ref", y_ref), ("lo", lo), ("hi", hi)):
         a = np.asarray(arr, dtype=float)
-        if a.shape != (n, action_dim):
-            raise ValueError(f"{name} must have shape ({n}, {action_dim}), got {a.shape}")
+        if a.shape != (n, act_dim):
+            raise ValueError(f"{name} must have shape ({n}, {act_dim}), got {a.shape}")
         out.append(a)
     for name, a in zip(("state", "reference action", "lower bound", "upper bound"), out):
         if not np.all(np.isfinite(a)):
@@ -154,9 +154,9 @@ class GradientCorrector:
 
     def correct(self, x: np.ndarray, y_ref: np.ndarray, lo: np.ndarray, hi: np.ndarray,
                 record_path: bool = False) -> Correction:
-        """Correct a batch: ``x`` (N, state_dim), ``y_ref``, ``lo``, ``hi`` (N, action_dim)."""
+        """Correct a batch: ``x`` (N, obs_dim), ``y_ref``, ``lo``, ``hi`` (N, act_dim)."""
         cfg = self.config
-        arrays = check_problem(x, y_ref, lo, hi, self.net.config.state_dim, self.net.config.action_dim)
+        arrays = check_problem(x, y_ref, lo, hi, self.net.config.obs_dim, self.net.config.act_dim)
         X, Yref, Lo, Hi = (torch.as_tensor(a) for a in arrays)
         y = torch.minimum(torch.maximum(Yref, Lo), Hi)
         obj, f, g = self._objective(X, y, Yref)
@@ -429,7 +429,7 @@ class ExactCorrector:
 
     def _build(self, gated: bool) -> tuple[cp.Problem, dict[str, cp.Parameter], cp.Variable]:
         cfg = self.net.config
-        widths, m, slope = cfg.widths, cfg.action_dim, cfg.negative_slope
+        widths, m, slope = cfg.widths, cfg.act_dim, cfg.negative_slope
         k = len(widths)
         y = cp.Variable(m, name="y")
         params: dict[str, cp.Parameter] = {"lo": cp.Parameter(m, name="lo"), "hi": cp.Parameter(m, name="hi")}
@@ -528,8 +528,8 @@ class ExactCorrector:
         return status, self._y.value, self.problem.value, stats.num_iters or 0, stats.solve_time or 0.0
 
     def correct(self, x: np.ndarray, y_ref: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> Correction:
-        """Correct a batch (one solve per state): ``x`` (N, state_dim), ``y_ref``, ``lo``, ``hi`` (N, action_dim)."""
-        x, y_ref, lo, hi = check_problem(x, y_ref, lo, hi, self.net.config.state_dim, self.net.config.action_dim)
+        """Correct a batch (one solve per state): ``x`` (N, obs_dim), ``y_ref``, ``lo``, ``hi`` (N, act_dim)."""
+        x, y_ref, lo, hi = check_problem(x, y_ref, lo, hi, self.net.config.obs_dim, self.net.config.act_dim)
         gates = self._arrays.gates(x)
         n = len(x)
         action = np.empty_like(y_ref)

@@ -7,14 +7,13 @@ The network regresses standardised costs; :meth:`ConvexCostModel.predict` return
 the training targets. Affine maps with positive scales keep the model convex in the physical action.
 
 Training (:func:`fit_cost_model`) takes plain arrays; what the target is (an H-step cost-to-go, say) is
-decided by the code that composes datasets with this module. Checkpoints are a safetensors file of the
-weights and normalisation plus a JSON file of the configuration (:func:`save_cost_model`).
+decided by the code that composes datasets with this module. Checkpoints are in safectrl's one verified
+format (:mod:`safectrl.common.checkpoint`, :func:`save_cost_model`).
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 from dataclasses import asdict, dataclass, field
@@ -23,13 +22,15 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
+from safectrl.common.checkpoint import RETRAIN, Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from safectrl.safety.picnn import PICNN, PICNNConfig
 
-WEIGHTS_FILE = "cost_model.safetensors"
-CONFIG_FILE = "cost_model.json"
+#: The ``kind`` of cost-model checkpoints (:mod:`safectrl.common.checkpoint`).
+KIND = "cost-model"
+#: The files of the unverified format before the common checkpoint.
+_OLD_FILES = ("cost_model.json", "cost_model.safetensors")
 
 
 @dataclass(frozen=True)
@@ -66,12 +67,12 @@ class ConvexCostModel(nn.Module):
 
     Args:
         picnn: the network, on standardised observations and actions.
-        obs_mean, obs_std: (state_dim,) observation statistics.
-        action_mean, action_std: (action_dim,) action statistics.
+        obs_mean, obs_std: (net_obs_dim,) observation statistics.
+        action_mean, action_std: (act_dim,) action statistics.
         cost_mean, cost_std: statistics of the regression targets.
         obs_index: which columns of the caller's observation the network sees (``None``: all of them, in
             order). The statistics are those of the selected columns.
-        obs_dim: columns of the caller's observations (default: ``state_dim`` without ``obs_index``, else
+        obs_dim: columns of the caller's observations (default: ``net_obs_dim`` without ``obs_index``, else
             one past its largest column).
     """
 
@@ -89,7 +90,7 @@ class ConvexCostModel(nn.Module):
     ) -> None:
         super().__init__()
         self.picnn = picnn
-        n_x, n_y = picnn.config.state_dim, picnn.config.action_dim
+        n_x, n_y = picnn.config.obs_dim, picnn.config.act_dim
         if obs_index is not None:
             obs_index = tuple(int(i) for i in obs_index)
             if len(obs_index) != n_x or min(obs_index, default=0) < 0 or len(set(obs_index)) != n_x:
@@ -97,7 +98,8 @@ class ConvexCostModel(nn.Module):
         self.obs_index = obs_index
         self.obs_dim = int(obs_dim) if obs_dim is not None else (n_x if obs_index is None else max(obs_index) + 1)
         if (obs_index is None and self.obs_dim != n_x) or (obs_index is not None and self.obs_dim <= max(obs_index)):
-            raise ValueError(f"obs_dim {obs_dim} does not fit state_dim {n_x} and obs_index {obs_index}")
+            raise ValueError(f"obs_dim {obs_dim} does not fit the network's {n_x} inputs and obs_index "
+                             f"{obs_index}")
         for name, value, size in (("obs_mean", obs_mean, n_x), ("obs_std", obs_std, n_x),
                                   ("action_mean", action_mean, n_y), ("action_std", action_std, n_y),
                                   ("cost_mean", [cost_mean], 1), ("cost_std", [cost_std], 1)):
@@ -109,17 +111,18 @@ class ConvexCostModel(nn.Module):
             self.register_buffer(name, torch.as_tensor(arr))
 
     @property
-    def state_dim(self) -> int:
-        return self.picnn.config.state_dim
+    def net_obs_dim(self) -> int:
+        """Observation entries the network sees (``obs_dim`` is what the caller passes)."""
+        return self.picnn.config.obs_dim
 
     @property
-    def action_dim(self) -> int:
-        return self.picnn.config.action_dim
+    def act_dim(self) -> int:
+        return self.picnn.config.act_dim
 
     # -- unit conversions (numpy in, numpy out, float64) ---------------------------------------------------
 
     def state_features(self, obs: np.ndarray) -> np.ndarray:
-        """The seen columns of observations (N, n_obs), standardised: (N, state_dim)."""
+        """The seen columns of observations (N, obs_dim), standardised: (N, net_obs_dim)."""
         obs = np.asarray(obs, dtype=float)
         if self.obs_index is not None:
             if obs.shape[-1] <= max(self.obs_index):
@@ -142,7 +145,7 @@ class ConvexCostModel(nn.Module):
 
     @torch.no_grad()
     def predict(self, obs: np.ndarray, action: np.ndarray) -> np.ndarray:
-        """Predicted cost of ``action`` (N, action_dim) in ``obs`` (N, state_dim), target units; (N,)."""
+        """Predicted cost of ``action`` (N, act_dim) in ``obs`` (N, obs_dim), target units; (N,)."""
         obs, action = np.atleast_2d(obs), np.atleast_2d(action)
         net = self.picnn
         dtype = next(net.parameters()).dtype
@@ -264,48 +267,52 @@ def _evaluate(net: PICNN, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
 
 
 def save_cost_model(model: ConvexCostModel, folder: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
-    """Write ``cost_model.safetensors`` (weights, normalisation) and ``cost_model.json`` into ``folder``.
+    """Write the model (weights and normalisation) and its network configuration as a checkpoint folder.
 
-    ``metadata`` (JSON-serialisable: the training target's definition, the data, the report) is stored
-    alongside the network configuration and returned by :func:`load_cost_model_metadata`.
+    ``metadata`` (JSON-serialisable: the training target's definition, the data, the report) is the
+    checkpoint's record, returned by :func:`load_cost_model_metadata`.
     """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(tensors, str(folder / WEIGHTS_FILE))
-    doc = {"format": "safectrl.safety.ConvexCostModel/1", "picnn": asdict(model.picnn.config),
-           "obs_index": None if model.obs_index is None else list(model.obs_index), "obs_dim": model.obs_dim,
-           "metadata": metadata or {}}
-    (folder / CONFIG_FILE).write_text(json.dumps(doc, indent=2))
-    return folder
+    config = {"picnn": asdict(model.picnn.config), "obs_dim": model.obs_dim,
+              "obs_index": None if model.obs_index is None else list(model.obs_index)}
+    return save_checkpoint(folder, KIND, model.state_dict(), config, metadata)
 
 
 def load_cost_model(folder: str | os.PathLike) -> ConvexCostModel:
-    """Read a checkpoint written by :func:`save_cost_model`; checks that every W^z is non-negative."""
-    folder = Path(folder)
-    doc = _read_config(folder)
-    cfg = doc["picnn"]
-    net = PICNN(PICNNConfig(cfg["state_dim"], cfg["action_dim"], tuple(cfg["hidden"]), cfg["negative_slope"]))
-    tensors = load_file(str(folder / WEIGHTS_FILE))
-    model = ConvexCostModel(
-        net,
-        tensors["obs_mean"].numpy(), tensors["obs_std"].numpy(),
-        tensors["action_mean"].numpy(), tensors["action_std"].numpy(),
-        float(tensors["cost_mean"][0]), float(tensors["cost_std"][0]),
-        doc.get("obs_index"), doc.get("obs_dim"),  # absent in earlier checkpoints: they see every column
-    )
-    model.load_state_dict(tensors)
+    """Read and verify a checkpoint written by :func:`save_cost_model`; checks that every W^z is non-negative.
+
+    Raises:
+        FileNotFoundError: ``folder`` does not exist.
+        CheckpointError: unverifiable, altered, or weights that do not fit the recorded configuration.
+        ValueError: a W^z with negative entries (the model would not be convex in the action).
+    """
+    ckpt = _load(folder)
+    try:
+        cfg = ckpt.config["picnn"]
+        net = PICNN(PICNNConfig(cfg["obs_dim"], cfg["act_dim"], tuple(cfg["hidden"]), cfg["negative_slope"]))
+        t = ckpt.tensors
+        model = ConvexCostModel(
+            net,
+            t["obs_mean"].numpy(), t["obs_std"].numpy(), t["action_mean"].numpy(), t["action_std"].numpy(),
+            float(t["cost_mean"][0]), float(t["cost_std"][0]),
+            ckpt.config["obs_index"], ckpt.config["obs_dim"],
+        )
+    except (KeyError, TypeError, ValueError, IndexError) as err:
+        raise CheckpointError(f"{ckpt.config_path} or {ckpt.weights_path} is incomplete or malformed: "
+                              f"{err!r}") from None
+    ckpt.check_tensors(model.state_dict())
+    model.load_state_dict(ckpt.tensors)
     net.check_convex()
     return model.eval()
 
 
 def load_cost_model_metadata(folder: str | os.PathLike) -> dict[str, Any]:
-    """The ``metadata`` dict stored with a checkpoint."""
-    return _read_config(Path(folder))["metadata"]
+    """The ``metadata`` dict stored with a checkpoint (verified with the rest of it)."""
+    return _load(folder).record
 
 
-def _read_config(folder: Path) -> dict[str, Any]:
-    path = folder / CONFIG_FILE
-    if not path.exists() or not (folder / WEIGHTS_FILE).exists():
-        raise FileNotFoundError(f"no cost-model checkpoint in {folder} (expected {CONFIG_FILE} and {WEIGHTS_FILE})")
-    return json.loads(path.read_text())
+def _load(folder: str | os.PathLike) -> Checkpoint:
+    folder = Path(folder)
+    if all((folder / name).exists() for name in _OLD_FILES):
+        raise CheckpointError(f"{folder / _OLD_FILES[0]} is a cost-model checkpoint without a hash; "
+                              f"{RETRAIN}")
+    return load_checkpoint(folder, KIND)

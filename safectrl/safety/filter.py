@@ -127,8 +127,8 @@ class SafetyFilter:
     ) -> None:
         if method not in METHODS:
             raise ValueError(f"unknown correction method {method!r}; valid methods: {', '.join(METHODS)}")
-        if box.dim != cost_model.action_dim:
-            raise ValueError(f"box has {box.dim} actions, the cost model {cost_model.action_dim}")
+        if box.dim != cost_model.act_dim:
+            raise ValueError(f"box has {box.dim} actions, the cost model {cost_model.act_dim}")
         self.policy = policy
         self.cost_model = cost_model
         self.box = box
@@ -174,7 +174,7 @@ class SafetyFilter:
         """
         obs = np.asarray(obs, dtype=float)
         raw = np.asarray(raw, dtype=float)
-        m, n_x = self.cost_model.action_dim, self.cost_model.obs_dim
+        m, n_x = self.cost_model.act_dim, self.cost_model.obs_dim
         if obs.ndim != 2 or obs.shape[1] != n_x:
             raise ValueError(f"observations must have shape (N, {n_x}), got {obs.shape}")
         if raw.shape != (len(obs), m):

@@ -35,14 +35,14 @@ from torch.nn import functional as F
 class PICNNConfig:
     """Shape of a PICNN."""
 
-    state_dim: int  # size of x, the input of the non-convex path
-    action_dim: int  # size of y, the input of the convex path
+    obs_dim: int  # size of x, the input of the non-convex path
+    act_dim: int  # size of y, the input of the convex path
     hidden: tuple[int, ...] = (64, 64)  # widths of the hidden layers (both paths); the output has width 1
     negative_slope: float = 0.0  # slope of the hidden activations g_i for negative inputs: 0 ReLU, (0, 1] leaky
 
     def __post_init__(self) -> None:
-        if self.state_dim < 1 or self.action_dim < 1:
-            raise ValueError(f"state_dim and action_dim must be >= 1, got {self.state_dim}, {self.action_dim}")
+        if self.obs_dim < 1 or self.act_dim < 1:
+            raise ValueError(f"obs_dim and act_dim must be >= 1, got {self.obs_dim}, {self.act_dim}")
         if not self.hidden or any(int(w) < 1 for w in self.hidden):
             raise ValueError(f"hidden must be a non-empty tuple of positive widths, got {self.hidden}")
         if not 0.0 <= self.negative_slope <= 1.0:
@@ -60,7 +60,7 @@ class Gates:
     """The state-dependent vectors of a PICNN's layers at fixed states; batch first.
 
     ``gz[i] = relu(W_i^zu u_i + b_i^z)`` (N, widths[i-1]) >= 0 (``gz[0]`` is None), ``gy[i] = W_i^yu u_i + b_i^y``
-    (N, action_dim), ``c[i] = W_i^u u_i + b_i`` (N, widths[i]): with them ``A_i = W_i^z diag(gz[i])`` and
+    (N, act_dim), ``c[i] = W_i^u u_i + b_i`` (N, widths[i]): with them ``A_i = W_i^z diag(gz[i])`` and
     ``B_i = W_i^y diag(gy[i])``.
     """
 
@@ -74,7 +74,7 @@ class AffineLayers:
     """A PICNN at fixed states as affine layers ``z_{i+1} = g_i(A_i z_i + B_i y + c_i)``; batch first.
 
     ``A[0]`` is None (layer 0 has no z-term); ``A[i]`` has shape (N, widths[i], widths[i-1]) and is >= 0,
-    ``B[i]`` (N, widths[i], action_dim), ``c[i]`` (N, widths[i]). The last layer is linear.
+    ``B[i]`` (N, widths[i], act_dim), ``c[i]`` (N, widths[i]). The last layer is linear.
     """
 
     A: list[np.ndarray | None]
@@ -86,7 +86,7 @@ class AffineLayers:
         return len(self.B)
 
     def forward(self, y: np.ndarray) -> np.ndarray:
-        """f at actions ``y`` (N, action_dim), one per exported state; returns (N,)."""
+        """f at actions ``y`` (N, act_dim), one per exported state; returns (N,)."""
         z = None
         for i in range(len(self)):
             pre = np.einsum("noa,na->no", self.B[i], y) + self.c[i]
@@ -97,7 +97,7 @@ class AffineLayers:
 
 
 class PICNN(nn.Module):
-    """f(x, y), convex in y. Batched: ``x`` (N, state_dim), ``y`` (N, action_dim) -> (N,).
+    """f(x, y), convex in y. Batched: ``x`` (N, obs_dim), ``y`` (N, act_dim) -> (N,).
 
     Initialisation: the gates start near one (biases 1, small gate weights), so at initialisation the
     network is a plain input-convex net with a mean-preserving non-negative z-path (W^z ~ U(0, 2/n), so each
@@ -109,12 +109,12 @@ class PICNN(nn.Module):
         self.config = config
         widths = config.widths
         k = len(widths)
-        u_widths = (config.state_dim, *config.hidden[: k - 1])  # width of u_i entering layer i
+        u_widths = (config.obs_dim, *config.hidden[: k - 1])  # width of u_i entering layer i
         self.state_path = nn.ModuleList(nn.Linear(u_widths[i], u_widths[i + 1]) for i in range(k - 1))
         self.gate_z = nn.ModuleList(nn.Linear(u_widths[i], widths[i - 1]) for i in range(1, k))
         self.weight_z = nn.ParameterList(nn.Parameter(torch.empty(widths[i], widths[i - 1])) for i in range(1, k))
-        self.gate_y = nn.ModuleList(nn.Linear(u_widths[i], config.action_dim) for i in range(k))
-        self.weight_y = nn.ParameterList(nn.Parameter(torch.empty(widths[i], config.action_dim)) for i in range(k))
+        self.gate_y = nn.ModuleList(nn.Linear(u_widths[i], config.act_dim) for i in range(k))
+        self.weight_y = nn.ParameterList(nn.Parameter(torch.empty(widths[i], config.act_dim)) for i in range(k))
         self.linear_u = nn.ModuleList(nn.Linear(u_widths[i], widths[i]) for i in range(k))
         self.reset_parameters()
 
@@ -165,11 +165,11 @@ class PICNN(nn.Module):
 
     @torch.no_grad()
     def gates(self, x: torch.Tensor) -> Gates:
-        """The state-dependent vectors of every layer at states ``x`` (N, state_dim), as float64 arrays."""
+        """The state-dependent vectors of every layer at states ``x`` (N, obs_dim), as float64 arrays."""
         return PICNNArrays(self).gates(x.detach().double().numpy())
 
     def export(self, x: torch.Tensor) -> AffineLayers:
-        """The affine layers A_i(x), B_i(x), c_i(x) at states ``x`` (N, state_dim), as float64 arrays."""
+        """The affine layers A_i(x), B_i(x), c_i(x) at states ``x`` (N, obs_dim), as float64 arrays."""
         g = self.gates(x)
         A: list[np.ndarray | None] = [None]
         B = []
@@ -202,7 +202,7 @@ class PICNNArrays:
         self.weight_y = [arr(w) for w in net.weight_y]
 
     def gates(self, x: np.ndarray) -> Gates:
-        """The :class:`Gates` at states ``x`` (N, state_dim)."""
+        """The :class:`Gates` at states ``x`` (N, obs_dim)."""
         u = np.asarray(x, dtype=np.float64)
         gz: list[np.ndarray | None] = [None]
         gy, c = [], []
@@ -217,7 +217,7 @@ class PICNNArrays:
         return Gates(gz=gz, gy=gy, c=c)
 
     def value(self, gates: Gates, y: np.ndarray) -> np.ndarray:
-        """f(x, y) (N,) for the states of ``gates`` (N of them) at actions ``y`` (N, action_dim)."""
+        """f(x, y) (N,) for the states of ``gates`` (N of them) at actions ``y`` (N, act_dim)."""
         s = self.config.negative_slope
         z = None
         k = len(self.weight_y)

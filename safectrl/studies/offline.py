@@ -27,7 +27,7 @@ from safectrl.controllers.pi import NOMINAL_TUNING, PIController, PITuning
 from safectrl.models import polycstr as pc
 from safectrl.rl import data
 from safectrl.rl.bc import BCConfig
-from safectrl.rl.checkpoint import save_checkpoint
+from safectrl.rl.checkpoint import save_policy
 from safectrl.rl.iql import IQLConfig, learning_rewards
 from safectrl.rl.offline_data import Normalisation, OfflineData
 from safectrl.rl.env import TaskEnv
@@ -99,7 +99,7 @@ def train_policy(
     history = train(agent, offline, seed, progress=progress)
     seconds = time.perf_counter() - t0
     folder = Path(out) if out is not None else default_out_dir(algo, scenarios, seed)
-    save_checkpoint(folder, agent, normalisation, record={
+    save_policy(folder, agent, normalisation, record={
         "scenarios": scenarios,
         "datasets": ids,
         "dataset_episodes": episodes,
