@@ -185,7 +185,9 @@ def test_training_runs_the_common_episode_loop_with_one_env_stream():
     learner = _RecordingLearner()
     logs = train(env, learner, 2, seed=3, progress=False)
     assert env.seeds == [3, None]  # the env is seeded once, then continues its stream
-    assert learner.seeds == [3, 4] and [lg.extras for lg in logs] == [{"extra": 1.0}] * 2
+    assert learner.seeds == [3, 4] and [lg.extras["extra"] for lg in logs] == [1.0] * 2
+    # every task reports its operating limits, so the log counts the intervals that ended outside them
+    assert [lg.extras["violations"] for lg in logs] == [float(lg.failed) for lg in logs]
     assert len(learner.transitions) == sum(lg.length for lg in logs)
     first = run_episode(env, _ConstantPrior([1.0]), seed=3)
     np.testing.assert_array_equal([t[0] for t in learner.transitions[:first.length]], first.observations[:-1])
