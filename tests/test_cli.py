@@ -87,3 +87,27 @@ def test_nmpc_command_rejects_bad_arguments(argv, message, capsys):
         main(argv)
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("detuned", "expected NAME=package.module:factory"),
+    ("mine=custom_controller", "expected package.module:factory"),
+    ("mine=no_such_module_here:make", "cannot import 'no_such_module_here'"),
+    ("mine=custom_controller:missing", "has no attribute 'missing'"),
+    ("mine=custom_controller:NOT_CALLABLE", "is a int, not callable"),
+    ("PI nominal=custom_controller:detuned_pi", "the name of a built-in row"),
+    ("mine=custom_controller:no_act", "lacks reset(seed=None) or act(obs)"),
+])
+def test_study_rejects_a_bad_controller_in_one_line_before_writing(spec, message, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["study", "--out", str(out), "--controller", spec]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_study_rejects_a_controller_name_given_twice(tmp_path, capsys):
+    argv = ["study", "--out", str(tmp_path / "run"), "--controller", "a=custom_controller:detuned_pi",
+            "--controller", "a=custom_controller:ContextChecked"]
+    assert main(argv) == 2
+    assert "a name given twice" in capsys.readouterr().err

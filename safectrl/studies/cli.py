@@ -50,10 +50,18 @@ def _cmd_study(args: argparse.Namespace) -> int:
         run_acr_study(args.preset, args.out, scheduler=args.scheduler, workers=args.workers, serial=args.serial,
                       force=args.force)
         return 0
-    from safectrl.studies.study import run_study
+    from safectrl.studies.study import ControllerSpecError, parse_controller_option, run_study
 
-    run_study(args.preset, args.out, force=args.force, scheduler=args.scheduler, workers=args.workers,
-              serial=args.serial)
+    try:
+        pairs = [parse_controller_option(text) for text in args.controller]
+        names = [name for name, _ in pairs]
+        if len(set(names)) != len(names):
+            raise ControllerSpecError(f"--controller: a name given twice in {names}")
+        run_study(args.preset, args.out, force=args.force, scheduler=args.scheduler, workers=args.workers,
+                  serial=args.serial, controllers=dict(pairs))
+    except ControllerSpecError as exc:
+        print(f"safectrl study: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -205,6 +213,9 @@ def _add_study(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="rebuild cached artifacts and rerun every episode")
     p.add_argument("--report", action="store_true",
                    help="acr only: write the summary from the tasks finished so far in --out, run nothing")
+    p.add_argument("--controller", action="append", default=[], metavar="NAME=package.module:factory",
+                   help="main only: add your own controller as a row; factory(ctx) returns an object with "
+                        "reset(seed=None) and act(obs) (repeatable)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--scheduler", metavar="tcp://HOST:PORT", default=None,
                        help="send tasks to this running Dask scheduler")

@@ -9,6 +9,12 @@ Controllers (:data:`CONTROLLERS`): nominal and dataset PI, oracle and mismatched
 the scenario's PI dataset, and the PICNN safety layer around them. Training runs (one task per artifact and
 scenario) go through the same executor before the episodes; their results are cached artifacts.
 
+Your own controllers (``StudyPreset.custom_controllers``, ``safectrl study --controller NAME=pkg.mod:factory``)
+are rows beside the built-in ones. Episodes run in spawned worker processes, so a controller travels as an
+import string and the worker imports it: ``factory(ctx)`` is called once per episode with the episode's
+:class:`BuildContext` (scenario, variant with its plant and noise flag, seed) and returns any object with
+``reset(seed=None)`` and ``act(obs)`` (:class:`safectrl.common.protocol.DecisionMaker`).
+
 Plant variants: ``nominal`` (plant = model), ``mismatch`` (UA -20 %, dH +10 % in the plant only) and
 ``noise`` (measurement noise of SPEC §1). Every controller is designed or trained on the nominal model and
 data; only the oracle NMPC is given the variant's true plant.
@@ -21,16 +27,19 @@ per-episode results that make a run resumable).
 from __future__ import annotations
 
 import csv
+import functools
+import importlib
 import json
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 import safectrl
+from safectrl.common.protocol import DecisionMaker
 from safectrl.controllers.pi import NOMINAL_TUNING, PIController, PITuning
 from safectrl.models import polycstr as pc
 from safectrl.rl import data
@@ -164,6 +173,74 @@ _NEEDS = {"BC": ("bc", False), "IQL": ("iql", False), "BC+PICNN (GD)": ("bc", Tr
 ALL_CONTROLLERS = tuple(CONTROLLERS)
 
 
+class ControllerSpecError(ValueError):
+    """A ``--controller NAME=package.module:factory`` that cannot be used (the message says why)."""
+
+
+def parse_controller_option(text: str) -> tuple[str, str]:
+    """``"NAME=package.module:factory"`` -> ``(NAME, "package.module:factory")``."""
+    name, sep, target = text.partition("=")
+    if not sep or not name.strip() or not target.strip():
+        raise ControllerSpecError(f"--controller {text!r}: expected NAME=package.module:factory")
+    return name.strip(), target.strip()
+
+
+def resolve_factory(target: str) -> Callable[[BuildContext], DecisionMaker]:
+    """The callable named by ``"package.module:factory"`` (imported here, so in the worker that runs it)."""
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise ControllerSpecError(f"controller {target!r}: expected package.module:factory")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ControllerSpecError(f"controller {target!r}: cannot import {module_name!r} ({exc}); is it on "
+                                  "PYTHONPATH (the workers import it too)?") from None
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ControllerSpecError(f"controller {target!r}: {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ControllerSpecError(f"controller {target!r}: {attr!r} is a {type(obj).__name__}, not callable")
+    return obj
+
+
+def _build_custom(name: str, target: str, ctx: BuildContext) -> DecisionMaker:
+    controller = resolve_factory(target)(ctx)
+    if not isinstance(controller, DecisionMaker):
+        raise ControllerSpecError(f"controller {name!r} ({target}): the factory returned a "
+                                  f"{type(controller).__name__}, which lacks reset(seed=None) or act(obs)")
+    return controller
+
+
+def controller_spec(name: str, preset: StudyPreset) -> ControllerSpec:
+    """The built-in controller ``name``, or the preset's own controller of that name."""
+    if name in CONTROLLERS:
+        return CONTROLLERS[name]
+    target = dict(preset.custom_controllers)[name]
+    return ControllerSpec(name, functools.partial(_build_custom, name, target), f"your controller {target}")
+
+
+def check_custom_controllers(preset: StudyPreset) -> None:
+    """Raise :class:`ControllerSpecError` (one line) unless every custom controller can be built.
+
+    Each factory is imported and called once here, for the preset's first scenario, variant and seed, so that
+    a bad specification fails before any folder is written or worker started.
+    """
+    names = [name for name, _ in preset.custom_controllers]
+    for name in names:
+        if name in CONTROLLERS:
+            raise ControllerSpecError(f"controller {name!r}: the name of a built-in row; choose another")
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ControllerSpecError(f"controllers {duplicates} given more than once")
+    if not preset.custom_controllers:
+        return
+    ctx = BuildContext(preset.scenarios[0], VARIANTS[preset.variants[0]], data.evaluation_seeds(1)[0], 0, preset)
+    for name, target in preset.custom_controllers:
+        _build_custom(name, target, ctx)
+
+
 @dataclass(frozen=True)
 class StudyPreset:
     """Size of a study run. ``quick`` is the README demo and the CI test; ``full`` makes the published numbers."""
@@ -181,6 +258,19 @@ class StudyPreset:
     cost_model_epochs: int | None = None  # None: the safety layer's default
     train_seed: int = 0  # initial weights and minibatches of every trained artifact
     reference: str = "NMPC oracle"  # the controller costs are divided by
+    # your own rows: (name, "package.module:factory") pairs; a {name: target} mapping is accepted and stored
+    # as pairs (hashable, and kept in config.json in the given order)
+    custom_controllers: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        pairs = self.custom_controllers
+        pairs = tuple(pairs.items()) if isinstance(pairs, Mapping) else tuple(tuple(p) for p in pairs)
+        object.__setattr__(self, "custom_controllers", pairs)
+
+    @property
+    def rows(self) -> tuple[str, ...]:
+        """Every controller of the study, built-in first, then your own, in table and figure order."""
+        return (*self.controllers, *(name for name, _ in self.custom_controllers))
 
 
 PRESETS = {
@@ -207,8 +297,6 @@ def policy_artifact_config(algo: str, scenario: str, preset: StudyPreset) -> dic
 
 
 def cost_model_config(scenario: str, preset: StudyPreset):
-    from dataclasses import replace
-
     from safectrl.studies.safety_layer import SafetyLayerConfig
 
     cfg = SafetyLayerConfig()
@@ -309,7 +397,7 @@ def _episode_task(controller: str, scenario: str, variant: str, seed: int, seed_
                   preset: StudyPreset) -> dict[str, Any]:
     """One closed-loop episode; returns its metrics and trajectory (a ResultStore record)."""
     var = VARIANTS[variant]
-    policy = CONTROLLERS[controller].build(BuildContext(scenario, var, seed, seed_index, preset))
+    policy = controller_spec(controller, preset).build(BuildContext(scenario, var, seed, seed_index, preset))
     env = PolyCSTREnv(scenario=scenario, plant=var.plant, noise=var.noise, max_steps=preset.max_steps)
     ep = run_episode(env, policy, seed)
     return {
@@ -352,7 +440,7 @@ def episode_tasks(preset: StudyPreset) -> tuple[list[Task], dict[str, tuple[str,
     tasks, index = [], {}
     for variant in preset.variants:
         for scenario in preset.scenarios:
-            for controller in preset.controllers:
+            for controller in preset.rows:
                 for k, seed in enumerate(seeds):
                     key = f"episode/{variant}/{scenario}/{controller}/{seed}"
                     tasks.append(Task(key, _episode_task, (controller, scenario, variant, seed, k, preset)))
@@ -401,7 +489,7 @@ def summary_rows(results: StudyResults, variant: str, reference: str) -> list[li
     """Table rows of one variant; costs also relative to ``reference`` on the same seeds (paired ratio)."""
     rows = []
     for scenario in results.preset.scenarios:
-        by_controller = {c: results.metrics[(variant, scenario, c)] for c in results.preset.controllers}
+        by_controller = {c: results.metrics[(variant, scenario, c)] for c in results.preset.rows}
         rows += controller_rows(scenario, by_controller, reference)
     return rows
 
@@ -454,12 +542,12 @@ def write_outputs(results: StudyResults, out_dir: Path, reference: str) -> str:
         parts.append(f"\n![trajectories](trajectories_{variant}.png)\n")
         plots.trajectory_figure(
             {s: [plots.Trace(results.episodes[(variant, s, c)][0], c, color=f"C{i}", width=1.6)
-                 for i, c in enumerate(results.preset.controllers)] for s in results.preset.scenarios},
+                 for i, c in enumerate(results.preset.rows)] for s in results.preset.scenarios},
             out_dir / f"trajectories_{variant}.png",
             title=f"{variant}: first evaluation seed ({results.seeds[0]}) of every controller",
         )
     plots.distribution_figure(results.metrics, results.preset.variants, results.preset.scenarios,
-                              results.preset.controllers, out_dir / "distributions.png")
+                              results.preset.rows, out_dir / "distributions.png")
     parts.append("## Distributions over seeds\n\n![distributions](distributions.png)\n")
     headline = headline_rows(results)
     if headline:
@@ -487,7 +575,7 @@ def _check_out_dir(out_dir: Path, config: dict[str, Any], force: bool) -> None:
 
 def run_study(preset: str | StudyPreset = "quick", out: str | Path | None = None, force: bool = False,
               scheduler: str | None = None, workers: int | None = None, serial: bool = False,
-              progress: bool = True) -> Path:
+              progress: bool = True, controllers: Mapping[str, str] | None = None) -> Path:
     """Run the study end to end and write its folder; rerunning with the same ``out`` resumes it.
 
     Args:
@@ -495,6 +583,9 @@ def run_study(preset: str | StudyPreset = "quick", out: str | Path | None = None
         out: run folder (default ``runs/study-<preset>``).
         force: retrain the artifacts and rerun every episode.
         scheduler, workers, serial: the executor (see :func:`~safectrl.studies.executor.make_executor`).
+        progress: print progress and the summary.
+        controllers: your own rows, ``{name: "package.module:factory"}``, added to the preset's
+            ``custom_controllers`` (see the module docstring for what the factory receives).
     """
     if isinstance(preset, StudyPreset):
         cfg = preset
@@ -502,9 +593,12 @@ def run_study(preset: str | StudyPreset = "quick", out: str | Path | None = None
         cfg = PRESETS[preset]
     else:
         raise ValueError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
+    if controllers:
+        cfg = replace(cfg, custom_controllers=(*cfg.custom_controllers, *controllers.items()))
     unknown = [c for c in cfg.controllers if c not in CONTROLLERS]
     if unknown:
         raise ValueError(f"unknown controllers {unknown}; valid: {', '.join(CONTROLLERS)}")
+    check_custom_controllers(cfg)
     out_dir = Path(out) if out is not None else Path("runs") / f"study-{cfg.name}"
     config = {"preset": asdict(cfg), "eval_seeds": data.evaluation_seeds(cfg.eval_seeds),
               "nominal_pi": NOMINAL_TUNING.as_dict(), "safectrl": safectrl.__version__,
@@ -523,7 +617,7 @@ def run_study(preset: str | StudyPreset = "quick", out: str | Path | None = None
         results = run_episodes(cfg, executor, store, progress)
     finally:
         executor.close()
-    reference = cfg.reference if cfg.reference in cfg.controllers else cfg.controllers[0]
+    reference = cfg.reference if cfg.reference in cfg.rows else cfg.rows[0]
     text = write_outputs(results, out_dir, reference=reference)
     if progress:
         print(text)
