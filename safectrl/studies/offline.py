@@ -32,7 +32,7 @@ from safectrl.rl.offline_data import Normalisation, OfflineData
 from safectrl.rl.polycstr_env import PolyCSTREnv
 from safectrl.rl.rollout import Episode, Policy, run_episode
 from safectrl.rl.training import AGENTS, make_agent, train
-from safectrl.studies import datasets, plots
+from safectrl.studies import datasets, plots, report
 from safectrl.studies.metrics import EpisodeMetrics, episode_metrics
 
 #: Loss curves are written as means over this many blocks of steps (fewer if there are fewer steps).
@@ -214,8 +214,6 @@ def evaluation_report(
     from tqdm.auto import tqdm
 
     from safectrl.rl.checkpoint import load_policy
-    from safectrl.studies import report
-    from safectrl.studies.study import controller_rows, summary_headers
 
     groups: dict[str, list[Policy]] = {}
     trained_on: dict[str, list[str]] = {}
@@ -244,8 +242,8 @@ def evaluation_report(
         results[scenario] = metrics_of(eps)
         panels[scenario] = [plots.Trace(v[0], k, color=f"C{i}") for i, (k, v) in enumerate(eps.items())]
     reference = "PI nominal" if baselines else None
-    rows = [r for scenario, by in results.items() for r in controller_rows(scenario, by, reference)]
-    table = report.markdown_table(summary_headers(reference or "reference"), rows)
+    rows = [r for scenario, by in results.items() for r in report.controller_rows(scenario, by, reference)]
+    table = report.markdown_table(report.summary_headers(reference or "reference"), rows)
     if out is not None:
         folder = Path(out)
         folder.mkdir(parents=True, exist_ok=True)

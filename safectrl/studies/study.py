@@ -461,36 +461,12 @@ def run_episodes(preset: StudyPreset, executor: Executor, store: ResultStore, pr
     return StudyResults(preset, seeds, dict(metrics), dict(episodes))
 
 
-def summary_headers(reference: str) -> tuple[str, ...]:
-    return ("scenario", "controller", "episodes", "cost (mean ± std)", f"cost / {reference}", "final |e_P| kg/m³",
-            "final |e_T| K", "IAE_P kg/m³·h", "intervals T > T_max", "worst exceedance K", "runaways",
-            "ms / decision")
-
-
-def controller_rows(scenario: str, by_controller: dict[str, list[EpisodeMetrics]],
-                    reference: str | None = None) -> list[list[Any]]:
-    """Summary rows (see :func:`summary_headers`) of one scenario; costs also relative to ``reference``'s
-    episodes on the same seeds (paired ratio), "n/a" without one."""
-    ref = [m.cost for m in by_controller.get(reference, [])] if reference else []
-    rows = []
-    for controller, ms in by_controller.items():
-        ratio = report.mean_std([m.cost / r for m, r in zip(ms, ref)]) if ref and len(ref) == len(ms) else "n/a"
-        rows.append([
-            scenario, controller, len(ms), report.mean_std([m.cost for m in ms]), ratio,
-            report.mean_std([m.final_abs_eP for m in ms]), report.mean_std([m.final_abs_eT for m in ms]),
-            report.mean_std([m.iae_P for m in ms]), int(sum(m.violations for m in ms)),
-            float(max(m.worst_exceedance for m in ms)), int(sum(m.failure for m in ms)),
-            report.mean_std([m.decision_ms for m in ms], 2),
-        ])
-    return rows
-
-
 def summary_rows(results: StudyResults, variant: str, reference: str) -> list[list[Any]]:
     """Table rows of one variant; costs also relative to ``reference`` on the same seeds (paired ratio)."""
     rows = []
     for scenario in results.preset.scenarios:
         by_controller = {c: results.metrics[(variant, scenario, c)] for c in results.preset.rows}
-        rows += controller_rows(scenario, by_controller, reference)
+        rows += report.controller_rows(scenario, by_controller, reference)
     return rows
 
 
@@ -538,7 +514,8 @@ def write_outputs(results: StudyResults, out_dir: Path, reference: str) -> str:
              "per-seed ratio; mean ± std over seeds.\n"]
     for variant in results.preset.variants:
         parts.append(f"## {variant}: {VARIANTS[variant].description}\n")
-        parts.append(report.markdown_table(summary_headers(reference), summary_rows(results, variant, reference)))
+        rows = summary_rows(results, variant, reference)
+        parts.append(report.markdown_table(report.summary_headers(reference), rows))
         parts.append(f"\n![trajectories](trajectories_{variant}.png)\n")
         plots.trajectory_figure(
             {s: [plots.Trace(results.episodes[(variant, s, c)][0], c, color=f"C{i}", width=1.6)
