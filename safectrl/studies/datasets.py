@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
-from safectrl.controllers.pi import PIController, sample_tuning
+from safectrl.controllers.pi import PIController, sample_tuning, tuning_rng
 from safectrl.models import polycstr as pc
 from safectrl.rl import data
 from safectrl.rl.polycstr_env import PolyCSTREnv
@@ -21,11 +21,6 @@ def dataset_id(scenario: str, episodes: int, seed: int) -> str:
     """Minari id of a PI dataset, e.g. ``safectrl/polycstr-startup-pi-n100-s0-v0``."""
     pc.get_scenario(scenario)
     return f"safectrl/polycstr-{scenario.replace('_', '-')}-pi-n{episodes}-s{seed}-v0"
-
-
-def tuning_rng(episode_seed: int) -> np.random.Generator:
-    """The generator of an episode's PI gains: a stream separate from the env's initial-state stream."""
-    return np.random.default_rng((episode_seed, 1))
 
 
 def simulate_pi_episodes(scenario: str, episodes: int, seed: int, progress: bool = False) -> list[Episode]:

@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from safectrl.controllers.nmpc import NMPC, NMPCConfig, NMPCSolution  # noqa: E402
-from safectrl.controllers.pi import PIController, PITuning, sample_tuning  # noqa: E402
+from safectrl.controllers.pi import PIController, PITuning, sample_tuning, tuning_rng  # noqa: E402
 from safectrl.controllers.estimation import EKFConfig  # noqa: E402
 from safectrl.controllers.polycstr_nmpc import (  # noqa: E402
     EKF_CONFIG,
@@ -35,7 +35,7 @@ from safectrl.rl.data import TUNING_SEED_OFFSET, evaluation_seeds, load_episodes
 from safectrl.rl.polycstr_env import PolyCSTREnv  # noqa: E402
 from safectrl.rl.rollout import Episode, run_episode  # noqa: E402
 from safectrl.studies import report  # noqa: E402
-from safectrl.studies.datasets import generate_dataset, tuning_rng  # noqa: E402
+from safectrl.studies.datasets import generate_dataset  # noqa: E402
 from safectrl.studies.metrics import EpisodeMetrics, episode_metrics  # noqa: E402
 
 #: NMPC variants: the parameters the controller and its filter predict with, and the filter's settings.

@@ -1,10 +1,10 @@
-"""Figures of closed-loop trajectories. Library code: figures are saved to files, never shown."""
+"""Figures of closed-loop trajectories and of a learned cost surface. Library code: figures are saved to files, never shown."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import matplotlib
 
@@ -14,6 +14,11 @@ import numpy as np  # noqa: E402
 
 from safectrl.models import polycstr as pc  # noqa: E402
 from safectrl.rl.rollout import Episode  # noqa: E402
+
+if TYPE_CHECKING:
+    from safectrl.safety.correction import GDConfig
+    from safectrl.safety.cost_model import ConvexCostModel
+    from safectrl.safety.filter import ActionBox
 
 
 @dataclass(frozen=True)
@@ -150,3 +155,77 @@ def loss_figure(steps: np.ndarray, curves: dict[str, np.ndarray], path: str | os
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def cost_surface_figure(
+    model: ConvexCostModel,
+    obs: np.ndarray,
+    policy_action: np.ndarray,
+    box: ActionBox,
+    path: str | os.PathLike,
+    trust: float,
+    gd_config: GDConfig | None = None,
+    data_actions: np.ndarray | None = None,
+    title: str = "",
+    grid: int = 161,
+) -> dict[str, np.ndarray]:
+    """The learned cost over the input box at one state, with the policy action, GD path and exact optimum.
+
+    Left: f(obs, ·) over the whole input box with its exact minimiser (the LP, λ = 0) and, if given, the
+    dataset's actions. Right: the correction objective f + λ/2‖·‖² near the policy action, the projected
+    gradient path from the policy action and the exact QP optimum; ``box`` bounds the inputs, ``trust`` is λ.
+    Returns the points drawn (physical units).
+    """
+    from safectrl.safety.correction import ExactCorrector, GDConfig, GradientCorrector  # torch, cvxpy: on use
+
+    obs = np.asarray(obs, dtype=float)[None]
+    lo, hi = box.bounds(obs)
+    x = model.state_features(obs)
+    y_lo, y_hi = model.scale_action(lo), model.scale_action(hi)
+    y_ref = model.scale_action(np.clip(np.asarray(policy_action, dtype=float)[None], lo, hi))
+    lp = ExactCorrector(model.picnn, 0.0).correct(x, y_ref, y_lo, y_hi)
+    qp = ExactCorrector(model.picnn, trust).correct(x, y_ref, y_lo, y_hi)
+    gd = GradientCorrector(model.picnn, trust, gd_config or GDConfig()).correct(x, y_ref, y_lo, y_hi, record_path=True)
+    points = {
+        "policy": model.unscale_action(y_ref)[0],
+        "lp_optimum": model.unscale_action(lp.action)[0],
+        "qp_optimum": model.unscale_action(qp.action)[0],
+        "gd_path": model.unscale_action(gd.path[:, 0]),
+    }
+    std = model.action_std.numpy()
+    fig, axes = plt.subplots(1, 2, figsize=(12.5, 5.2))
+    half = np.maximum(4 * std, np.abs(points["qp_optimum"] - points["policy"]) * 1.5)
+    windows = [(lo[0], hi[0]), (np.maximum(lo[0], points["policy"] - half), np.minimum(hi[0], points["policy"] + half))]
+    for k, (ax, (w_lo, w_hi)) in enumerate(zip(axes, windows)):
+        f_I, T_c = np.meshgrid(np.linspace(w_lo[0], w_hi[0], grid), np.linspace(w_lo[1], w_hi[1], grid))
+        acts = np.stack([f_I.ravel(), T_c.ravel()], axis=1)
+        cost = model.predict(np.repeat(obs, len(acts), axis=0), acts)
+        if k == 1:
+            trust_term = 0.5 * trust * np.sum((model.scale_action(acts) - y_ref) ** 2, axis=1)
+            cost = cost + trust_term * float(model.cost_std)
+        cs = ax.contourf(f_I, T_c, cost.reshape(f_I.shape), levels=30, cmap="viridis")
+        fig.colorbar(cs, ax=ax, label="predicted cost-to-go" + (" + trust term" if k else ""))
+        if k == 0 and data_actions is not None:
+            ax.scatter(data_actions[:, 0], data_actions[:, 1], s=2, c="silver", alpha=0.3, lw=0,
+                       label="dataset actions (all states)")
+        if k == 1:
+            path_pts = points["gd_path"]
+            ax.plot(path_pts[:, 0], path_pts[:, 1], "-o", color="tab:orange", ms=3, lw=1.2,
+                    label=f"gradient path ({len(path_pts) - 1} steps)")
+            ax.plot(*points["qp_optimum"], "*", color="tab:red", ms=16, mec="k",
+                    label=f"exact optimum (QP, λ = {trust:g})")
+        else:
+            ax.plot(*points["lp_optimum"], "*", color="tab:red", ms=16, mec="k", label="exact optimum (LP, λ = 0)")
+        ax.plot(*points["policy"], "s", color="w", ms=8, mec="k", label="policy action")
+        ax.set_xlim(w_lo[0], w_hi[0])
+        ax.set_ylim(w_lo[1], w_hi[1])
+        ax.set_xlabel("f_I [kg/h]")
+        ax.set_ylabel("T_c [K]")
+        ax.set_title("whole input box" if k == 0 else "near the policy action")
+        ax.legend(loc="lower left", fontsize=8, framealpha=0.8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return points
