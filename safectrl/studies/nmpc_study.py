@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
@@ -34,7 +34,7 @@ from safectrl.models import polycstr as pc  # noqa: E402
 from safectrl.rl.data import TUNING_SEED_OFFSET, evaluation_seeds, load_episodes  # noqa: E402
 from safectrl.rl.polycstr_env import PolyCSTREnv  # noqa: E402
 from safectrl.rl.rollout import Episode, run_episode  # noqa: E402
-from safectrl.studies import report  # noqa: E402
+from safectrl.studies import options, report  # noqa: E402
 from safectrl.studies.datasets import generate_dataset  # noqa: E402
 from safectrl.studies.metrics import EpisodeMetrics, episode_metrics  # noqa: E402
 
@@ -367,3 +367,62 @@ def write_acceptance(rows: list[AcceptanceRow], out: str | os.PathLike) -> Path:
         f"R: 1e-6 mol/m³).\n\n{acceptance_table(rows)}\n"
     )
     return path
+
+
+# -- the study's configs, as the command line and scripts give them ---------------------------------------
+
+
+@dataclass(frozen=True)
+class EpisodeConfig:
+    """``safectrl nmpc episode``: one closed-loop episode, its summary and the prediction figure."""
+
+    scenario: str = field(default="grade_up", metadata={"choices": tuple(pc.SCENARIOS)})  # the episode's scenario
+    mismatch: bool = False  # predict with the mismatched model (UA -20 %, dH +10 %) instead of the plant's
+    seed: int = field(default=0, metadata={"min": 0})  # env seed
+    noise: bool = False  # measurement noise on A, P, T
+    out: str | None = None  # output folder (default: runs/nmpc-TIMESTAMP)
+
+
+def run(config: EpisodeConfig = EpisodeConfig()) -> tuple[NMPCRun, Path]:
+    """The episode of ``config`` and its figure; writes ``config.json`` and the figure into ``config.out``."""
+    variant = "mismatched" if config.mismatch else "oracle"
+    out = options.write_config(config, config.out or options.timestamped("nmpc"))
+    nmpc_run = run_nmpc_episode(config.scenario, variant, config.seed, noise=config.noise)
+    path = out / f"nmpc-{config.scenario}-{variant}-seed{config.seed}.png"
+    prediction_figure(nmpc_run, path, title=f"NMPC ({variant}), {config.scenario}, seed {config.seed}")
+    return nmpc_run, path
+
+
+@dataclass(frozen=True)
+class AcceptanceConfig:
+    """``safectrl nmpc acceptance``: the NMPC variants on every scenario against the best PI of the data."""
+
+    episodes: int = field(default=10, metadata={"min": 1})  # evaluation seeds per scenario and variant
+    data_episodes: int = field(default=100, metadata={"min": 1})  # episodes of each PI dataset
+    noise: bool = False  # measurement noise on A, P, T for the NMPC (the PI data stay noise-free)
+    root: str | None = None  # datasets folder (default: $MINARI_DATASETS_PATH or Minari's)
+    out: str | None = None  # output folder (default: runs/nmpc-acceptance-TIMESTAMP)
+
+
+def run_acceptance(config: AcceptanceConfig = AcceptanceConfig()) -> tuple[list[AcceptanceRow], Path]:
+    """The acceptance rows; writes ``config.json`` and ``nmpc_acceptance.md`` into ``config.out``."""
+    out = options.write_config(config, config.out or options.timestamped("nmpc-acceptance"))
+    rows = acceptance(config.episodes, config.data_episodes, noise=config.noise, root=config.root)
+    return rows, write_acceptance(rows, out)
+
+
+@dataclass(frozen=True)
+class BackoffConfig:
+    """``safectrl nmpc backoff-study``: reproduce the choice of the temperature back-off on tuning seeds."""
+
+    episodes: int = field(default=10, metadata={"min": 1})  # tuning-seed startups per back-off and setting
+    out: str | None = None  # output folder (default: runs/nmpc-backoff-TIMESTAMP)
+
+
+def run_backoff(config: BackoffConfig = BackoffConfig()) -> tuple[float, list[list], Path]:
+    """The chosen back-off and the table; writes ``config.json`` and ``backoff.md`` into ``config.out``."""
+    out = options.write_config(config, config.out or options.timestamped("nmpc-backoff"))
+    chosen, rows = backoff_study(episodes=config.episodes)
+    (out / "backoff.md").write_text(f"# NMPC temperature back-off\n\n{report.markdown_table(BACKOFF_HEADERS, rows)}\n"
+                                    f"\nchosen back-off: {chosen:g} K\n")
+    return chosen, rows, out

@@ -32,7 +32,7 @@ import importlib
 import json
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -600,3 +600,33 @@ def run_study(preset: str | StudyPreset = "quick", out: str | Path | None = None
         print(text)
         print(f"\nwritten to {out_dir} in {time.perf_counter() - t0:.0f} s")
     return out_dir
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """What ``safectrl study`` runs: a preset, your own rows, the run folder and the executor."""
+
+    # quick: a few minutes on 2 cores; full: the published numbers
+    preset: str = field(default="quick", metadata={"choices": tuple(PRESETS)})
+    out: str | None = None  # output folder (default: runs/study-PRESET); an existing run there is resumed
+    force: bool = False  # rebuild cached artifacts and rerun every episode
+    # your own controller as a row: factory(ctx) returns an object with reset(seed=None) and act(obs); repeatable
+    controller: tuple[str, ...] = field(default=(), metadata={"repeat": True,
+                                                              "metavar": "NAME=package.module:factory"})
+    # send tasks to this running Dask scheduler
+    scheduler: str | None = field(default=None, metadata={"group": "executor", "metavar": "tcp://HOST:PORT"})
+    # start a local Dask cluster with this many worker processes
+    workers: int | None = field(default=None, metadata={"group": "executor", "min": 1})
+    serial: bool = field(default=False, metadata={"group": "executor"})  # run every task in this process
+    progress: bool = True  # print progress and the summary
+
+
+def run(config: StudyConfig = StudyConfig()) -> Path:
+    """Run the comparative study of ``config``; its folder (with ``config.json``) is returned."""
+    pairs = [parse_controller_option(text) for text in config.controller]
+    names = [name for name, _ in pairs]
+    if len(set(names)) != len(names):
+        raise ControllerSpecError(f"--controller: a name given twice in {names}")
+    return run_study(config.preset, config.out, force=config.force, scheduler=config.scheduler,
+                     workers=config.workers, serial=config.serial, progress=config.progress,
+                     controllers=dict(pairs))
