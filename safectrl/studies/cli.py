@@ -9,6 +9,7 @@ from dataclasses import replace
 from typing import Callable, Sequence
 
 from safectrl.models import polycstr as pc
+from safectrl.studies import options
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
@@ -33,35 +34,31 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_study(args: argparse.Namespace) -> int:
-    if args.report and args.which != "acr":
-        print("safectrl study: --report is only for `study acr`",
-              file=sys.stderr)
-        return 2
-    if args.which == "acr":
-        from safectrl.studies.acr_study import report_acr_study, run_acr_study
-
-        if args.report:
-            try:
-                report_acr_study(args.preset, args.out)
-            except FileNotFoundError as exc:
-                print(f"safectrl study acr: {exc}", file=sys.stderr)
-                return 1
-            return 0
-        run_acr_study(args.preset, args.out, scheduler=args.scheduler, workers=args.workers, serial=args.serial,
-                      force=args.force)
-        return 0
-    from safectrl.studies.study import ControllerSpecError, parse_controller_option, run_study
+    from safectrl.studies import study
 
     try:
-        pairs = [parse_controller_option(text) for text in args.controller]
-        names = [name for name, _ in pairs]
-        if len(set(names)) != len(names):
-            raise ControllerSpecError(f"--controller: a name given twice in {names}")
-        run_study(args.preset, args.out, force=args.force, scheduler=args.scheduler, workers=args.workers,
-                  serial=args.serial, controllers=dict(pairs))
-    except ControllerSpecError as exc:
+        study.run(options.from_args(study.StudyConfig, args))
+    except study.ControllerSpecError as exc:
         print(f"safectrl study: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _cmd_acr(args: argparse.Namespace) -> int:
+    from safectrl.studies import acr_study
+
+    acr_study.run(options.from_args(acr_study.ACRStudyConfig, args))
+    return 0
+
+
+def _cmd_acr_report(args: argparse.Namespace) -> int:
+    from safectrl.studies import acr_study
+
+    try:
+        acr_study.run_report(options.from_args(acr_study.ACRReportConfig, args))
+    except FileNotFoundError as exc:
+        print(f"safectrl study acr report: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -72,33 +69,35 @@ def _cmd_pi_tuning(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_nmpc(args: argparse.Namespace) -> int:
-    import time
-    from pathlib import Path
-
+def _cmd_nmpc_episode(args: argparse.Namespace) -> int:
     from safectrl.studies import nmpc_study, report
 
-    if args.backoff_study:
-        chosen, rows = nmpc_study.backoff_study(episodes=args.episodes)
-        print(report.markdown_table(nmpc_study.BACKOFF_HEADERS, rows))
-        margin = nmpc_study.BACKOFF_MARGIN
-        print(f"\nchosen back-off: {chosen:g} K (smallest with peak T <= T_max - {margin:g} K)")
-        return 0
-    variant = "mismatched" if args.mismatch else "oracle"
-    out = Path(args.out) if args.out else Path("runs") / f"nmpc-{time.strftime('%Y%m%d-%H%M%S')}"
-    out.mkdir(parents=True, exist_ok=True)
-    if args.acceptance:
-        rows = nmpc_study.acceptance(args.episodes, args.data_episodes, noise=args.noise, root=args.root)
-        print(nmpc_study.acceptance_table(rows))
-        print(f"\nwritten to {nmpc_study.write_acceptance(rows, out)}")
-        return 0 if all(r.passes() for r in rows if r.variant == "oracle") else 1
-    run = nmpc_study.run_nmpc_episode(args.scenario, variant, args.seed, noise=args.noise)
-    noise = ", measurement noise" if args.noise else ""
-    print(f"NMPC ({variant}), scenario {args.scenario}, seed {args.seed}{noise}\n")
+    cfg = options.from_args(nmpc_study.EpisodeConfig, args)
+    run, path = nmpc_study.run(cfg)
+    variant = "mismatched" if cfg.mismatch else "oracle"
+    noise = ", measurement noise" if cfg.noise else ""
+    print(f"NMPC ({variant}), scenario {cfg.scenario}, seed {cfg.seed}{noise}\n")
     print(report.markdown_table(["metric", "value"], nmpc_study.episode_summary(run)))
-    path = out / f"nmpc-{args.scenario}-{variant}-seed{args.seed}.png"
-    nmpc_study.prediction_figure(run, path, title=f"NMPC ({variant}), {args.scenario}, seed {args.seed}")
     print(f"\nfigure written to {path}")
+    return 0
+
+
+def _cmd_nmpc_acceptance(args: argparse.Namespace) -> int:
+    from safectrl.studies import nmpc_study
+
+    rows, path = nmpc_study.run_acceptance(options.from_args(nmpc_study.AcceptanceConfig, args))
+    print(nmpc_study.acceptance_table(rows))
+    print(f"\nwritten to {path}")
+    return 0 if all(r.passes() for r in rows if r.variant == "oracle") else 1
+
+
+def _cmd_nmpc_backoff(args: argparse.Namespace) -> int:
+    from safectrl.studies import nmpc_study, report
+
+    chosen, rows, out = nmpc_study.run_backoff(options.from_args(nmpc_study.BackoffConfig, args))
+    print(report.markdown_table(nmpc_study.BACKOFF_HEADERS, rows))
+    margin = nmpc_study.BACKOFF_MARGIN
+    print(f"\nchosen back-off: {chosen:g} K (smallest with peak T <= T_max - {margin:g} K); written to {out}")
     return 0
 
 
@@ -176,52 +175,54 @@ def _cmd_safety(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command(sub, name: str, help_text: str, run: Callable, config: type | None = None,
+             add: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.ArgumentParser:
+    """A (sub)command whose options are the fields of ``config`` (or added by ``add``)."""
+    p = sub.add_parser(name, help=help_text, description=help_text)
+    if config is not None:
+        options.add_options(p, config)
+    if add is not None:
+        add(p)
+    p.set_defaults(func=run)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from safectrl.studies import acr_study, nmpc_study, study
+
     parser = argparse.ArgumentParser(
         prog="safectrl",
         description="Process models, reference controllers, offline RL and safety layers for process control.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands: list[tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable]] = [
-        ("study", "run the main study on every scenario (tables, CSV, figures)", _add_study, _cmd_study),
-        ("data", "generate offline datasets (Minari) of randomly tuned PI control", _add_data, _cmd_data),
-        ("pi-tuning", "derive the nominal PI tuning (SIMC + closed-loop choice)", _add_pi_tuning,
-         _cmd_pi_tuning),
-        ("nmpc", "run the NMPC reference controller for one episode (or its acceptance table)", _add_nmpc,
-         _cmd_nmpc),
-        ("train", "train an offline RL policy (BC or IQL) on the PI datasets", _add_train, _cmd_train),
-        ("evaluate", "evaluate offline RL checkpoints in closed loop (optionally against PI)", _add_evaluate,
-         _cmd_evaluate),
-        ("safety", "PICNN safety layer: train cost models, evaluate filtered policies, draw the cost surface",
-         _add_safety, _cmd_safety),
-    ]
-    for name, help_text, add, run in commands:
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        add(p)
-        p.set_defaults(func=run)
+    p = _command(sub, "study", "run the main study on every scenario (tables, CSV, figures); `study acr`: RL-ACR",
+                 _cmd_study, study.StudyConfig)
+    studies = p.add_subparsers(dest="study", metavar="STUDY")  # none: the comparative study
+    acr = _command(studies, "acr", "RL-ACR vs SAC, SAC-pt and MPC on the RL-ACR tasks (runs/acr-PRESET)", _cmd_acr,
+                   acr_study.ACRStudyConfig)
+    _command(acr.add_subparsers(dest="acr_command", metavar="SUBCOMMAND"), "report",
+             "write the summary from the tasks finished so far in --out, run nothing", _cmd_acr_report,
+             acr_study.ACRReportConfig)
+    _command(sub, "data", "generate offline datasets (Minari) of randomly tuned PI control", _cmd_data,
+             add=_add_data)
+    _command(sub, "pi-tuning", "derive the nominal PI tuning (SIMC + closed-loop choice)", _cmd_pi_tuning,
+             add=_add_pi_tuning)
+    p = sub.add_parser("nmpc", help="the NMPC reference controller: one episode, its acceptance table, the back-off",
+                       description="the NMPC reference controller")
+    nmpc = p.add_subparsers(dest="nmpc_command", required=True, metavar="SUBCOMMAND")
+    _command(nmpc, "episode", "one closed-loop episode: summary table and a figure with the predicted horizons",
+             _cmd_nmpc_episode, nmpc_study.EpisodeConfig)
+    _command(nmpc, "acceptance", "the NMPC variants on every scenario against the best PI of the datasets",
+             _cmd_nmpc_acceptance, nmpc_study.AcceptanceConfig)
+    _command(nmpc, "backoff-study", "choose the T back-off on tuning-seed startups", _cmd_nmpc_backoff,
+             nmpc_study.BackoffConfig)
+    _command(sub, "train", "train an offline RL policy (BC or IQL) on the PI datasets", _cmd_train, add=_add_train)
+    _command(sub, "evaluate", "evaluate offline RL checkpoints in closed loop (optionally against PI)",
+             _cmd_evaluate, add=_add_evaluate)
+    _command(sub, "safety", "PICNN safety layer: train cost models, evaluate filtered policies, draw the cost "
+             "surface", _cmd_safety, add=_add_safety)
     return parser
-
-
-def _add_study(p: argparse.ArgumentParser) -> None:
-    p.add_argument("which", nargs="?", choices=["main", "acr"], default="main",
-                   help="main: the comparative study (default); acr: RL-ACR vs SAC, SAC-pt and MPC (runs/acr-PRESET)")
-    p.add_argument("--preset", choices=["quick", "full"], default="quick",
-                   help="quick: a few minutes on 2 cores; full: the published numbers (default: quick)")
-    p.add_argument("--out", default=None,
-                   help="output folder (default: runs/study-PRESET); an existing run there is resumed")
-    p.add_argument("--force", action="store_true", help="rebuild cached artifacts and rerun every episode")
-    p.add_argument("--report", action="store_true",
-                   help="acr only: write the summary from the tasks finished so far in --out, run nothing")
-    p.add_argument("--controller", action="append", default=[], metavar="NAME=package.module:factory",
-                   help="main only: add your own controller as a row; factory(ctx) returns an object with "
-                        "reset(seed=None) and act(obs) (repeatable)")
-    where = p.add_mutually_exclusive_group()
-    where.add_argument("--scheduler", metavar="tcp://HOST:PORT", default=None,
-                       help="send tasks to this running Dask scheduler")
-    where.add_argument("--workers", type=_positive_int, default=None,
-                       help="start a local Dask cluster with this many worker processes")
-    where.add_argument("--serial", action="store_true", help="run every task in this process (debugging)")
 
 
 def _add_data(p: argparse.ArgumentParser) -> None:
@@ -236,26 +237,6 @@ def _add_data(p: argparse.ArgumentParser) -> None:
 def _add_pi_tuning(p: argparse.ArgumentParser) -> None:
     p.add_argument("--episodes", type=_positive_int, default=5,
                    help="tuning episodes per scenario and plant (default 5)")
-
-
-def _add_nmpc(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--scenario", choices=list(pc.SCENARIOS), default="grade_up")
-    p.add_argument("--mismatch", action="store_true",
-                   help="predict with the mismatched model (UA -20 %%, dH +10 %%) instead of the plant's")
-    p.add_argument("--seed", type=_nonnegative_int, default=0, help="env seed (default 0)")
-    p.add_argument("--noise", action="store_true", help="measurement noise on A, P, T (SPEC §1 values)")
-    p.add_argument("--out", default=None, help="output folder (default: runs/nmpc-TIMESTAMP)")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--acceptance", action="store_true",
-                      help="instead of one episode: the NMPC variants on every scenario against PI data")
-    mode.add_argument("--backoff-study", action="store_true",
-                      help="instead of one episode: choose the T back-off on tuning-seed startups")
-    p.add_argument("--episodes", type=_positive_int, default=10,
-                   help="--acceptance, --backoff-study: seeds per scenario and setting (default 10)")
-    p.add_argument("--data-episodes", type=_positive_int, default=100,
-                   help="--acceptance: episodes of each PI dataset (default 100)")
-    p.add_argument("--root", default=None,
-                   help="--acceptance: datasets folder (default: $MINARI_DATASETS_PATH or Minari's)")
 
 
 def _add_train(p: argparse.ArgumentParser) -> None:

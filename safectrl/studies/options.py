@@ -101,7 +101,9 @@ def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
         name = f.name.replace("_", "-")
         target = parser
         if "group" in meta:
-            target = groups.setdefault(meta["group"], parser.add_mutually_exclusive_group())
+            if meta["group"] not in groups:
+                groups[meta["group"]] = parser.add_mutually_exclusive_group()
+            target = groups[meta["group"]]
         if meta.get("positional"):
             target.add_argument(f.name, nargs="?", **kwargs)
         else:
