@@ -12,7 +12,6 @@ import torch
 from safectrl.models import polycstr as pc
 from safectrl.rl.data import Transitions
 from safectrl.safety import targets
-from safectrl.studies import cli
 from safectrl.studies import safety_layer as sl
 from safectrl.studies.cli import main
 
@@ -168,7 +167,3 @@ def test_safety_train_command(tmp_path, capsys):
                  "--horizon", "2", "--root", str(tmp_path / "minari"), "--out", str(tmp_path / "m")]) == 0
     assert "val RMSE" in capsys.readouterr().out
     assert (tmp_path / "m" / "grade_down" / "cost_model.safetensors").exists()
-
-
-def test_cli_policy_names_match_the_registry():
-    assert tuple(sl.POLICIES) == cli.SAFETY_POLICIES

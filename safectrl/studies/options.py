@@ -71,9 +71,13 @@ def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
     for f in dataclasses.fields(cls):
         meta = f.metadata
         tp = _unwrap_optional(hints[f.name])
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        default = None if required else f.default if f.default is not dataclasses.MISSING else f.default_factory()
         kwargs: dict[str, Any] = {"help": meta.get("help", comments.get(f.name))}
-        if kwargs["help"] and default not in (None, False, ()) and "default" not in kwargs["help"]:
+        if tp is bool and default is True:
+            kwargs["help"] = f"turn off: {kwargs['help']}"
+        elif kwargs["help"] and default is not None and default is not False and default != () \
+                and "default" not in kwargs["help"]:
             kwargs["help"] += f" (default {' '.join(map(str, default)) if isinstance(default, tuple) else default})"
         if "metavar" in meta:
             kwargs["metavar"] = meta["metavar"]
@@ -104,6 +108,8 @@ def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
             if meta["group"] not in groups:
                 groups[meta["group"]] = parser.add_mutually_exclusive_group()
             target = groups[meta["group"]]
+        if required:
+            kwargs["required"] = True
         if meta.get("positional"):
             target.add_argument(f.name, nargs="?", **kwargs)
         else:

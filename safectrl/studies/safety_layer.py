@@ -44,7 +44,7 @@ from safectrl.safety.cost_model import (
 from safectrl.safety.filter import ActionBox, SafetyFilter
 from safectrl.safety.targets import CostTargetConfig, StageCostLayout
 from safectrl.safety import targets
-from safectrl.studies import datasets, plots, report
+from safectrl.studies import datasets, options, plots, report
 from safectrl.studies.metrics import EpisodeMetrics, episode_metrics
 
 _P, _T = pc.STATES.index("P"), pc.STATES.index("T")
@@ -396,3 +396,108 @@ POLICIES: dict[str, Callable[[str], Policy]] = {
     "pi-dataset": BASE_POLICIES["PI dataset gains"],
 }
 POLICY_LABELS = {"pi-nominal": "PI nominal", "pi-dataset": "PI dataset gains"}
+
+
+# -- the study's configs, as the command line and scripts give them ---------------------------------------
+
+_DEFAULT = SafetyLayerConfig()
+_SCENARIOS = (*pc.SCENARIOS, "all")
+MODELS_DIR = "runs/safety-models"  # where `safety train` writes and `eval`/`figure` read the cost models
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """``safectrl safety train``: the PICNN cost model of each scenario on its PI dataset."""
+
+    scenario: str = field(default="all", metadata={"choices": _SCENARIOS})  # whose dataset
+    episodes: int = field(default=100, metadata={"min": 1})  # dataset episodes
+    seed: int = field(default=0, metadata={"min": 0})  # dataset seed
+    root: str | None = None  # Minari datasets folder
+    out: str = MODELS_DIR  # folder of cost models, one sub-folder per scenario
+    horizon: int = field(default=_DEFAULT.target.horizon, metadata={"min": 1})  # H of the cost-to-go, intervals
+    penalty: float = _DEFAULT.target.penalty  # ρ, cost per K above T_max
+    epochs: int = field(default=_DEFAULT.train.epochs, metadata={"min": 1})  # training epochs
+    train_seed: int = field(default=_DEFAULT.train.seed, metadata={"min": 0})  # initialisation seed
+    progress: bool = True  # progress bars
+
+    def layer_config(self) -> SafetyLayerConfig:
+        return replace(_DEFAULT, target=replace(_DEFAULT.target, horizon=self.horizon, penalty=self.penalty),
+                       train=replace(_DEFAULT.train, epochs=self.epochs, seed=self.train_seed))
+
+
+def run_train(config: TrainConfig = TrainConfig()) -> dict[str, TrainingReport]:
+    """Train and save one cost model per scenario under ``config.out`` (with ``config.json``)."""
+    set_torch_threads(1)
+    options.write_config(config, config.out)
+    scenarios = list(pc.SCENARIOS) if config.scenario == "all" else [config.scenario]
+    return {s: train_for_scenario(s, checkpoint_dir(config.out, s), config.episodes, config.seed, config.root,
+                                  config.layer_config(), config.progress)[1] for s in scenarios}
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """``safectrl safety eval``: closed loop on evaluation seeds, each policy raw and filtered."""
+
+    models: str = MODELS_DIR  # folder of cost models, one sub-folder per scenario
+    scenario: str = field(default="all", metadata={"choices": _SCENARIOS})  # where to run
+    policy: tuple[str, ...] = field(default=tuple(POLICIES), metadata={"choices": tuple(POLICIES)})  # to wrap
+    methods: tuple[str, ...] = field(default=("gd", "exact"), metadata={"choices": ("gd", "exact")})  # corrections
+    episodes: int = field(default=5, metadata={"min": 1})  # evaluation seeds 0..
+    trust: float = FilterSettings().trust  # λ of the trust term
+    # optional rate limit per interval, kg/h and K
+    rate: tuple[float, float] | None = field(default=None, metadata={"metavar": ("DF_I", "DT_C")})
+    out: str | None = None  # output folder (default runs/safety-eval-TIMESTAMP)
+    progress: bool = True  # progress bars
+
+
+def run_eval(config: EvalConfig = EvalConfig()) -> tuple[str, Path]:
+    """The closed-loop table and the folder it was written to (:func:`evaluate`, which writes config.json)."""
+    set_torch_threads(1)
+    out = Path(config.out) if config.out else options.timestamped("safety-eval")
+    scenarios = list(pc.SCENARIOS) if config.scenario == "all" else [config.scenario]
+    settings = FilterSettings(trust=config.trust, rate=config.rate)
+    return evaluate(config.models, scenarios, config.policy, config.methods, config.episodes, settings, out,
+                    config.progress), out
+
+
+@dataclass(frozen=True)
+class FigureConfig:
+    """``safectrl safety figure``: the cost surface over the input box at one state of an episode."""
+
+    models: str = MODELS_DIR  # folder of cost models, one sub-folder per scenario
+    scenario: str = field(default="grade_down", metadata={"choices": tuple(pc.SCENARIOS)})  # the episode's
+    policy: str = field(default="pi-dataset", metadata={"choices": tuple(POLICIES)})  # run unfiltered
+    seed: int = field(default=0, metadata={"min": 0})  # evaluation seed of the episode
+    step: int = field(default=20, metadata={"min": 0})  # interval of the episode
+    trust: float = FilterSettings().trust  # λ of the trust term
+    root: str | None = None  # Minari datasets folder (for the dataset's actions)
+    out: str = "cost_surface.png"  # output file (PNG or PDF)
+
+
+def run_figure(config: FigureConfig = FigureConfig()) -> dict[str, np.ndarray]:
+    """Draw the figure of ``config`` to ``config.out``; the points drawn (one file, so no config.json)."""
+    set_torch_threads(1)
+    return figure_for_episode(config.models, config.scenario, config.policy, config.seed, config.step,
+                              config.out, FilterSettings(trust=config.trust), root=config.root)
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """``safectrl safety tune``: choose H and λ by closed-loop cost on tuning seeds."""
+
+    horizons: tuple[int, ...] = field(default=(1, 3, 10, 20, 30, 40, 60), metadata={"min": 1})  # H to try
+    trusts: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0)  # λ to try
+    episodes: int = field(default=8, metadata={"min": 1})  # tuning seeds per scenario
+    root: str | None = None  # Minari datasets folder
+    out: str | None = None  # also write config.json and tune.md here
+    progress: bool = True  # progress bars
+
+
+def run_tune(config: TuneConfig = TuneConfig()) -> list[list]:
+    """The rows of :func:`tune`; with ``out``, written there with ``config.json``."""
+    set_torch_threads(1)
+    rows = tune(config.horizons, config.trusts, config.episodes, root=config.root, progress=config.progress)
+    if config.out:
+        out = options.write_config(config, config.out)
+        (out / "tune.md").write_text(report.markdown_table(tune_headers(), rows) + "\n")
+    return rows
