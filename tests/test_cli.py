@@ -144,3 +144,16 @@ def test_options_are_the_config_fields_with_their_defaults_and_comments():
     cfg = options.from_args(StudyConfig, p.parse_args(["--controller", "a=m:f", "--controller", "b=m:g",
                                                        "--no-progress"]))
     assert cfg.controller == ("a=m:f", "b=m:g") and cfg.progress is False
+
+
+def test_cli_restates_no_default():
+    """Options come from the studies' config dataclasses (studies/options.py): cli.py adds none of its own."""
+    import ast
+    from pathlib import Path
+
+    import safectrl.studies.cli as cli
+
+    calls = [n for n in ast.walk(ast.parse(Path(cli.__file__).read_text()))
+             if isinstance(n, ast.Call) and getattr(n.func, "attr", "") == "add_argument"]
+    assert [ast.unparse(c) for c in calls] == ["parser.add_argument('--version', action='version', "
+                                               "version=f'%(prog)s {_version()}')"]

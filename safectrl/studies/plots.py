@@ -157,6 +157,62 @@ def loss_figure(steps: np.ndarray, curves: dict[str, np.ndarray], path: str | os
     plt.close(fig)
 
 
+def prediction_figure(ep: Episode, solutions: Sequence, horizon: int, path: str | os.PathLike, instants: int = 4,
+                      title: str = "") -> None:
+    """P, T, f_I, T_c of an NMPC episode (left) and its first 2 horizons with the NMPC's predictions (right).
+
+    ``solutions``: the NMPC's solution of each interval (``x_plan``, ``u_plan``); the predicted state and input
+    trajectories are drawn at ``instants`` instants spread over the first ``horizon``, where the transient is.
+    """
+    x = ep.infos["state"]
+    hours = pc.DT / 3600.0
+    t = np.arange(len(x)) * hours
+    u = np.clip(ep.actions, pc.U_LOW, pc.U_HIGH)
+    sp = ep.infos["setpoint"][0]
+    n = len(solutions)
+    picks = np.unique(np.linspace(0, min(horizon, n - 1), instants).astype(int)) if n else np.zeros(0, int)
+    fig, axes = plt.subplots(4, 2, figsize=(12, 9.5), sharex="col", sharey="row")
+    for col in range(2):
+        ax_P, ax_T, ax_f, ax_c = axes[:, col]
+        ax_P.plot(t, x[:, 3], color="C0", lw=2, label="plant")
+        ax_T.plot(t, x[:, 4], color="C0", lw=2)
+        ax_f.step(t[:-1], u[:, 0], where="post", color="C0", lw=2)
+        ax_c.step(t[:-1], u[:, 1], where="post", color="C0", lw=2)
+        ax_P.axhline(sp[0], color="k", ls=":", lw=1, label="setpoint")
+        ax_T.axhline(sp[1], color="k", ls=":", lw=1)
+        ax_T.axhline(pc.T_MAX, color="tab:red", lw=1, label=f"T_max = {pc.T_MAX:g} K")
+        ax_T.axhspan(pc.T_MAX, pc.T_MAX + 100, color="tab:red", alpha=0.12)
+        for ax in axes[:, col]:
+            ax.grid(alpha=0.3)
+        ax_c.set_xlabel("time [h]")
+    for j, k in enumerate(picks):
+        sol = solutions[k]
+        tk = (k + np.arange(len(sol.x_plan))) * hours
+        kw = dict(color=f"C{j + 1}", lw=1.3, ls="--")
+        ax_P, ax_T, ax_f, ax_c = axes[:, 1]
+        ax_P.plot(tk, sol.x_plan[:, 3], label=f"prediction at {k * hours:g} h", **kw)
+        ax_T.plot(tk, sol.x_plan[:, 4], **kw)
+        ax_f.step(tk[:-1], sol.u_plan[:, 0], where="post", **kw)
+        ax_c.step(tk[:-1], sol.u_plan[:, 1], where="post", **kw)
+    axes[0, 1].set_xlim(0, 2 * horizon * hours)
+    axes[0, 0].set_title("episode")
+    axes[0, 1].set_title("first two horizons, with NMPC predictions")
+    axes[1, 0].set_ylim(min(335.0, np.nanmin(x[:, 4]) - 2), pc.T_MAX + 4)
+    axes[2, 0].set_ylim(pc.U_LOW[0] - 0.1, pc.U_HIGH[0] + 0.1)
+    axes[3, 0].set_ylim(pc.U_LOW[1] - 2, pc.U_HIGH[1] + 2)
+    for ax, label in zip(axes[:, 0], ("P [kg/m³]", "T [K]", "f_I [kg/h]", "T_c [K]")):
+        ax.set_ylabel(label)
+    handles, labels = axes[0, 1].get_legend_handles_labels()
+    h2, l2 = axes[1, 1].get_legend_handles_labels()
+    fig.legend(handles + h2, labels + l2, loc="lower center", ncol=4, frameon=False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.05, 1, 0.97 if title else 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+
 def cost_surface_figure(
     model: ConvexCostModel,
     obs: np.ndarray,
