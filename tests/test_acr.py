@@ -307,13 +307,14 @@ def test_tiny_acr_study_writes_its_outputs(tmp_path):
 
 
 def test_study_report_needs_a_run_and_is_only_for_acr(tmp_path, capsys):
-    assert main(["study", "acr", "--report", "--out", str(tmp_path / "none")]) == 1
+    assert main(["study", "acr", "report", "--out", str(tmp_path / "none")]) == 1
     assert "no RL-ACR run" in capsys.readouterr().err
     (tmp_path / "empty" / "tasks").mkdir(parents=True)
-    assert main(["study", "acr", "--report", "--out", str(tmp_path / "empty")]) == 1
+    assert main(["study", "acr", "report", "--out", str(tmp_path / "empty")]) == 1
     assert "no finished task" in capsys.readouterr().err
-    assert main(["study", "--report"]) == 2
-    assert "only for `study acr`" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["study", "report"])
+    assert exc.value.code == 2 and "invalid choice: 'report'" in capsys.readouterr().err
 
 
 def test_study_command_takes_acr_and_checks_the_preset(capsys):

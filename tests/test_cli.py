@@ -58,6 +58,8 @@ def test_study_refuses_a_folder_of_another_configuration(tmp_path):
     (["data", "--scenario", "shutdown"], "invalid choice"),
     (["study", "--preset", "huge"], "invalid choice"),
     (["study", "--workers", "2", "--scheduler", "tcp://127.0.0.1:8786"], "not allowed with"),
+    (["study", "acr", "--serial", "--workers", "2"], "not allowed with"),
+    (["study", "acr", "--report"], "unrecognized arguments"),  # a subcommand now: `study acr report`
 ])
 def test_bad_arguments_exit_with_usage_error(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -72,18 +74,86 @@ def test_console_script_is_installed():
 
 
 def test_nmpc_command_prints_summary_and_saves_the_prediction_figure(tmp_path, capsys):
-    assert main(["nmpc", "--scenario", "grade_up", "--seed", "3", "--out", str(tmp_path)]) == 0
+    assert main(["nmpc", "episode", "--scenario", "grade_up", "--seed", "3", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "NMPC (oracle), scenario grade_up, seed 3" in out and "solve time median / p95 ms" in out
     assert (tmp_path / "nmpc-grade_up-oracle-seed3.png").stat().st_size > 0
+    assert json.loads((tmp_path / "config.json").read_text()) == {
+        "scenario": "grade_up", "mismatch": False, "seed": 3, "noise": False, "out": str(tmp_path)}
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["nmpc", "--scenario", "shutdown"], "invalid choice"),
-    (["nmpc", "--acceptance", "--backoff-study"], "not allowed with argument"),
+    (["nmpc", "episode", "--scenario", "shutdown"], "invalid choice"),
+    (["nmpc", "--scenario", "grade_up"], "invalid choice"),  # a subcommand first
+    (["nmpc", "acceptance", "--episodes", "0"], "must be a positive integer"),
+    (["nmpc", "backoff-study", "--seed", "1"], "unrecognized arguments"),
 ])
 def test_nmpc_command_rejects_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("detuned", "expected NAME=package.module:factory"),
+    ("mine=custom_controller", "expected package.module:factory"),
+    ("mine=no_such_module_here:make", "cannot import 'no_such_module_here'"),
+    ("mine=custom_controller:missing", "has no attribute 'missing'"),
+    ("mine=custom_controller:NOT_CALLABLE", "is a int, not callable"),
+    ("PI nominal=custom_controller:detuned_pi", "the name of a built-in row"),
+    ("mine=custom_controller:no_act", "lacks reset(seed=None) or act(obs)"),
+])
+def test_study_rejects_a_bad_controller_in_one_line_before_writing(spec, message, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["study", "--out", str(out), "--controller", spec]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_study_rejects_a_controller_name_given_twice(tmp_path, capsys):
+    argv = ["study", "--out", str(tmp_path / "run"), "--controller", "a=custom_controller:detuned_pi",
+            "--controller", "a=custom_controller:ContextChecked"]
+    assert main(argv) == 2
+    assert "a name given twice" in capsys.readouterr().err
+
+
+def test_study_acr_report_says_when_there_is_no_run(tmp_path, capsys):
+    assert main(["study", "acr", "report", "--out", str(tmp_path / "none")]) == 1
+    assert "no RL-ACR run in" in capsys.readouterr().err
+
+
+def test_options_are_the_config_fields_with_their_defaults_and_comments():
+    """Each default is written once, in the config; the command line reads it from there."""
+    import argparse
+
+    from safectrl.studies import options
+    from safectrl.studies.nmpc_study import AcceptanceConfig
+    from safectrl.studies.study import StudyConfig
+
+    p = argparse.ArgumentParser()
+    options.add_options(p, AcceptanceConfig)
+    assert options.from_args(AcceptanceConfig, p.parse_args([])) == AcceptanceConfig()
+    cfg = options.from_args(AcceptanceConfig, p.parse_args(["--episodes", "3", "--noise", "--root", "r"]))
+    assert (cfg.episodes, cfg.noise, cfg.root, cfg.data_episodes) == (3, True, "r", 100)
+    assert "evaluation seeds per scenario and variant (default 10)" in p.format_help()
+    p = argparse.ArgumentParser()
+    options.add_options(p, StudyConfig)
+    assert options.from_args(StudyConfig, p.parse_args([])) == StudyConfig()
+    cfg = options.from_args(StudyConfig, p.parse_args(["--controller", "a=m:f", "--controller", "b=m:g",
+                                                       "--no-progress"]))
+    assert cfg.controller == ("a=m:f", "b=m:g") and cfg.progress is False
+
+
+def test_cli_restates_no_default():
+    """Options come from the studies' config dataclasses (studies/options.py): cli.py adds none of its own."""
+    import ast
+    from pathlib import Path
+
+    import safectrl.studies.cli as cli
+
+    calls = [n for n in ast.walk(ast.parse(Path(cli.__file__).read_text()))
+             if isinstance(n, ast.Call) and getattr(n.func, "attr", "") == "add_argument"]
+    assert [ast.unparse(c) for c in calls] == ["parser.add_argument('--version', action='version', "
+                                               "version=f'%(prog)s {_version()}')"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 from pathlib import Path
 
@@ -228,3 +230,29 @@ def _running(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+@pytest.mark.parametrize("serial", [True, False], ids=["serial", "local-pool"])
+def test_study_runs_your_controller_as_a_row_beside_the_built_in_ones(serial, tmp_path, minari_root, monkeypatch):
+    """``--controller`` through the Python API: a controller of the test tree, imported in the workers by name."""
+    from safectrl.studies.study import StudyPreset, run_study
+
+    monkeypatch.setenv("SAFECTRL_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
+    preset = StudyPreset("tiny", eval_seeds=2, data_episodes=2, variants=("nominal", "mismatch"),
+                         controllers=("PI nominal",), scenarios=("grade_up",), max_steps=6,
+                         custom_controllers={"PI half": "custom_controller:detuned_pi"})
+    out = run_study(preset, tmp_path / "run", serial=serial, progress=False,
+                    controllers={"checked": "custom_controller:ContextChecked"})
+    rows = list(csv.DictReader(open(out / "episodes.csv")))
+    assert {(r["variant"], r["controller"]) for r in rows} == {
+        (v, c) for v in ("nominal", "mismatch") for c in ("PI nominal", "PI half", "checked")}
+    assert len(rows) == 2 * 3 * 2
+    config = json.loads((out / "config.json").read_text())
+    assert config["preset"]["custom_controllers"] == [["PI half", "custom_controller:detuned_pi"],
+                                                      ["checked", "custom_controller:ContextChecked"]]
+    cost = {(r["variant"], r["controller"], r["seed"]): float(r["cost"]) for r in rows}
+    assert all(cost[(v, "PI half", s)] == cost[(v, "checked", s)] != cost[(v, "PI nominal", s)]
+               for v, _, s in cost)
+    assert "| grade_up | PI half" in (out / "summary.md").read_text()
+    with pytest.raises(ValueError, match="different configuration"):  # resume refuses another set of rows
+        run_study(preset, tmp_path / "run", serial=True, progress=False)

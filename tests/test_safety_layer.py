@@ -1,6 +1,9 @@
-"""The safety layer on the reactor: cost-to-go targets, episode split, filtered closed loop, command line."""
+"""Cost-to-go targets and the episode split (safectrl.safety.targets), and the safety layer study on the reactor:
+training, filtered closed loop, command line."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -8,7 +11,7 @@ import torch
 
 from safectrl.models import polycstr as pc
 from safectrl.rl.data import Transitions
-from safectrl.studies import cli
+from safectrl.safety import targets
 from safectrl.studies import safety_layer as sl
 from safectrl.studies.cli import main
 
@@ -37,12 +40,14 @@ def transitions(P: list[list[float]], T: list[list[float]], failed: list[bool]) 
 
 
 def test_cost_targets_by_hand():
-    cfg = sl.CostTargetConfig(horizon=2, gamma=0.5, weight_P=1.0, weight_T=2.0, penalty=10.0, T_max=365.0)
+    cfg = targets.CostTargetConfig(horizon=2, discount=0.5, weights=(1.0, 2.0), penalty=10.0)
+    layout = replace(sl.REACTOR_STAGE_COST, limit=365.0)
+    assert sl.REACTOR_STAGE_COST.cap == pc.T_RUNAWAY == 400.0
     # episode 0 runs into the time limit; episode 1 fails (T = 410 K: capped at 400 K for the stage cost)
     tr = transitions([[98.0, 101.0, 100.0], [90.0, 95.0]], [[350.0, 351.0, 366.0], [360.0, 410.0]], [False, True])
     c0 = [2.0, 1.0 + 2.0, 0.0 + 2 * 16.0 + 10.0 * 1.0]
     c1 = [10.0 + 2 * 10.0, 5.0 + 2 * 50.0 + 10.0 * 35.0]
-    target, valid = sl.cost_targets(tr, cfg)
+    target, valid = targets.cost_targets(tr.state, tr.next_obs, tr.episode, tr.step, tr.done, layout, cfg)
     expected = [0.5 * c0[0] + 0.25 * c0[1], 0.5 * c0[1] + 0.25 * c0[2], np.nan,
                 0.5 * c1[0] + 0.25 * c1[1], 0.5 * c1[1] + 0.25 * c1[1]]
     np.testing.assert_allclose(target, expected)
@@ -53,27 +58,42 @@ def test_cost_targets_reject_broken_episodes():
     tr = transitions([[98.0, 99.0]], [[350.0, 350.0]], [False])
     gap = Transitions(**{**tr.__dict__, "step": np.array([0, 2])})
     with pytest.raises(ValueError, match="not a contiguous run"):
-        sl.cost_targets(gap, sl.CostTargetConfig(horizon=1))
+        sl.cost_targets(gap, sl.SafetyLayerConfig(target=targets.CostTargetConfig(horizon=1)))
     with pytest.raises(ValueError, match="horizon must be >= 1"):
-        sl.CostTargetConfig(horizon=0)
+        targets.CostTargetConfig(horizon=0)
+    with pytest.raises(ValueError, match="one entry each per tracked column"):
+        replace(sl.REACTOR_STAGE_COST, setpoint_error=(3,))
+    with pytest.raises(ValueError, match="2 weights for 1 tracked columns"):
+        targets.stage_cost(tr.state, np.zeros((2, 1)), replace(sl.REACTOR_STAGE_COST, tracked=(3,),
+                           setpoint_error=(3,), setpoint_value=(1,)), targets.CostTargetConfig())
+
+
+def test_stage_cost_reads_only_the_columns_it_is_given():
+    """The targets know arrays, not the reactor: one tracked column and a limit on another."""
+    layout = targets.StageCostLayout(tracked=(0,), setpoint_error=(0,), setpoint_value=(1,), limited=1,
+                                     limit=1.0, cap=2.0)
+    state = np.array([[3.0, 0.5], [4.0, 5.0]])
+    cost = targets.stage_cost(state, np.array([[1.0], [1.0]]), layout, targets.CostTargetConfig(weights=(2.0,),
+                              penalty=10.0))
+    np.testing.assert_allclose(cost, [2 * 2.0, 2 * 3.0 + 10 * (2.0 - 1.0)])
 
 
 def test_split_is_by_whole_episodes():
     episode = np.repeat(np.arange(10), 7)
-    val = sl.split_episodes(episode, 0.2, seed=3)
+    val = targets.split_episodes(episode, 0.2, seed=3)
     assert val.sum() == 14
     for ep in range(10):
         assert len(set(val[episode == ep])) == 1
-    assert not np.array_equal(val, sl.split_episodes(episode, 0.2, seed=4))
+    assert not np.array_equal(val, targets.split_episodes(episode, 0.2, seed=4))
     with pytest.raises(ValueError, match="at least two episodes"):
-        sl.split_episodes(np.zeros(5, int), 0.2, 0)
+        targets.split_episodes(np.zeros(5, int), 0.2, 0)
 
 
 @pytest.fixture(scope="module")
 def small_models(tmp_path_factory):
     """Cost models of grade_up trained briefly on a 4-episode dataset (enough to exercise the plumbing)."""
     root = tmp_path_factory.mktemp("safety")
-    cfg = sl.SafetyLayerConfig(target=sl.CostTargetConfig(horizon=3),
+    cfg = sl.SafetyLayerConfig(target=targets.CostTargetConfig(horizon=3),
                                train=sl.CostModelTrainConfig(hidden=(16, 16), epochs=3, huber_delta=0.01))
     _, rep = sl.train_for_scenario("grade_up", sl.checkpoint_dir(root / "models", "grade_up"), episodes=4,
                                    root=root / "minari", config=cfg, progress=False)
@@ -147,7 +167,3 @@ def test_safety_train_command(tmp_path, capsys):
                  "--horizon", "2", "--root", str(tmp_path / "minari"), "--out", str(tmp_path / "m")]) == 0
     assert "val RMSE" in capsys.readouterr().out
     assert (tmp_path / "m" / "grade_down" / "model.safetensors").exists()
-
-
-def test_cli_policy_names_match_the_registry():
-    assert tuple(sl.POLICIES) == cli.SAFETY_POLICIES

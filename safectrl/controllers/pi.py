@@ -150,3 +150,26 @@ class PIController:
         inside = u == raw
         self.integral = np.where(inside, candidate, self.integral)
         return u
+
+
+def tuning_rng(episode_seed: int) -> np.random.Generator:
+    """The generator of an episode's PI gains: a stream separate from the env's initial-state stream."""
+    return np.random.default_rng((episode_seed, 1))
+
+
+class DatasetPI:
+    """PI with gains drawn from :data:`TUNING_RANGES` per episode seed: the behaviour policy of the datasets.
+
+    The gains of episode seed s are those the dataset episode of env seed s was recorded with.
+    """
+
+    def __init__(self, dt: float = pc.DT) -> None:
+        self.dt = float(dt)
+        self._pi = PIController(dt=self.dt)
+
+    def reset(self, seed: int | None = None) -> None:
+        """Draw this episode's gains from ``seed`` (None: seed 0)."""
+        self._pi = PIController(sample_tuning(tuning_rng(0 if seed is None else seed)), self.dt)
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        return self._pi.act(obs)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import csv
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -406,3 +406,43 @@ def run_acr_study(preset: str | ACRPreset = "quick", out: str | Path | None = No
         print(f"written to {out_dir} in {time.perf_counter() - t0:.0f} s")
     return out_dir
 
+
+
+# -- the study's configs, as the command line and scripts give them ---------------------------------------
+
+
+@dataclass(frozen=True)
+class ACRStudyConfig:
+    """What ``safectrl study acr`` runs: a preset, the run folder and the executor."""
+
+    # quick: two small tasks, a few minutes; full: the published numbers (hours on 2 cores)
+    preset: str = field(default="quick", metadata={"choices": tuple(PRESETS)})
+    out: str | None = None  # output folder (default: runs/acr-PRESET); an existing run there is resumed
+    force: bool = False  # discard the finished tasks in the folder and run everything again
+    # send tasks to this running Dask scheduler
+    scheduler: str | None = field(default=None, metadata={"group": "executor", "metavar": "tcp://HOST:PORT"})
+    # start a local Dask cluster with this many worker processes
+    workers: int | None = field(default=None, metadata={"group": "executor", "min": 1})
+    serial: bool = field(default=False, metadata={"group": "executor"})  # run every task in this process
+    progress: bool = True  # print progress and the summary
+
+
+def run(config: ACRStudyConfig = ACRStudyConfig()) -> Path:
+    """Run the RL-ACR study of ``config`` (:func:`run_acr_study`); returns its folder."""
+    return run_acr_study(config.preset, config.out, scheduler=config.scheduler, workers=config.workers,
+                         serial=config.serial, progress=config.progress, force=config.force)
+
+
+@dataclass(frozen=True)
+class ACRReportConfig:
+    """What ``safectrl study acr report`` reads: the run folder of a preset (nothing is run)."""
+
+    # the preset the run was started with
+    preset: str = field(default="quick", metadata={"choices": tuple(PRESETS)})
+    out: str | None = None  # the run folder (default: runs/acr-PRESET)
+    progress: bool = True  # print the summary
+
+
+def run_report(config: ACRReportConfig = ACRReportConfig()) -> Path:
+    """The summary of the tasks finished so far in ``config.out`` (:func:`report_acr_study`)."""
+    return report_acr_study(config.preset, config.out, progress=config.progress)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from safectrl.controllers.pi import PIController, sample_tuning
+from safectrl.controllers.pi import PIController, sample_tuning, tuning_rng
 from safectrl.models import polycstr as pc
 from safectrl.rl import data
 from safectrl.rl.env import TaskEnv
@@ -21,11 +21,6 @@ def dataset_id(scenario: str, episodes: int, seed: int) -> str:
     """Minari id of a PI dataset, e.g. ``safectrl/polycstr-startup-pi-n100-s0-v0``."""
     pc.get_scenario(scenario)
     return f"safectrl/polycstr-{scenario.replace('_', '-')}-pi-n{episodes}-s{seed}-v0"
-
-
-def tuning_rng(episode_seed: int) -> np.random.Generator:
-    """The generator of an episode's PI gains: a stream separate from the env's initial-state stream."""
-    return np.random.default_rng((episode_seed, 1))
 
 
 def simulate_pi_episodes(scenario: str, episodes: int, seed: int, progress: bool = False) -> list[Episode]:
@@ -99,3 +94,29 @@ def summarise(episodes: list[Episode]) -> EpisodeSetSummary:
         cost_median=float(np.median(cost)),
         cost_best=float(np.min(cost)),
     )
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """``safectrl data``: the PI datasets of one or every scenario (written where Minari keeps datasets)."""
+
+    scenario: str = field(default="all", metadata={"choices": (*pc.SCENARIOS, "all")})  # the dataset's scenario
+    episodes: int = field(default=100, metadata={"min": 1})  # episodes per scenario
+    seed: int = field(default=0, metadata={"min": 0})  # dataset seed
+    root: str | None = None  # datasets folder (default: $MINARI_DATASETS_PATH or ~/.minari/datasets)
+    force: bool = False  # regenerate even if the dataset exists
+    progress: bool = True  # progress bars
+
+
+def run(config: DataConfig = DataConfig()) -> dict[str, EpisodeSetSummary]:
+    """Generate (or reuse) the datasets of ``config``; dataset id -> its summary.
+
+    The configuration is the dataset's id and metadata (Minari's folder), so no ``config.json`` is written.
+    """
+    scenarios = list(pc.SCENARIOS) if config.scenario == "all" else [config.scenario]
+    out = {}
+    for scenario in scenarios:
+        ds_id = generate_dataset(scenario, config.episodes, config.seed, root=config.root, force=config.force,
+                                 progress=config.progress)
+        out[ds_id] = summarise(data.load_episodes(ds_id, config.root))
+    return out

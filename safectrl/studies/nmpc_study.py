@@ -10,33 +10,29 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from tqdm.auto import tqdm
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
-
-from safectrl.controllers.nmpc import NMPC, NMPCConfig, NMPCSolution  # noqa: E402
-from safectrl.controllers.pi import PIController, PITuning, sample_tuning  # noqa: E402
-from safectrl.controllers.estimation import EKFConfig  # noqa: E402
-from safectrl.controllers.polycstr_nmpc import (  # noqa: E402
+from safectrl.controllers.nmpc import NMPC, NMPCConfig, NMPCSolution
+from safectrl.controllers.pi import PIController, PITuning, sample_tuning, tuning_rng
+from safectrl.controllers.estimation import EKFConfig
+from safectrl.controllers.polycstr_nmpc import (
     EKF_CONFIG,
     EKF_CONFIG_STATES_ONLY,
     NMPC_CONFIG,
     polycstr_nmpc,
     with_backoff,
 )
-from safectrl.models import polycstr as pc  # noqa: E402
-from safectrl.rl.data import TUNING_SEED_OFFSET, evaluation_seeds, load_episodes  # noqa: E402
-from safectrl.rl.env import TaskEnv  # noqa: E402
-from safectrl.rl.rollout import Episode, run_episode  # noqa: E402
-from safectrl.studies import report  # noqa: E402
-from safectrl.studies.datasets import generate_dataset, tuning_rng  # noqa: E402
-from safectrl.studies.metrics import EpisodeMetrics, episode_metrics  # noqa: E402
+from safectrl.models import polycstr as pc
+from safectrl.rl.data import TUNING_SEED_OFFSET, evaluation_seeds, load_episodes
+from safectrl.rl.env import TaskEnv
+from safectrl.rl.rollout import Episode, run_episode
+from safectrl.studies import options, plots, report
+from safectrl.studies.datasets import generate_dataset
+from safectrl.studies.metrics import EpisodeMetrics, episode_metrics
 
 #: NMPC variants: the parameters the controller and its filter predict with, and the filter's settings.
 VARIANTS: dict[str, tuple[pc.PolyCSTRParams, EKFConfig]] = {
@@ -106,62 +102,6 @@ def run_nmpc_episode(
     observer = nmpc.observer
     observer(ep.observations[-1])  # the estimate of the final state, for the error statistics
     return NMPCRun(ep, episode_metrics(ep), policy.solutions, np.array(observer.estimates), nmpc)
-
-
-def prediction_figure(run: NMPCRun, path: str | os.PathLike, instants: int = 4, title: str = "") -> None:
-    """P, T, f_I, T_c of an episode (left) and its first 2 horizons with the NMPC's predictions (right).
-
-    The predicted state and input trajectories are drawn at ``instants`` instants spread over the first
-    horizon, where the transient is.
-    """
-    ep = run.episode
-    x = ep.infos["state"]
-    hours = pc.DT / 3600.0
-    t = np.arange(len(x)) * hours
-    u = np.clip(ep.actions, pc.U_LOW, pc.U_HIGH)
-    sp = ep.infos["setpoint"][0]
-    horizon = run.nmpc.config.horizon
-    n = len(run.solutions)
-    picks = np.unique(np.linspace(0, min(horizon, n - 1), instants).astype(int)) if n else np.zeros(0, int)
-    fig, axes = plt.subplots(4, 2, figsize=(12, 9.5), sharex="col", sharey="row")
-    for col in range(2):
-        ax_P, ax_T, ax_f, ax_c = axes[:, col]
-        ax_P.plot(t, x[:, 3], color="C0", lw=2, label="plant")
-        ax_T.plot(t, x[:, 4], color="C0", lw=2)
-        ax_f.step(t[:-1], u[:, 0], where="post", color="C0", lw=2)
-        ax_c.step(t[:-1], u[:, 1], where="post", color="C0", lw=2)
-        ax_P.axhline(sp[0], color="k", ls=":", lw=1, label="setpoint")
-        ax_T.axhline(sp[1], color="k", ls=":", lw=1)
-        ax_T.axhline(pc.T_MAX, color="tab:red", lw=1, label=f"T_max = {pc.T_MAX:g} K")
-        ax_T.axhspan(pc.T_MAX, pc.T_MAX + 100, color="tab:red", alpha=0.12)
-        for ax in axes[:, col]:
-            ax.grid(alpha=0.3)
-        ax_c.set_xlabel("time [h]")
-    for j, k in enumerate(picks):
-        sol = run.solutions[k]
-        tk = (k + np.arange(len(sol.x_plan))) * hours
-        kw = dict(color=f"C{j + 1}", lw=1.3, ls="--")
-        ax_P, ax_T, ax_f, ax_c = axes[:, 1]
-        ax_P.plot(tk, sol.x_plan[:, 3], label=f"prediction at {k * hours:g} h", **kw)
-        ax_T.plot(tk, sol.x_plan[:, 4], **kw)
-        ax_f.step(tk[:-1], sol.u_plan[:, 0], where="post", **kw)
-        ax_c.step(tk[:-1], sol.u_plan[:, 1], where="post", **kw)
-    axes[0, 1].set_xlim(0, 2 * horizon * hours)
-    axes[0, 0].set_title("episode")
-    axes[0, 1].set_title("first two horizons, with NMPC predictions")
-    axes[1, 0].set_ylim(min(335.0, np.nanmin(x[:, 4]) - 2), pc.T_MAX + 4)
-    axes[2, 0].set_ylim(pc.U_LOW[0] - 0.1, pc.U_HIGH[0] + 0.1)
-    axes[3, 0].set_ylim(pc.U_LOW[1] - 2, pc.U_HIGH[1] + 2)
-    for ax, label in zip(axes[:, 0], ("P [kg/m³]", "T [K]", "f_I [kg/h]", "T_c [K]")):
-        ax.set_ylabel(label)
-    handles, labels = axes[0, 1].get_legend_handles_labels()
-    h2, l2 = axes[1, 1].get_legend_handles_labels()
-    fig.legend(handles + h2, labels + l2, loc="lower center", ncol=4, frameon=False)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.05, 1, 0.97 if title else 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def episode_summary(run: NMPCRun) -> list[tuple[str, object]]:
@@ -367,3 +307,63 @@ def write_acceptance(rows: list[AcceptanceRow], out: str | os.PathLike) -> Path:
         f"R: 1e-6 mol/m³).\n\n{acceptance_table(rows)}\n"
     )
     return path
+
+
+# -- the study's configs, as the command line and scripts give them ---------------------------------------
+
+
+@dataclass(frozen=True)
+class EpisodeConfig:
+    """``safectrl nmpc episode``: one closed-loop episode, its summary and the prediction figure."""
+
+    scenario: str = field(default="grade_up", metadata={"choices": tuple(pc.SCENARIOS)})  # the episode's scenario
+    mismatch: bool = False  # predict with the mismatched model (UA -20 %, dH +10 %) instead of the plant's
+    seed: int = field(default=0, metadata={"min": 0})  # env seed
+    noise: bool = False  # measurement noise on A, P, T
+    out: str | None = None  # output folder (default: runs/nmpc-TIMESTAMP)
+
+
+def run(config: EpisodeConfig = EpisodeConfig()) -> tuple[NMPCRun, Path]:
+    """The episode of ``config`` and its figure; writes ``config.json`` and the figure into ``config.out``."""
+    variant = "mismatched" if config.mismatch else "oracle"
+    out = options.write_config(config, config.out or options.timestamped("nmpc"))
+    nmpc_run = run_nmpc_episode(config.scenario, variant, config.seed, noise=config.noise)
+    path = out / f"nmpc-{config.scenario}-{variant}-seed{config.seed}.png"
+    plots.prediction_figure(nmpc_run.episode, nmpc_run.solutions, nmpc_run.nmpc.config.horizon, path,
+                            title=f"NMPC ({variant}), {config.scenario}, seed {config.seed}")
+    return nmpc_run, path
+
+
+@dataclass(frozen=True)
+class AcceptanceConfig:
+    """``safectrl nmpc acceptance``: the NMPC variants on every scenario against the best PI of the data."""
+
+    episodes: int = field(default=10, metadata={"min": 1})  # evaluation seeds per scenario and variant
+    data_episodes: int = field(default=100, metadata={"min": 1})  # episodes of each PI dataset
+    noise: bool = False  # measurement noise on A, P, T for the NMPC (the PI data stay noise-free)
+    root: str | None = None  # datasets folder (default: $MINARI_DATASETS_PATH or Minari's)
+    out: str | None = None  # output folder (default: runs/nmpc-acceptance-TIMESTAMP)
+
+
+def run_acceptance(config: AcceptanceConfig = AcceptanceConfig()) -> tuple[list[AcceptanceRow], Path]:
+    """The acceptance rows; writes ``config.json`` and ``nmpc_acceptance.md`` into ``config.out``."""
+    out = options.write_config(config, config.out or options.timestamped("nmpc-acceptance"))
+    rows = acceptance(config.episodes, config.data_episodes, noise=config.noise, root=config.root)
+    return rows, write_acceptance(rows, out)
+
+
+@dataclass(frozen=True)
+class BackoffConfig:
+    """``safectrl nmpc backoff-study``: reproduce the choice of the temperature back-off on tuning seeds."""
+
+    episodes: int = field(default=10, metadata={"min": 1})  # tuning-seed startups per back-off and setting
+    out: str | None = None  # output folder (default: runs/nmpc-backoff-TIMESTAMP)
+
+
+def run_backoff(config: BackoffConfig = BackoffConfig()) -> tuple[float, list[list], Path]:
+    """The chosen back-off and the table; writes ``config.json`` and ``backoff.md`` into ``config.out``."""
+    out = options.write_config(config, config.out or options.timestamped("nmpc-backoff"))
+    chosen, rows = backoff_study(episodes=config.episodes)
+    (out / "backoff.md").write_text(f"# NMPC temperature back-off\n\n{report.markdown_table(BACKOFF_HEADERS, rows)}\n"
+                                    f"\nchosen back-off: {chosen:g} K\n")
+    return chosen, rows, out

@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 import os
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -33,7 +33,7 @@ from safectrl.rl.offline_data import Normalisation, OfflineData
 from safectrl.rl.env import TaskEnv
 from safectrl.rl.rollout import Episode, run_episode
 from safectrl.rl.training import AGENTS, make_agent, train
-from safectrl.studies import datasets, plots
+from safectrl.studies import datasets, options, plots, report
 from safectrl.studies.metrics import EpisodeMetrics, episode_metrics
 
 #: Loss curves are written as means over this many blocks of steps (fewer if there are fewer steps).
@@ -215,8 +215,6 @@ def evaluation_report(
     from tqdm.auto import tqdm
 
     from safectrl.rl.checkpoint import load_policy
-    from safectrl.studies import report
-    from safectrl.studies.study import controller_rows, summary_headers
 
     groups: dict[str, list[DecisionMaker]] = {}
     trained_on: dict[str, list[str]] = {}
@@ -245,8 +243,8 @@ def evaluation_report(
         results[scenario] = metrics_of(eps)
         panels[scenario] = [plots.Trace(v[0], k, color=f"C{i}") for i, (k, v) in enumerate(eps.items())]
     reference = "PI nominal" if baselines else None
-    rows = [r for scenario, by in results.items() for r in controller_rows(scenario, by, reference)]
-    table = report.markdown_table(summary_headers(reference or "reference"), rows)
+    rows = [r for scenario, by in results.items() for r in report.controller_rows(scenario, by, reference)]
+    table = report.markdown_table(report.summary_headers(reference or "reference"), rows)
     if out is not None:
         folder = Path(out)
         folder.mkdir(parents=True, exist_ok=True)
@@ -263,3 +261,65 @@ def evaluation_report(
         plots.trajectory_figure(panels, folder / "trajectories.png",
                                 title=f"first {kind.lower()} seed ({seeds[0]}), first training seed")
     return table
+
+
+# -- the study's configs, as the command line and scripts give them ---------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """``safectrl train``: one BC or IQL policy on the PI dataset(s)."""
+
+    algo: str = field(metadata={"choices": tuple(AGENTS)})  # the offline RL algorithm
+    # dataset to train on; pooled: one policy on all three
+    scenario: str = field(default="startup", metadata={"choices": (*pc.SCENARIOS, "pooled")})
+    steps: int | None = field(default=None, metadata={"min": 1})  # gradient steps (default: the algorithm config's)
+    seed: int = field(default=0, metadata={"min": 0})  # training seed
+    out: str | None = None  # checkpoint folder (default runs/ALGO-SCENARIO-sSEED)
+    episodes: int = field(default=100, metadata={"min": 1})  # episodes per PI dataset
+    dataset_seed: int = field(default=0, metadata={"min": 0})  # PI dataset seed
+    root: str | None = None  # datasets folder (default: $MINARI_DATASETS_PATH or ~/.minari/datasets)
+    threads: int = field(default=1, metadata={"min": 1})  # torch CPU threads
+
+
+def run_train(config: TrainConfig) -> Path:
+    """Train the policy of ``config``; its checkpoint folder (``config.json`` is the checkpoint's)."""
+    torch.set_num_threads(config.threads)
+    scenarios = list(pc.SCENARIOS) if config.scenario == "pooled" else [config.scenario]
+    return train_policy(config.algo, scenarios, steps=config.steps, seed=config.seed, out=config.out,
+                        episodes=config.episodes, dataset_seed=config.dataset_seed, root=config.root)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """``safectrl evaluate``: checkpoints in closed loop, optionally against the PI baselines."""
+
+    # checkpoint folder; repeat to compare several
+    policy: tuple[str, ...] = field(metadata={"repeat": True, "metavar": "PATH"})
+    # where to evaluate (default: the scenarios each policy was trained on)
+    scenario: str | None = field(default=None, metadata={"choices": (*pc.SCENARIOS, "all")})
+    seeds: int = field(default=10, metadata={"min": 1})  # evaluation episodes, seeds 0..N-1
+    # run on the tuning seeds 500000.. instead, for choices made while developing (evaluation seeds are kept
+    # for the final report)
+    tuning: bool = False
+    baselines: bool = False  # add the nominal PI and the dataset's median and best PI tunings
+    merge_seeds: bool = False  # one row per algorithm and training set, pooling the episodes of all training seeds
+    out: str | None = None  # also write config.json, episodes.csv, summary.md, trajectories.png here
+    episodes: int = field(default=100, metadata={"min": 1})  # episodes per PI dataset
+    dataset_seed: int = field(default=0, metadata={"min": 0})  # PI dataset seed
+    root: str | None = None  # datasets folder (default: $MINARI_DATASETS_PATH or ~/.minari/datasets)
+    threads: int = field(default=1, metadata={"min": 1})  # torch CPU threads
+
+
+def run_evaluate(config: EvaluateConfig) -> tuple[str, list[int]]:
+    """The summary table of ``config`` and the seeds it ran on; with ``out``, its folder gets ``config.json``."""
+    torch.set_num_threads(config.threads)
+    scenarios = (None if config.scenario is None else list(pc.SCENARIOS) if config.scenario == "all"
+                 else [config.scenario])
+    seeds = data.tuning_seeds(config.seeds) if config.tuning else data.evaluation_seeds(config.seeds)
+    if config.out:
+        options.write_config(config, config.out, seeds=seeds, safectrl=safectrl.__version__)
+    table = evaluation_report(config.policy, scenarios, seeds, baselines=config.baselines,
+                              merge_seeds=config.merge_seeds, out=config.out, episodes=config.episodes,
+                              dataset_seed=config.dataset_seed, root=config.root)
+    return table, seeds

@@ -10,6 +10,7 @@ rounded to two significant figures, is :data:`safectrl.controllers.pi.NOMINAL_TU
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -72,3 +73,16 @@ def run_pi_tuning(episodes: int = 5, verbose: bool = True) -> PITuning:
         print(f"\nchosen: tau_c P = {best[0]} h, tau_c T = {best[1]} h -> {chosen}")
         print(f"NOMINAL_TUNING in safectrl: {NOMINAL_TUNING} ({'same' if chosen == NOMINAL_TUNING else 'DIFFERENT'})")
     return chosen
+
+
+@dataclass(frozen=True)
+class PITuningConfig:
+    """``safectrl pi-tuning``: the SIMC grid scored in closed loop on tuning seeds."""
+
+    episodes: int = field(default=5, metadata={"min": 1})  # tuning episodes per scenario and plant
+    verbose: bool = True  # print the table and the choice
+
+
+def run(config: PITuningConfig = PITuningConfig()) -> PITuning:
+    """The chosen tuning (:func:`run_pi_tuning`); prints, writes no folder (the table is the result)."""
+    return run_pi_tuning(config.episodes, config.verbose)

@@ -1,10 +1,10 @@
-"""Figures of closed-loop trajectories. Library code: figures are saved to files, never shown."""
+"""Figures of closed-loop trajectories and of a learned cost surface. Library code: figures are saved to files, never shown."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import matplotlib
 
@@ -14,6 +14,11 @@ import numpy as np  # noqa: E402
 
 from safectrl.models import polycstr as pc  # noqa: E402
 from safectrl.rl.rollout import Episode  # noqa: E402
+
+if TYPE_CHECKING:
+    from safectrl.safety.correction import GDConfig
+    from safectrl.safety.cost_model import ConvexCostModel
+    from safectrl.safety.filter import ActionBox
 
 
 @dataclass(frozen=True)
@@ -150,3 +155,133 @@ def loss_figure(steps: np.ndarray, curves: dict[str, np.ndarray], path: str | os
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def prediction_figure(ep: Episode, solutions: Sequence, horizon: int, path: str | os.PathLike, instants: int = 4,
+                      title: str = "") -> None:
+    """P, T, f_I, T_c of an NMPC episode (left) and its first 2 horizons with the NMPC's predictions (right).
+
+    ``solutions``: the NMPC's solution of each interval (``x_plan``, ``u_plan``); the predicted state and input
+    trajectories are drawn at ``instants`` instants spread over the first ``horizon``, where the transient is.
+    """
+    x = ep.infos["state"]
+    hours = pc.DT / 3600.0
+    t = np.arange(len(x)) * hours
+    u = np.clip(ep.actions, pc.U_LOW, pc.U_HIGH)
+    sp = ep.infos["setpoint"][0]
+    n = len(solutions)
+    picks = np.unique(np.linspace(0, min(horizon, n - 1), instants).astype(int)) if n else np.zeros(0, int)
+    fig, axes = plt.subplots(4, 2, figsize=(12, 9.5), sharex="col", sharey="row")
+    for col in range(2):
+        ax_P, ax_T, ax_f, ax_c = axes[:, col]
+        ax_P.plot(t, x[:, 3], color="C0", lw=2, label="plant")
+        ax_T.plot(t, x[:, 4], color="C0", lw=2)
+        ax_f.step(t[:-1], u[:, 0], where="post", color="C0", lw=2)
+        ax_c.step(t[:-1], u[:, 1], where="post", color="C0", lw=2)
+        ax_P.axhline(sp[0], color="k", ls=":", lw=1, label="setpoint")
+        ax_T.axhline(sp[1], color="k", ls=":", lw=1)
+        ax_T.axhline(pc.T_MAX, color="tab:red", lw=1, label=f"T_max = {pc.T_MAX:g} K")
+        ax_T.axhspan(pc.T_MAX, pc.T_MAX + 100, color="tab:red", alpha=0.12)
+        for ax in axes[:, col]:
+            ax.grid(alpha=0.3)
+        ax_c.set_xlabel("time [h]")
+    for j, k in enumerate(picks):
+        sol = solutions[k]
+        tk = (k + np.arange(len(sol.x_plan))) * hours
+        kw = dict(color=f"C{j + 1}", lw=1.3, ls="--")
+        ax_P, ax_T, ax_f, ax_c = axes[:, 1]
+        ax_P.plot(tk, sol.x_plan[:, 3], label=f"prediction at {k * hours:g} h", **kw)
+        ax_T.plot(tk, sol.x_plan[:, 4], **kw)
+        ax_f.step(tk[:-1], sol.u_plan[:, 0], where="post", **kw)
+        ax_c.step(tk[:-1], sol.u_plan[:, 1], where="post", **kw)
+    axes[0, 1].set_xlim(0, 2 * horizon * hours)
+    axes[0, 0].set_title("episode")
+    axes[0, 1].set_title("first two horizons, with NMPC predictions")
+    axes[1, 0].set_ylim(min(335.0, np.nanmin(x[:, 4]) - 2), pc.T_MAX + 4)
+    axes[2, 0].set_ylim(pc.U_LOW[0] - 0.1, pc.U_HIGH[0] + 0.1)
+    axes[3, 0].set_ylim(pc.U_LOW[1] - 2, pc.U_HIGH[1] + 2)
+    for ax, label in zip(axes[:, 0], ("P [kg/m³]", "T [K]", "f_I [kg/h]", "T_c [K]")):
+        ax.set_ylabel(label)
+    handles, labels = axes[0, 1].get_legend_handles_labels()
+    h2, l2 = axes[1, 1].get_legend_handles_labels()
+    fig.legend(handles + h2, labels + l2, loc="lower center", ncol=4, frameon=False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.05, 1, 0.97 if title else 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+
+def cost_surface_figure(
+    model: ConvexCostModel,
+    obs: np.ndarray,
+    policy_action: np.ndarray,
+    box: ActionBox,
+    path: str | os.PathLike,
+    trust: float,
+    gd_config: GDConfig | None = None,
+    data_actions: np.ndarray | None = None,
+    title: str = "",
+    grid: int = 161,
+) -> dict[str, np.ndarray]:
+    """The learned cost over the input box at one state, with the policy action, GD path and exact optimum.
+
+    Left: f(obs, ·) over the whole input box with its exact minimiser (the LP, λ = 0) and, if given, the
+    dataset's actions. Right: the correction objective f + λ/2‖·‖² near the policy action, the projected
+    gradient path from the policy action and the exact QP optimum; ``box`` bounds the inputs, ``trust`` is λ.
+    Returns the points drawn (physical units).
+    """
+    from safectrl.safety.correction import ExactCorrector, GDConfig, GradientCorrector  # torch, cvxpy: on use
+
+    obs = np.asarray(obs, dtype=float)[None]
+    lo, hi = box.bounds(obs)
+    x = model.state_features(obs)
+    y_lo, y_hi = model.scale_action(lo), model.scale_action(hi)
+    y_ref = model.scale_action(np.clip(np.asarray(policy_action, dtype=float)[None], lo, hi))
+    lp = ExactCorrector(model.picnn, 0.0).correct(x, y_ref, y_lo, y_hi)
+    qp = ExactCorrector(model.picnn, trust).correct(x, y_ref, y_lo, y_hi)
+    gd = GradientCorrector(model.picnn, trust, gd_config or GDConfig()).correct(x, y_ref, y_lo, y_hi, record_path=True)
+    points = {
+        "policy": model.unscale_action(y_ref)[0],
+        "lp_optimum": model.unscale_action(lp.action)[0],
+        "qp_optimum": model.unscale_action(qp.action)[0],
+        "gd_path": model.unscale_action(gd.path[:, 0]),
+    }
+    std = model.action_std.numpy()
+    fig, axes = plt.subplots(1, 2, figsize=(12.5, 5.2))
+    half = np.maximum(4 * std, np.abs(points["qp_optimum"] - points["policy"]) * 1.5)
+    windows = [(lo[0], hi[0]), (np.maximum(lo[0], points["policy"] - half), np.minimum(hi[0], points["policy"] + half))]
+    for k, (ax, (w_lo, w_hi)) in enumerate(zip(axes, windows)):
+        f_I, T_c = np.meshgrid(np.linspace(w_lo[0], w_hi[0], grid), np.linspace(w_lo[1], w_hi[1], grid))
+        acts = np.stack([f_I.ravel(), T_c.ravel()], axis=1)
+        cost = model.predict(np.repeat(obs, len(acts), axis=0), acts)
+        if k == 1:
+            trust_term = 0.5 * trust * np.sum((model.scale_action(acts) - y_ref) ** 2, axis=1)
+            cost = cost + trust_term * float(model.cost_std)
+        cs = ax.contourf(f_I, T_c, cost.reshape(f_I.shape), levels=30, cmap="viridis")
+        fig.colorbar(cs, ax=ax, label="predicted cost-to-go" + (" + trust term" if k else ""))
+        if k == 0 and data_actions is not None:
+            ax.scatter(data_actions[:, 0], data_actions[:, 1], s=2, c="silver", alpha=0.3, lw=0,
+                       label="dataset actions (all states)")
+        if k == 1:
+            path_pts = points["gd_path"]
+            ax.plot(path_pts[:, 0], path_pts[:, 1], "-o", color="tab:orange", ms=3, lw=1.2,
+                    label=f"gradient path ({len(path_pts) - 1} steps)")
+            ax.plot(*points["qp_optimum"], "*", color="tab:red", ms=16, mec="k",
+                    label=f"exact optimum (QP, λ = {trust:g})")
+        else:
+            ax.plot(*points["lp_optimum"], "*", color="tab:red", ms=16, mec="k", label="exact optimum (LP, λ = 0)")
+        ax.plot(*points["policy"], "s", color="w", ms=8, mec="k", label="policy action")
+        ax.set_xlim(w_lo[0], w_hi[0])
+        ax.set_ylim(w_lo[1], w_hi[1])
+        ax.set_xlabel("f_I [kg/h]")
+        ax.set_ylabel("T_c [K]")
+        ax.set_title("whole input box" if k == 0 else "near the policy action")
+        ax.legend(loc="lower left", fontsize=8, framealpha=0.8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return points

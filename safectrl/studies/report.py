@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
+
+if TYPE_CHECKING:  # tables stay importable without the model stack
+    from safectrl.studies.metrics import EpisodeMetrics
 
 
 def fmt(value: Any, digits: int = 4) -> str:
@@ -39,3 +42,28 @@ def mean_std(values: Sequence[float], digits: int = 4) -> str:
     m = sum(finite) / len(finite)
     sd = math.sqrt(sum((v - m) ** 2 for v in finite) / len(finite))
     return f"{fmt(m, digits)} ± {fmt(sd, 2)}"
+
+
+def summary_headers(reference: str) -> tuple[str, ...]:
+    """Columns of :func:`controller_rows`: the comparative study's table, also ``safectrl evaluate``'s."""
+    return ("scenario", "controller", "episodes", "cost (mean ± std)", f"cost / {reference}", "final |e_P| kg/m³",
+            "final |e_T| K", "IAE_P kg/m³·h", "intervals T > T_max", "worst exceedance K", "runaways",
+            "ms / decision")
+
+
+def controller_rows(scenario: str, by_controller: dict[str, list[EpisodeMetrics]],
+                    reference: str | None = None) -> list[list[Any]]:
+    """Summary rows (see :func:`summary_headers`) of one scenario; costs also relative to ``reference``'s
+    episodes on the same seeds (paired ratio), "n/a" without one."""
+    ref = [m.cost for m in by_controller.get(reference, [])] if reference else []
+    rows = []
+    for controller, ms in by_controller.items():
+        ratio = mean_std([m.cost / r for m, r in zip(ms, ref)]) if ref and len(ref) == len(ms) else "n/a"
+        rows.append([
+            scenario, controller, len(ms), mean_std([m.cost for m in ms]), ratio,
+            mean_std([m.final_abs_eP for m in ms]), mean_std([m.final_abs_eT for m in ms]),
+            mean_std([m.iae_P for m in ms]), int(sum(m.violations for m in ms)),
+            float(max(m.worst_exceedance for m in ms)), int(sum(m.failure for m in ms)),
+            mean_std([m.decision_ms for m in ms], 2),
+        ])
+    return rows

@@ -1,21 +1,14 @@
-"""The PICNN safety layer on the polymerisation CSTR: cost-model targets, training, closed loop, figure.
+"""The PICNN safety layer on the polymerisation CSTR, as a study: train, evaluate, draw, tune.
 
-The cost model learns, from the PI datasets, the cost-to-go of taking action a in observation o
-(Durkin et al., 2025, call it a learned cost model; what it regresses is our decision,
-``docs/decisions.md#cost-model-target``)::
+The cost model learns, from the PI datasets, the cost-to-go of taking action a in observation o (the targets
+and the fit: :mod:`safectrl.safety.targets`)::
 
     C_t = Σ_{j=1..H} γ^j c(x_{t+j}),     c(x) = w_P |P_sp − P| + w_T |T_sp − T| + ρ max(0, T − T_max)
 
-over the next H intervals of the recorded trajectory (true states, ``Transitions.state``). Absolute rather
-than squared errors keep the targets' range narrow enough for the model to resolve offsets of a few kg/m³
-next to start-up errors of a hundred. A window that runs past a runaway (the episode terminated) repeats
-the failed state's stage cost, with T capped at T_runaway; a window that runs past the time limit has no
-target and its transition is left out. Train and validation sets are split by episode; the regression
-uses a Huber loss (see :class:`SafetyLayerConfig`).
-
-H = 20 (10 h) and λ = 0.3 were chosen by :func:`tune` (``safectrl safety tune``), by the closed-loop cost of
-the dataset's behaviour policy wrapped by the filter on tuning seeds; short horizons barely help, because
-one interval shows little of what f_I does to P (grid and numbers: ``docs/decisions.md#cost-model-target``).
+over the next H intervals of the recorded trajectory (true states, ``Transitions.state``); the reactor's
+columns, T_max and T_runaway come from :mod:`safectrl.models.polycstr` (:data:`REACTOR_STAGE_COST`).
+H = 20 (10 h) and λ = 0.3 were chosen by :func:`tune` (``safectrl safety tune``) on tuning seeds (grid and
+numbers: ``docs/decisions.md#cost-model-target``).
 
 :func:`make_filter` composes a trained model with any policy into a
 :class:`~safectrl.safety.filter.SafetyFilter` on the reactor's input box (and, optionally, a rate limit
@@ -27,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -36,23 +29,24 @@ import torch
 from tqdm.auto import tqdm
 
 from safectrl.common.protocol import DecisionMaker
-from safectrl.controllers.pi import NOMINAL_TUNING, PIController, sample_tuning
+from safectrl.controllers.pi import NOMINAL_TUNING, DatasetPI, PIController
 from safectrl.models import polycstr as pc
 from safectrl.rl import data
 from safectrl.rl.env import TaskEnv
 from safectrl.rl.rollout import Episode, run_episode
-from safectrl.safety.correction import GDConfig, GradientCorrector, ExactCorrector
+from safectrl.safety.correction import GDConfig
 from safectrl.safety.cost_model import (
     ConvexCostModel,
     CostModelTrainConfig,
     TrainingReport,
-    fit_cost_model,
     load_cost_model,
     load_cost_model_metadata,
     save_cost_model,
 )
 from safectrl.safety.filter import ActionBox, SafetyFilter
-from safectrl.studies import datasets, report
+from safectrl.safety.targets import CostTargetConfig, StageCostLayout
+from safectrl.safety import targets
+from safectrl.studies import datasets, options, plots, report
 from safectrl.studies.metrics import EpisodeMetrics, episode_metrics
 
 _P, _T = pc.STATES.index("P"), pc.STATES.index("T")
@@ -61,29 +55,22 @@ _OBS_EP, _OBS_ET = pc.OBSERVATIONS.index("e_P"), pc.OBSERVATIONS.index("e_T")
 PREV_ACTION_INDEX = (pc.OBSERVATIONS.index("f_I_prev"), pc.OBSERVATIONS.index("T_c_prev"))
 
 
-@dataclass(frozen=True)
-class CostTargetConfig:
-    """The regression target of the cost model (see the module docstring)."""
-
-    horizon: int = 20  # H, intervals of cost-to-go (20 = 10 h, about two residence times; chosen by `tune`)
-    gamma: float = 0.95  # discount per interval
-    weight_P: float = 1.0  # per kg/m³ of |P_sp − P|
-    weight_T: float = 1.0  # per K of |T_sp − T|
-    penalty: float = 100.0  # ρ, per K above T_max: one kelvin over costs as much as 100 kg/m³ off grade
-    T_max: float = pc.T_MAX  # K, where the penalty starts
-
-    def __post_init__(self) -> None:
-        if self.horizon < 1 or not 0 < self.gamma <= 1:
-            raise ValueError(f"horizon must be >= 1 and gamma in (0, 1], got {self.horizon}, {self.gamma}")
-        if min(self.weight_P, self.weight_T, self.penalty) < 0:
-            raise ValueError("weights and penalty must be >= 0")
+#: The reactor's stage cost: track P and T (setpoints = error + value in the next observation), penalise T
+#: above T_max, cap T at T_runaway (a runaway's state repeats to the window's end at that cost).
+REACTOR_STAGE_COST = StageCostLayout(
+    tracked=(_P, _T), setpoint_error=(_OBS_EP, _OBS_ET), setpoint_value=(_OBS_P, _OBS_T),
+    limited=_T, limit=pc.T_MAX, cap=pc.T_RUNAWAY,
+)
 
 
 @dataclass(frozen=True)
 class SafetyLayerConfig:
     """Everything that defines a trained cost model besides the data."""
 
+    # H = 20 intervals (10 h, about two residence times; chosen by `tune`); ρ = 100: one kelvin over T_max
+    # costs as much as 100 kg/m³ off grade
     target: CostTargetConfig = CostTargetConfig()
+    stage: StageCostLayout = REACTOR_STAGE_COST
     # Huber loss at 0.01 target standard deviations: a squared loss spends the model on the start-up data's
     # few runaways, whose cost-to-go is many times the typical one (docs/decisions.md#cost-model-target)
     train: CostModelTrainConfig = CostModelTrainConfig(huber_delta=0.01)
@@ -106,51 +93,10 @@ class SafetyLayerConfig:
         return tuple(pc.OBSERVATIONS.index(o) for o in self.observed)
 
 
-def stage_cost(state: np.ndarray, setpoint: np.ndarray, cfg: CostTargetConfig) -> np.ndarray:
-    """c(x) for states (n, 5) and setpoints (n, 2) (P_sp, T_sp); T is capped at the runaway temperature."""
-    T = np.minimum(state[:, _T], pc.T_RUNAWAY)
-    return (cfg.weight_P * np.abs(setpoint[:, 0] - state[:, _P]) + cfg.weight_T * np.abs(setpoint[:, 1] - T)
-            + cfg.penalty * np.maximum(0.0, T - cfg.T_max))
-
-
-def cost_targets(tr: data.Transitions, cfg: CostTargetConfig) -> tuple[np.ndarray, np.ndarray]:
-    """H-step cost-to-go per transition and the mask of transitions that have one.
-
-    Args:
-        tr: transitions of whole episodes, in order (:func:`safectrl.rl.data.load_transitions`).
-        cfg: horizon, discount and stage-cost weights.
-
-    Returns:
-        target (n,) (NaN where undefined) and valid (n,) bool.
-    """
-    if not np.all(np.isfinite(tr.state)):
-        raise ValueError("non-finite states in the transitions; the stage cost of such a state is undefined")
-    setpoint = np.stack([tr.next_obs[:, _OBS_EP] + tr.next_obs[:, _OBS_P],
-                         tr.next_obs[:, _OBS_ET] + tr.next_obs[:, _OBS_T]], axis=1)
-    c = stage_cost(tr.state, setpoint, cfg)
-    target = np.full(len(c), np.nan)
-    for ep in np.unique(tr.episode):
-        rows = np.flatnonzero(tr.episode == ep)
-        if np.any(np.diff(tr.step[rows]) != 1):
-            raise ValueError(f"episode {ep} is not a contiguous run of steps")
-        c_ep = c[rows]
-        failed = bool(tr.done[rows[-1]])
-        n = len(rows)
-        padded = np.concatenate([c_ep, np.full(cfg.horizon, c_ep[-1] if failed else np.nan)])
-        discounts = cfg.gamma ** np.arange(1, cfg.horizon + 1)
-        windows = np.lib.stride_tricks.sliding_window_view(padded, cfg.horizon)[:n]
-        target[rows] = windows @ discounts
-    return target, np.isfinite(target)
-
-
-def split_episodes(episode: np.ndarray, val_fraction: float, seed: int) -> np.ndarray:
-    """Boolean mask of rows whose episode is held out for validation (at least one episode each side)."""
-    ids = np.unique(episode)
-    if len(ids) < 2:
-        raise ValueError("at least two episodes are needed for a train/validation split")
-    n_val = min(max(1, round(val_fraction * len(ids))), len(ids) - 1)
-    val_ids = np.random.default_rng(seed).choice(ids, size=n_val, replace=False)
-    return np.isin(episode, val_ids)
+def cost_targets(tr: data.Transitions, config: SafetyLayerConfig = SafetyLayerConfig()
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The H-step cost-to-go of each transition of ``tr`` and the mask of those that have one."""
+    return targets.cost_targets(tr.state, tr.next_obs, tr.episode, tr.step, tr.done, config.stage, config.target)
 
 
 def train_cost_model(
@@ -160,9 +106,7 @@ def train_cost_model(
     desc: str = "cost model",
 ) -> tuple[ConvexCostModel, TrainingReport]:
     """Fit the cost model to the H-step targets of ``tr``, validating on held-out episodes."""
-    target, valid = cost_targets(tr, config.target)
-    is_val = split_episodes(tr.episode, config.val_fraction, config.split_seed)
-    tr_rows, val_rows = valid & ~is_val, valid & is_val
+    target, _ = cost_targets(tr, config)
     bar = tqdm(total=config.train.epochs, desc=desc, disable=not progress)
 
     def on_epoch(epoch: int, train_rmse: float, val_rmse: float) -> None:
@@ -170,19 +114,10 @@ def train_cost_model(
         bar.set_postfix(train_rmse=f"{train_rmse:.3g}", val_rmse=f"{val_rmse:.3g}")
 
     try:
-        model, rep = fit_cost_model(
-            (tr.obs[tr_rows], tr.action[tr_rows], target[tr_rows]),
-            (tr.obs[val_rows], tr.action[val_rows], target[val_rows]),
-            config.train,
-            progress=on_epoch,
-            obs_index=config.obs_index,
-        )
+        return targets.train_cost_model(tr.obs, tr.action, target, tr.episode, config.train, config.val_fraction,
+                                        config.split_seed, config.obs_index, progress=on_epoch)
     finally:
         bar.close()
-    rep.extra.update(train_transitions=int(tr_rows.sum()), val_transitions=int(val_rows.sum()),
-                     val_episodes=int(len(np.unique(tr.episode[is_val]))),
-                     train_episodes=int(len(np.unique(tr.episode[~is_val]))))
-    return model, rep
 
 
 def train_for_scenario(
@@ -249,20 +184,6 @@ def load_scenario_model(root: str | os.PathLike, scenario: str) -> ConvexCostMod
         raise ValueError(f"checkpoint in {folder} is for scenario {meta.get('scenario')!r} with observations "
                          f"{meta.get('observations')}, not {scenario!r} with {list(pc.OBSERVATIONS)}")
     return load_cost_model(folder)
-
-
-class DatasetPI:
-    """PI with gains drawn from the dataset ranges per episode seed: the behaviour policy of the data."""
-
-    def __init__(self) -> None:
-        self._pi = PIController()
-
-    def reset(self, seed: int | None = None) -> None:
-        tuning = sample_tuning(datasets.tuning_rng(0 if seed is None else seed))
-        self._pi = PIController(tuning)
-
-    def act(self, obs: np.ndarray) -> np.ndarray:
-        return self._pi.act(obs)
 
 
 #: Policy factories the closed-loop table can wrap without the offline-RL agents.
@@ -341,82 +262,6 @@ def write_table(rows: list[list], out: str | os.PathLike, header: str) -> str:
     return table
 
 
-# -- the figure ------------------------------------------------------------------------------------------
-
-
-def cost_surface_figure(
-    model: ConvexCostModel,
-    obs: np.ndarray,
-    policy_action: np.ndarray,
-    path: str | os.PathLike,
-    settings: FilterSettings = FilterSettings(),
-    data_actions: np.ndarray | None = None,
-    title: str = "",
-    grid: int = 161,
-) -> dict[str, np.ndarray]:
-    """The learned cost over the input box at one state, with the policy action, GD path and exact optimum.
-
-    Left: f(obs, ·) over the whole input box with its exact minimiser (the LP, λ = 0) and, if given, the
-    dataset's actions. Right: the correction objective f + λ/2‖·‖² near the policy action, the projected
-    gradient path from the policy action and the exact QP optimum. Returns the points drawn (physical units).
-    """
-    from safectrl.studies import plots  # noqa: F401  (selects the non-interactive backend)
-    import matplotlib.pyplot as plt
-
-    box = action_box(settings.rate)
-    obs = np.asarray(obs, dtype=float)[None]
-    lo, hi = box.bounds(obs)
-    x = model.state_features(obs)
-    y_lo, y_hi = model.scale_action(lo), model.scale_action(hi)
-    y_ref = model.scale_action(np.clip(np.asarray(policy_action, dtype=float)[None], lo, hi))
-    lp = ExactCorrector(model.picnn, 0.0).correct(x, y_ref, y_lo, y_hi)
-    qp = ExactCorrector(model.picnn, settings.trust).correct(x, y_ref, y_lo, y_hi)
-    gd = GradientCorrector(model.picnn, settings.trust, settings.gd).correct(x, y_ref, y_lo, y_hi, record_path=True)
-    points = {
-        "policy": model.unscale_action(y_ref)[0],
-        "lp_optimum": model.unscale_action(lp.action)[0],
-        "qp_optimum": model.unscale_action(qp.action)[0],
-        "gd_path": model.unscale_action(gd.path[:, 0]),
-    }
-    std = model.action_std.numpy()
-    fig, axes = plt.subplots(1, 2, figsize=(12.5, 5.2))
-    half = np.maximum(4 * std, np.abs(points["qp_optimum"] - points["policy"]) * 1.5)
-    windows = [(lo[0], hi[0]), (np.maximum(lo[0], points["policy"] - half), np.minimum(hi[0], points["policy"] + half))]
-    for k, (ax, (w_lo, w_hi)) in enumerate(zip(axes, windows)):
-        f_I, T_c = np.meshgrid(np.linspace(w_lo[0], w_hi[0], grid), np.linspace(w_lo[1], w_hi[1], grid))
-        acts = np.stack([f_I.ravel(), T_c.ravel()], axis=1)
-        cost = model.predict(np.repeat(obs, len(acts), axis=0), acts)
-        if k == 1:
-            trust = 0.5 * settings.trust * np.sum((model.scale_action(acts) - y_ref) ** 2, axis=1)
-            cost = cost + trust * float(model.cost_std)
-        cs = ax.contourf(f_I, T_c, cost.reshape(f_I.shape), levels=30, cmap="viridis")
-        fig.colorbar(cs, ax=ax, label="predicted cost-to-go" + (" + trust term" if k else ""))
-        if k == 0 and data_actions is not None:
-            ax.scatter(data_actions[:, 0], data_actions[:, 1], s=2, c="silver", alpha=0.3, lw=0,
-                       label="dataset actions (all states)")
-        if k == 1:
-            path_pts = points["gd_path"]
-            ax.plot(path_pts[:, 0], path_pts[:, 1], "-o", color="tab:orange", ms=3, lw=1.2,
-                    label=f"gradient path ({len(path_pts) - 1} steps)")
-            ax.plot(*points["qp_optimum"], "*", color="tab:red", ms=16, mec="k",
-                    label=f"exact optimum (QP, λ = {settings.trust:g})")
-        else:
-            ax.plot(*points["lp_optimum"], "*", color="tab:red", ms=16, mec="k", label="exact optimum (LP, λ = 0)")
-        ax.plot(*points["policy"], "s", color="w", ms=8, mec="k", label="policy action")
-        ax.set_xlim(w_lo[0], w_hi[0])
-        ax.set_ylim(w_lo[1], w_hi[1])
-        ax.set_xlabel("f_I [kg/h]")
-        ax.set_ylabel("T_c [K]")
-        ax.set_title("whole input box" if k == 0 else "near the policy action")
-        ax.legend(loc="lower left", fontsize=8, framealpha=0.8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return points
-
-
 def write_json(obj, path: str | os.PathLike) -> None:
     Path(path).write_text(json.dumps(obj, indent=2, default=float))
 
@@ -453,8 +298,7 @@ def tune(
     baseline = {s: run_controller(s, BASE_POLICIES[policy](s), seeds).metrics for s in scenarios}
     rows = []
     for H in horizons:
-        cfg = SafetyLayerConfig(target=CostTargetConfig(**{**asdict(base.target), "horizon": H}), train=base.train,
-                                val_fraction=base.val_fraction, split_seed=base.split_seed, observed=base.observed)
+        cfg = replace(base, target=replace(base.target, horizon=H))
         models = {s: train_cost_model(trs[s], cfg, progress, desc=f"H={H} {s}")[0] for s in scenarios}
         for trust in tqdm(trusts, desc=f"H={H} trust", disable=not progress):
             row: list = [H, trust]
@@ -541,7 +385,8 @@ def figure_for_episode(
     obs = ep.observations[step]
     title = (f"{scenario}, {POLICY_LABELS[policy]}, seed {seed}, t = {step * pc.DT / 3600:g} h: P = {obs[_OBS_P]:.1f} kg/m³, "
              f"T = {obs[_OBS_T]:.1f} K (setpoint {pc.get_scenario(scenario).setpoint})")
-    return cost_surface_figure(model, obs, ep.actions[step], path, settings, data_actions=tr.action, title=title)
+    return plots.cost_surface_figure(model, obs, ep.actions[step], action_box(settings.rate), path, settings.trust,
+                                     settings.gd, data_actions=tr.action, title=title)
 
 
 #: Policies the command line can wrap, by name, and their names in tables.
@@ -550,3 +395,108 @@ POLICIES: dict[str, Callable[[str], DecisionMaker]] = {
     "pi-dataset": BASE_POLICIES["PI dataset gains"],
 }
 POLICY_LABELS = {"pi-nominal": "PI nominal", "pi-dataset": "PI dataset gains"}
+
+
+# -- the study's configs, as the command line and scripts give them ---------------------------------------
+
+_DEFAULT = SafetyLayerConfig()
+_SCENARIOS = (*pc.SCENARIOS, "all")
+MODELS_DIR = "runs/safety-models"  # where `safety train` writes and `eval`/`figure` read the cost models
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """``safectrl safety train``: the PICNN cost model of each scenario on its PI dataset."""
+
+    scenario: str = field(default="all", metadata={"choices": _SCENARIOS})  # whose dataset
+    episodes: int = field(default=100, metadata={"min": 1})  # dataset episodes
+    seed: int = field(default=0, metadata={"min": 0})  # dataset seed
+    root: str | None = None  # Minari datasets folder
+    out: str = MODELS_DIR  # folder of cost models, one sub-folder per scenario
+    horizon: int = field(default=_DEFAULT.target.horizon, metadata={"min": 1})  # H of the cost-to-go, intervals
+    penalty: float = _DEFAULT.target.penalty  # ρ, cost per K above T_max
+    epochs: int = field(default=_DEFAULT.train.epochs, metadata={"min": 1})  # training epochs
+    train_seed: int = field(default=_DEFAULT.train.seed, metadata={"min": 0})  # initialisation seed
+    progress: bool = True  # progress bars
+
+    def layer_config(self) -> SafetyLayerConfig:
+        return replace(_DEFAULT, target=replace(_DEFAULT.target, horizon=self.horizon, penalty=self.penalty),
+                       train=replace(_DEFAULT.train, epochs=self.epochs, seed=self.train_seed))
+
+
+def run_train(config: TrainConfig = TrainConfig()) -> dict[str, TrainingReport]:
+    """Train and save one cost model per scenario under ``config.out`` (with ``config.json``)."""
+    set_torch_threads(1)
+    options.write_config(config, config.out)
+    scenarios = list(pc.SCENARIOS) if config.scenario == "all" else [config.scenario]
+    return {s: train_for_scenario(s, checkpoint_dir(config.out, s), config.episodes, config.seed, config.root,
+                                  config.layer_config(), config.progress)[1] for s in scenarios}
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """``safectrl safety eval``: closed loop on evaluation seeds, each policy raw and filtered."""
+
+    models: str = MODELS_DIR  # folder of cost models, one sub-folder per scenario
+    scenario: str = field(default="all", metadata={"choices": _SCENARIOS})  # where to run
+    policy: tuple[str, ...] = field(default=tuple(POLICIES), metadata={"choices": tuple(POLICIES)})  # to wrap
+    methods: tuple[str, ...] = field(default=("gd", "exact"), metadata={"choices": ("gd", "exact")})  # corrections
+    episodes: int = field(default=5, metadata={"min": 1})  # evaluation seeds 0..
+    trust: float = FilterSettings().trust  # λ of the trust term
+    # optional rate limit per interval, kg/h and K
+    rate: tuple[float, float] | None = field(default=None, metadata={"metavar": ("DF_I", "DT_C")})
+    out: str | None = None  # output folder (default runs/safety-eval-TIMESTAMP)
+    progress: bool = True  # progress bars
+
+
+def run_eval(config: EvalConfig = EvalConfig()) -> tuple[str, Path]:
+    """The closed-loop table and the folder it was written to (:func:`evaluate`, which writes config.json)."""
+    set_torch_threads(1)
+    out = Path(config.out) if config.out else options.timestamped("safety-eval")
+    scenarios = list(pc.SCENARIOS) if config.scenario == "all" else [config.scenario]
+    settings = FilterSettings(trust=config.trust, rate=config.rate)
+    return evaluate(config.models, scenarios, config.policy, config.methods, config.episodes, settings, out,
+                    config.progress), out
+
+
+@dataclass(frozen=True)
+class FigureConfig:
+    """``safectrl safety figure``: the cost surface over the input box at one state of an episode."""
+
+    models: str = MODELS_DIR  # folder of cost models, one sub-folder per scenario
+    scenario: str = field(default="grade_down", metadata={"choices": tuple(pc.SCENARIOS)})  # the episode's
+    policy: str = field(default="pi-dataset", metadata={"choices": tuple(POLICIES)})  # run unfiltered
+    seed: int = field(default=0, metadata={"min": 0})  # evaluation seed of the episode
+    step: int = field(default=20, metadata={"min": 0})  # interval of the episode
+    trust: float = FilterSettings().trust  # λ of the trust term
+    root: str | None = None  # Minari datasets folder (for the dataset's actions)
+    out: str = "cost_surface.png"  # output file (PNG or PDF)
+
+
+def run_figure(config: FigureConfig = FigureConfig()) -> dict[str, np.ndarray]:
+    """Draw the figure of ``config`` to ``config.out``; the points drawn (one file, so no config.json)."""
+    set_torch_threads(1)
+    return figure_for_episode(config.models, config.scenario, config.policy, config.seed, config.step,
+                              config.out, FilterSettings(trust=config.trust), root=config.root)
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """``safectrl safety tune``: choose H and λ by closed-loop cost on tuning seeds."""
+
+    horizons: tuple[int, ...] = field(default=(1, 3, 10, 20, 30, 40, 60), metadata={"min": 1})  # H to try
+    trusts: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0)  # λ to try
+    episodes: int = field(default=8, metadata={"min": 1})  # tuning seeds per scenario
+    root: str | None = None  # Minari datasets folder
+    out: str | None = None  # also write config.json and tune.md here
+    progress: bool = True  # progress bars
+
+
+def run_tune(config: TuneConfig = TuneConfig()) -> list[list]:
+    """The rows of :func:`tune`; with ``out``, written there with ``config.json``."""
+    set_torch_threads(1)
+    rows = tune(config.horizons, config.trusts, config.episodes, root=config.root, progress=config.progress)
+    if config.out:
+        out = options.write_config(config, config.out)
+        (out / "tune.md").write_text(report.markdown_table(tune_headers(), rows) + "\n")
+    return rows

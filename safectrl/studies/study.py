@@ -9,6 +9,12 @@ Controllers (:data:`CONTROLLERS`): nominal and dataset PI, oracle and mismatched
 the scenario's PI dataset, and the PICNN safety layer around them. Training runs (one task per artifact and
 scenario) go through the same executor before the episodes; their results are cached artifacts.
 
+Your own controllers (``StudyPreset.custom_controllers``, ``safectrl study --controller NAME=pkg.mod:factory``)
+are rows beside the built-in ones. Episodes run in spawned worker processes, so a controller travels as an
+import string and the worker imports it: ``factory(ctx)`` is called once per episode with the episode's
+:class:`BuildContext` (scenario, variant with its plant and noise flag, seed) and returns any object with
+``reset(seed=None)`` and ``act(obs)`` (:class:`safectrl.common.protocol.DecisionMaker`).
+
 Plant variants: ``nominal`` (plant = model), ``mismatch`` (UA -20 %, dH +10 % in the plant only) and
 ``noise`` (measurement noise on A, P, T). Every controller is designed or trained on the nominal model and
 data; only the oracle NMPC is given the variant's true plant.
@@ -21,12 +27,14 @@ per-episode results that make a run resumable).
 from __future__ import annotations
 
 import csv
+import functools
+import importlib
 import json
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -165,6 +173,74 @@ _NEEDS = {"BC": ("bc", False), "IQL": ("iql", False), "BC+PICNN (GD)": ("bc", Tr
 ALL_CONTROLLERS = tuple(CONTROLLERS)
 
 
+class ControllerSpecError(ValueError):
+    """A ``--controller NAME=package.module:factory`` that cannot be used (the message says why)."""
+
+
+def parse_controller_option(text: str) -> tuple[str, str]:
+    """``"NAME=package.module:factory"`` -> ``(NAME, "package.module:factory")``."""
+    name, sep, target = text.partition("=")
+    if not sep or not name.strip() or not target.strip():
+        raise ControllerSpecError(f"--controller {text!r}: expected NAME=package.module:factory")
+    return name.strip(), target.strip()
+
+
+def resolve_factory(target: str) -> Callable[[BuildContext], DecisionMaker]:
+    """The callable named by ``"package.module:factory"`` (imported here, so in the worker that runs it)."""
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise ControllerSpecError(f"controller {target!r}: expected package.module:factory")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ControllerSpecError(f"controller {target!r}: cannot import {module_name!r} ({exc}); is it on "
+                                  "PYTHONPATH (the workers import it too)?") from None
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ControllerSpecError(f"controller {target!r}: {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ControllerSpecError(f"controller {target!r}: {attr!r} is a {type(obj).__name__}, not callable")
+    return obj
+
+
+def _build_custom(name: str, target: str, ctx: BuildContext) -> DecisionMaker:
+    controller = resolve_factory(target)(ctx)
+    if not isinstance(controller, DecisionMaker):
+        raise ControllerSpecError(f"controller {name!r} ({target}): the factory returned a "
+                                  f"{type(controller).__name__}, which lacks reset(seed=None) or act(obs)")
+    return controller
+
+
+def controller_spec(name: str, preset: StudyPreset) -> ControllerSpec:
+    """The built-in controller ``name``, or the preset's own controller of that name."""
+    if name in CONTROLLERS:
+        return CONTROLLERS[name]
+    target = dict(preset.custom_controllers)[name]
+    return ControllerSpec(name, functools.partial(_build_custom, name, target), f"your controller {target}")
+
+
+def check_custom_controllers(preset: StudyPreset) -> None:
+    """Raise :class:`ControllerSpecError` (one line) unless every custom controller can be built.
+
+    Each factory is imported and called once here, for the preset's first scenario, variant and seed, so that
+    a bad specification fails before any folder is written or worker started.
+    """
+    names = [name for name, _ in preset.custom_controllers]
+    for name in names:
+        if name in CONTROLLERS:
+            raise ControllerSpecError(f"controller {name!r}: the name of a built-in row; choose another")
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ControllerSpecError(f"controllers {duplicates} given more than once")
+    if not preset.custom_controllers:
+        return
+    ctx = BuildContext(preset.scenarios[0], VARIANTS[preset.variants[0]], data.evaluation_seeds(1)[0], 0, preset)
+    for name, target in preset.custom_controllers:
+        _build_custom(name, target, ctx)
+
+
 @dataclass(frozen=True)
 class StudyPreset:
     """Size of a study run. ``quick`` is the README demo and the CI test; ``full`` makes the published numbers."""
@@ -182,6 +258,19 @@ class StudyPreset:
     cost_model_epochs: int | None = None  # None: the safety layer's default
     train_seed: int = 0  # initial weights and minibatches of every trained artifact
     reference: str = "NMPC oracle"  # the controller costs are divided by
+    # your own rows: (name, "package.module:factory") pairs; a {name: target} mapping is accepted and stored
+    # as pairs (hashable, and kept in config.json in the given order)
+    custom_controllers: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        pairs = self.custom_controllers
+        pairs = tuple(pairs.items()) if isinstance(pairs, Mapping) else tuple(tuple(p) for p in pairs)
+        object.__setattr__(self, "custom_controllers", pairs)
+
+    @property
+    def rows(self) -> tuple[str, ...]:
+        """Every controller of the study, built-in first, then your own, in table and figure order."""
+        return (*self.controllers, *(name for name, _ in self.custom_controllers))
 
 
 PRESETS = {
@@ -208,8 +297,6 @@ def policy_artifact_config(algo: str, scenario: str, preset: StudyPreset) -> dic
 
 
 def cost_model_config(scenario: str, preset: StudyPreset):
-    from dataclasses import replace
-
     from safectrl.studies.safety_layer import SafetyLayerConfig
 
     cfg = SafetyLayerConfig()
@@ -310,7 +397,7 @@ def _episode_task(controller: str, scenario: str, variant: str, seed: int, seed_
                   preset: StudyPreset) -> dict[str, Any]:
     """One closed-loop episode; returns its metrics and trajectory (a ResultStore record)."""
     var = VARIANTS[variant]
-    policy = CONTROLLERS[controller].build(BuildContext(scenario, var, seed, seed_index, preset))
+    policy = controller_spec(controller, preset).build(BuildContext(scenario, var, seed, seed_index, preset))
     env = TaskEnv(pc.TASK, scenario=scenario, plant=var.plant, noise=var.noise, max_steps=preset.max_steps)
     ep = run_episode(env, policy, seed)
     return {
@@ -353,7 +440,7 @@ def episode_tasks(preset: StudyPreset) -> tuple[list[Task], dict[str, tuple[str,
     tasks, index = [], {}
     for variant in preset.variants:
         for scenario in preset.scenarios:
-            for controller in preset.controllers:
+            for controller in preset.rows:
                 for k, seed in enumerate(seeds):
                     key = f"episode/{variant}/{scenario}/{controller}/{seed}"
                     tasks.append(Task(key, _episode_task, (controller, scenario, variant, seed, k, preset)))
@@ -374,36 +461,12 @@ def run_episodes(preset: StudyPreset, executor: Executor, store: ResultStore, pr
     return StudyResults(preset, seeds, dict(metrics), dict(episodes))
 
 
-def summary_headers(reference: str) -> tuple[str, ...]:
-    return ("scenario", "controller", "episodes", "cost (mean ± std)", f"cost / {reference}", "final |e_P| kg/m³",
-            "final |e_T| K", "IAE_P kg/m³·h", "intervals T > T_max", "worst exceedance K", "runaways",
-            "ms / decision")
-
-
-def controller_rows(scenario: str, by_controller: dict[str, list[EpisodeMetrics]],
-                    reference: str | None = None) -> list[list[Any]]:
-    """Summary rows (see :func:`summary_headers`) of one scenario; costs also relative to ``reference``'s
-    episodes on the same seeds (paired ratio), "n/a" without one."""
-    ref = [m.cost for m in by_controller.get(reference, [])] if reference else []
-    rows = []
-    for controller, ms in by_controller.items():
-        ratio = report.mean_std([m.cost / r for m, r in zip(ms, ref)]) if ref and len(ref) == len(ms) else "n/a"
-        rows.append([
-            scenario, controller, len(ms), report.mean_std([m.cost for m in ms]), ratio,
-            report.mean_std([m.final_abs_eP for m in ms]), report.mean_std([m.final_abs_eT for m in ms]),
-            report.mean_std([m.iae_P for m in ms]), int(sum(m.violations for m in ms)),
-            float(max(m.worst_exceedance for m in ms)), int(sum(m.failure for m in ms)),
-            report.mean_std([m.decision_ms for m in ms], 2),
-        ])
-    return rows
-
-
 def summary_rows(results: StudyResults, variant: str, reference: str) -> list[list[Any]]:
     """Table rows of one variant; costs also relative to ``reference`` on the same seeds (paired ratio)."""
     rows = []
     for scenario in results.preset.scenarios:
-        by_controller = {c: results.metrics[(variant, scenario, c)] for c in results.preset.controllers}
-        rows += controller_rows(scenario, by_controller, reference)
+        by_controller = {c: results.metrics[(variant, scenario, c)] for c in results.preset.rows}
+        rows += report.controller_rows(scenario, by_controller, reference)
     return rows
 
 
@@ -451,16 +514,17 @@ def write_outputs(results: StudyResults, out_dir: Path, reference: str) -> str:
              "per-seed ratio; mean ± std over seeds.\n"]
     for variant in results.preset.variants:
         parts.append(f"## {variant}: {VARIANTS[variant].description}\n")
-        parts.append(report.markdown_table(summary_headers(reference), summary_rows(results, variant, reference)))
+        rows = summary_rows(results, variant, reference)
+        parts.append(report.markdown_table(report.summary_headers(reference), rows))
         parts.append(f"\n![trajectories](trajectories_{variant}.png)\n")
         plots.trajectory_figure(
             {s: [plots.Trace(results.episodes[(variant, s, c)][0], c, color=f"C{i}", width=1.6)
-                 for i, c in enumerate(results.preset.controllers)] for s in results.preset.scenarios},
+                 for i, c in enumerate(results.preset.rows)] for s in results.preset.scenarios},
             out_dir / f"trajectories_{variant}.png",
             title=f"{variant}: first evaluation seed ({results.seeds[0]}) of every controller",
         )
     plots.distribution_figure(results.metrics, results.preset.variants, results.preset.scenarios,
-                              results.preset.controllers, out_dir / "distributions.png")
+                              results.preset.rows, out_dir / "distributions.png")
     parts.append("## Distributions over seeds\n\n![distributions](distributions.png)\n")
     headline = headline_rows(results)
     if headline:
@@ -488,7 +552,7 @@ def _check_out_dir(out_dir: Path, config: dict[str, Any], force: bool) -> None:
 
 def run_study(preset: str | StudyPreset = "quick", out: str | Path | None = None, force: bool = False,
               scheduler: str | None = None, workers: int | None = None, serial: bool = False,
-              progress: bool = True) -> Path:
+              progress: bool = True, controllers: Mapping[str, str] | None = None) -> Path:
     """Run the study end to end and write its folder; rerunning with the same ``out`` resumes it.
 
     Args:
@@ -496,6 +560,9 @@ def run_study(preset: str | StudyPreset = "quick", out: str | Path | None = None
         out: run folder (default ``runs/study-<preset>``).
         force: retrain the artifacts and rerun every episode.
         scheduler, workers, serial: the executor (see :func:`~safectrl.studies.executor.make_executor`).
+        progress: print progress and the summary.
+        controllers: your own rows, ``{name: "package.module:factory"}``, added to the preset's
+            ``custom_controllers`` (see the module docstring for what the factory receives).
     """
     if isinstance(preset, StudyPreset):
         cfg = preset
@@ -503,9 +570,12 @@ def run_study(preset: str | StudyPreset = "quick", out: str | Path | None = None
         cfg = PRESETS[preset]
     else:
         raise ValueError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
+    if controllers:
+        cfg = replace(cfg, custom_controllers=(*cfg.custom_controllers, *controllers.items()))
     unknown = [c for c in cfg.controllers if c not in CONTROLLERS]
     if unknown:
         raise ValueError(f"unknown controllers {unknown}; valid: {', '.join(CONTROLLERS)}")
+    check_custom_controllers(cfg)
     out_dir = Path(out) if out is not None else Path("runs") / f"study-{cfg.name}"
     config = {"preset": asdict(cfg), "eval_seeds": data.evaluation_seeds(cfg.eval_seeds),
               "nominal_pi": NOMINAL_TUNING.as_dict(), "safectrl": safectrl.__version__,
@@ -524,9 +594,39 @@ def run_study(preset: str | StudyPreset = "quick", out: str | Path | None = None
         results = run_episodes(cfg, executor, store, progress)
     finally:
         executor.close()
-    reference = cfg.reference if cfg.reference in cfg.controllers else cfg.controllers[0]
+    reference = cfg.reference if cfg.reference in cfg.rows else cfg.rows[0]
     text = write_outputs(results, out_dir, reference=reference)
     if progress:
         print(text)
         print(f"\nwritten to {out_dir} in {time.perf_counter() - t0:.0f} s")
     return out_dir
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """What ``safectrl study`` runs: a preset, your own rows, the run folder and the executor."""
+
+    # quick: a few minutes on 2 cores; full: the published numbers
+    preset: str = field(default="quick", metadata={"choices": tuple(PRESETS)})
+    out: str | None = None  # output folder (default: runs/study-PRESET); an existing run there is resumed
+    force: bool = False  # rebuild cached artifacts and rerun every episode
+    # your own controller as a row: factory(ctx) returns an object with reset(seed=None) and act(obs); repeatable
+    controller: tuple[str, ...] = field(default=(), metadata={"repeat": True,
+                                                              "metavar": "NAME=package.module:factory"})
+    # send tasks to this running Dask scheduler
+    scheduler: str | None = field(default=None, metadata={"group": "executor", "metavar": "tcp://HOST:PORT"})
+    # start a local Dask cluster with this many worker processes
+    workers: int | None = field(default=None, metadata={"group": "executor", "min": 1})
+    serial: bool = field(default=False, metadata={"group": "executor"})  # run every task in this process
+    progress: bool = True  # print progress and the summary
+
+
+def run(config: StudyConfig = StudyConfig()) -> Path:
+    """Run the comparative study of ``config``; its folder (with ``config.json``) is returned."""
+    pairs = [parse_controller_option(text) for text in config.controller]
+    names = [name for name, _ in pairs]
+    if len(set(names)) != len(names):
+        raise ControllerSpecError(f"--controller: a name given twice in {names}")
+    return run_study(config.preset, config.out, force=config.force, scheduler=config.scheduler,
+                     workers=config.workers, serial=config.serial, progress=config.progress,
+                     controllers=dict(pairs))

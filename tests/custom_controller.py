@@ -1,0 +1,36 @@
+"""Controllers of a user of ``safectrl study --controller``, outside the package (the workers import them by name)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from safectrl.controllers.pi import NOMINAL_TUNING, PIController, PITuning
+
+
+def detuned_pi(ctx) -> PIController:
+    """The nominal PI with half its gains: a factory is a one-liner."""
+    t = NOMINAL_TUNING
+    return PIController(PITuning(Kp_P=t.Kp_P / 2, Ki_P=t.Ki_P / 2, Kp_T=t.Kp_T / 2, Ki_T=t.Ki_T / 2))
+
+
+class ContextChecked:
+    """The detuned PI, failing its episode unless it is reset with the seed its context announced."""
+
+    def __init__(self, ctx) -> None:
+        self.ctx = ctx
+        self.pi = detuned_pi(ctx)
+
+    def reset(self, seed: int | None = None) -> None:
+        if seed != self.ctx.seed:
+            raise RuntimeError(f"built for seed {self.ctx.seed}, reset with {seed}")
+        self.pi.reset(seed)
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        return self.pi.act(obs)
+
+
+NOT_CALLABLE = 3
+
+
+def no_act(ctx) -> object:
+    return object()
