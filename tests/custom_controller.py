@@ -34,3 +34,20 @@ NOT_CALLABLE = 3
 
 def no_act(ctx) -> object:
     return object()
+
+
+class ProportionalHeater:
+    """A P controller of the test tree's heated tank (``heated_tank.py``): heater power from e_T, W."""
+
+    def __init__(self, gain: float = 3000.0, bias: float = 12e3) -> None:
+        self.gain, self.bias = gain, bias
+
+    def reset(self, seed: int | None = None) -> None:
+        pass
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        return np.clip([self.bias + self.gain * obs[1]], 0.0, 30e3)
+
+
+def tank_p(ctx) -> ProportionalHeater:
+    return ProportionalHeater()

@@ -64,4 +64,5 @@ TASK = Task(
     limits=(Limit("T", high=T_MAX, unit="K"),),
     failure=(Limit("T", high=T_FAIL, unit="K"),),
     setpoint_names=("T",),
+    units={"T": "K", "Q": "W"},
 )

@@ -102,3 +102,21 @@ def task_nmpc(task: Task, params: Any = None, scenario: str | None = None, horiz
     x0, u0 = sc.initial(np.random.default_rng(0), p)
     return NMPC(task.model, p, config, stage_cost=stage, n_ref=len(task.setpoint_names),
                 observer=TaskObserver(task, sc, u_init=u0))
+
+
+def nmpc_for(env_id: str, params: Any = None) -> NMPC:
+    """The NMPC of the registered task ``env_id`` predicting with ``params`` (default: its nominal model).
+
+    The plants that ship with safectrl have their own (the reactor's with its EKF, the RL-ACR regularisers);
+    any other task gets :func:`task_nmpc`.
+    """
+    from safectrl.controllers import acr_mpc, polycstr_nmpc
+    from safectrl.models.registry import get_task
+
+    task = get_task(env_id)
+    p = task.plant(params if params is not None else "nominal")
+    if env_id == "safectrl/PolyCSTR-v0":
+        return polycstr_nmpc.polycstr_nmpc(p)
+    if env_id in acr_mpc.REGULARISERS:
+        return acr_mpc.REGULARISERS[env_id](p)
+    return task_nmpc(task, p)

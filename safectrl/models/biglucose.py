@@ -222,5 +222,7 @@ TASK = Task(
     failure_reward=failure_reward,
     limits=(G_LIMIT,),
     failure=(G_LIMIT,),
+    time_unit="min",
+    units={"Q1": "mmol/kg", "u_I": "-", "u_N": "-"},
     description="glucose after a meal under insulin and glucagon, a bihormonal Hovorka model (Tian et al., 2024)",
 )

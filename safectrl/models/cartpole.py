@@ -123,5 +123,7 @@ TASK = Task(
     failure_reward=failure_reward,
     limits=SAFE_SET,
     failure=SAFE_SET,
+    time_unit="s",
+    units={"x": "m", "x_dot": "m/s", "theta": "rad", "theta_dot": "rad/s", "F": "N"},
     description="the cart-pole driven by a continuous force (Tian et al., 2024)",
 )

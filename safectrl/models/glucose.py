@@ -137,5 +137,7 @@ TASK = Task(
     failure_reward=failure_reward,
     limits=(G_LIMIT,),
     failure=(G_LIMIT,),
+    time_unit="min",
+    units={"G": "mg/dL", "X": "1/min", "I": "uU/mL", "u": "uU/(mL min)"},
     description="glucose after a meal under insulin, Bergman's minimal model (Tian et al., 2024)",
 )

@@ -148,5 +148,7 @@ TASK = Task(
     limits=SAFE_SET,
     failure=SAFE_SET,
     setpoint_names=("C_b",),
+    time_unit="h",
+    units={"C_a": "mol/L", "C_b": "mol/L", "T_R": "°C", "T_K": "°C", "F": "1/h", "Q_dot": "kJ/h"},
     description="the Klatt-Engell (Van de Vusse) CSTR of do-mpc's example (Tian et al., 2024)",
 )

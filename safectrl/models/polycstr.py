@@ -271,5 +271,7 @@ TASK = Task(
     limits=(Limit("T", high=T_MAX, unit="K"),),
     failure=(Limit("T", high=T_RUNAWAY, unit="K"),),
     setpoint_names=("P", "T"),
+    time_unit="s",
+    units={"A": "kg/m³", "I": "kg/m³", "R": "mol/m³", "P": "kg/m³", "T": "K", "f_I": "kg/h", "T_c": "K"},
     description="exothermic free-radical polymerisation in a jacketed CSTR (Durkin et al., 2025)",
 )

@@ -119,6 +119,8 @@ class Task:
             ``cost`` = summed exceedance).
         failure: the failure set: an interval ending outside it (or a non-finite state) ends the episode.
         setpoint_names: what the scenarios' setpoints are (e.g. ``("P", "T")``); their states are tracked.
+        time_unit: the model's time unit ("s", "min" or "h").
+        units: unit of each state and input, by name (for tables and figures).
     """
 
     name: str
@@ -138,6 +140,8 @@ class Task:
     default_plant: str = NOMINAL
     measurement_std: tuple[float, ...] | None = None
     setpoint_names: tuple[str, ...] = ()
+    time_unit: str = "s"  # of the model's time and dt: "s", "min" or "h"
+    units: Mapping[str, str] = field(default_factory=dict)  # state or input name -> unit, for tables and plots
     description: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -151,6 +155,8 @@ class Task:
         if self.default_plant not in self.plants:
             raise ValueError(f"task {self.name}: default_plant {self.default_plant!r} is not one of "
                              f"{list(self.plants)}")
+        if self.time_unit not in ("s", "min", "h"):
+            raise ValueError(f"task {self.name}: time_unit must be 's', 'min' or 'h', got {self.time_unit!r}")
         if not self.scenarios:
             raise ValueError(f"task {self.name}: needs at least one scenario")
         if self.episode_steps < 1:

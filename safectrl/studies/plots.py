@@ -13,7 +13,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from safectrl.models import polycstr as pc  # noqa: E402
+from safectrl.models.task import Task  # noqa: E402
 from safectrl.rl.rollout import Episode  # noqa: E402
+from safectrl.studies.metrics import PER_HOUR  # noqa: E402
 
 if TYPE_CHECKING:
     from safectrl.safety.correction import GDConfig
@@ -32,56 +34,82 @@ class Trace:
     alpha: float = 1.0
 
 
-def trajectory_figure(panels: dict[str, Sequence[Trace]], path: str | os.PathLike, title: str = "") -> None:
-    """P, T (setpoint and T_max band), f_I and T_c over time; one column per scenario.
+def trajectory_figure(panels: dict[str, Sequence[Trace]], path: str | os.PathLike, title: str = "",
+                      task: Task | None = None) -> None:
+    """The tracked states (setpoint dashed, operating limits shaded) and the inputs over time; one column per
+    scenario. For the reactor: P, T (T_max band), f_I and T_c.
 
     Args:
         panels: scenario name -> traces to draw in its column.
         path: output file (PNG or PDF by extension).
         title: figure title.
+        task: the task of the episodes (default: the polymerisation CSTR).
     """
+    task = pc.TASK if task is None else task
+    m = task.model
+    tracked = list(task.setpoint_names) or [lim.name for lim in task.limits if lim.output is None][:2]
+    rows = [("state", s) for s in tracked] + [("input", u) for u in m.inputs]
     names = list(panels)
-    fig, axes = plt.subplots(4, len(names), figsize=(4.6 * len(names), 9.5), sharex=True, squeeze=False)
+    fig, axes = plt.subplots(len(rows), len(names), figsize=(4.6 * len(names), 2.4 * len(rows) + 0.3),
+                             sharex=True, squeeze=False)
+    hours = m.dt / PER_HOUR[task.time_unit]
     for col, name in enumerate(names):
-        ax_P, ax_T, ax_f, ax_c = axes[:, col]
-        sp = pc.get_scenario(name).setpoint
-        for tr in panels[name]:
-            ep = tr.episode
-            x = ep.infos["state"]
-            t = np.arange(len(x)) * pc.DT / 3600
-            kw = dict(color=tr.color, lw=tr.width, alpha=tr.alpha)
-            ax_P.plot(t, x[:, 3], label=tr.label, **kw)
-            ax_T.plot(t, x[:, 4], **kw)
-            u = np.clip(ep.actions, pc.U_LOW, pc.U_HIGH)
-            ax_f.step(t[:-1], u[:, 0], where="post", **kw)
-            ax_c.step(t[:-1], u[:, 1], where="post", **kw)
-        ax_P.axhline(sp[0], color="k", ls="--", lw=1, label="setpoint")
-        ax_T.axhline(sp[1], color="k", ls="--", lw=1)
-        ax_T.axhspan(pc.T_MAX, pc.T_MAX + 100, color="tab:red", alpha=0.12, label=f"T > {pc.T_MAX:g} K")
-        ax_T.axhline(pc.T_MAX, color="tab:red", lw=1)
-        T_all = np.concatenate([tr.episode.infos["state"][:, 4] for tr in panels[name]])
-        T_all = T_all[np.isfinite(T_all)]
-        ax_T.set_ylim(min(335.0, T_all.min() - 2), min(max(pc.T_MAX + 5, T_all.max() + 2), 420))
-        P_all = np.concatenate([tr.episode.infos["state"][:, 3] for tr in panels[name]])
-        P_all = P_all[np.isfinite(P_all)]
-        ax_P.set_ylim(min(-5.0, P_all.min() - 5), min(P_all.max() + 5, 1.6 * max(sp[0], 100.0)))
-        ax_f.set_ylim(pc.U_LOW[0] - 0.1, pc.U_HIGH[0] + 0.1)
-        ax_c.set_ylim(pc.U_LOW[1] - 2, pc.U_HIGH[1] + 2)
-        ax_P.set_title(name)
-        ax_c.set_xlabel("time [h]")
-        if col == 0:
-            ax_P.set_ylabel("P [kg/m³]")
-            ax_T.set_ylabel("T [K]")
-            ax_f.set_ylabel("f_I [kg/h]")
-            ax_c.set_ylabel("T_c [K]")
-        for ax in axes[:, col]:
+        sp = task.scenario(name).setpoint
+        for r, (kind, var) in enumerate(rows):
+            ax = axes[r, col]
+            for tr in panels[name]:
+                ep = tr.episode
+                x = ep.infos["state"]
+                t = np.arange(len(x)) * hours
+                kw = dict(color=tr.color, lw=tr.width, alpha=tr.alpha)
+                if kind == "state":
+                    ax.plot(t, x[:, task.states.index(var)], label=tr.label if r == 0 else None, **kw)
+                else:
+                    u = np.clip(ep.actions, m.u_low, m.u_high)
+                    ax.step(t[:-1], u[:, m.inputs.index(var)], where="post", **kw)
+            if kind == "state":
+                values = np.concatenate([tr.episode.infos["state"][:, task.states.index(var)]
+                                         for tr in panels[name]])
+                values = values[np.isfinite(values)]
+                lo, hi = (values.min(), values.max()) if len(values) else (0.0, 1.0)
+                if var in task.setpoint_names:
+                    target = sp[task.setpoint_names.index(var)]
+                    ax.axhline(target, color="k", ls="--", lw=1, label="setpoint" if r == 0 else None)
+                    lo, hi = min(lo, target), max(hi, target)
+                pad = 0.05 * max(hi - lo, 1e-9)
+                for lim in task.limits:
+                    if lim.name == var and lim.output is None:
+                        for edge, other in ((lim.high, np.inf), (lim.low, -np.inf)):
+                            if np.isfinite(edge):
+                                band = (edge, edge + 100 * pad) if other > 0 else (edge - 100 * pad, edge)
+                                sign = ">" if other > 0 else "<"
+                                ax.axhspan(*band, color="tab:red", alpha=0.12,
+                                           label=f"{var} {sign} {edge:g} {lim.unit}".rstrip())
+                                ax.axhline(edge, color="tab:red", lw=1)
+                                lo, hi = min(lo, edge), max(hi, edge)
+                ax.set_ylim(lo - pad - 0.05 * (hi - lo), hi + pad + 0.05 * (hi - lo))
+            else:
+                j = m.inputs.index(var)
+                margin = 0.04 * (m.u_high[j] - m.u_low[j])
+                ax.set_ylim(m.u_low[j] - margin, m.u_high[j] + margin)
+            if col == 0:
+                ax.set_ylabel(f"{var} [{task.units.get(var, '-')}]")
             ax.grid(alpha=0.3)
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    h2, l2 = axes[1, 0].get_legend_handles_labels()
-    fig.legend(handles + h2, labels + l2, loc="lower center", ncol=min(6, len(labels) + len(l2)), frameon=False)
+        axes[0, col].set_title(name)
+        axes[-1, col].set_xlabel("time [h]")
+    handles, labels = [], []
+    for ax in axes[:, 0]:
+        h, lab = ax.get_legend_handles_labels()
+        for hh, ll in zip(h, lab):
+            if ll not in labels:
+                handles.append(hh)
+                labels.append(ll)
+    ncol = max(1, min(len(labels), 3 * len(names)))
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, frameon=False)
+    legend_rows = -(-len(labels) // ncol)
     if title:
         fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.04, 1, 0.97 if title else 1))
+    fig.tight_layout(rect=(0, 0.035 * legend_rows * 4 / max(4, len(rows)), 1, 0.97 if title else 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -92,14 +120,21 @@ def distribution_figure(
     scenarios: Sequence[str],
     controllers: Sequence[str],
     path: str | os.PathLike,
+    task: Task | None = None,
 ) -> None:
-    """Per-seed cost, final |e_P| and intervals above T_max: one column per scenario, one point per episode.
+    """Per-seed cost, final offset of the first tracked state and intervals outside the operating limits:
+    one column per scenario, one point per episode.
 
     Args:
         metrics: ``(variant, scenario, controller) -> list of EpisodeMetrics``.
+        task: the task of the episodes (default: the polymerisation CSTR).
     """
-    rows = (("cost", "episode cost", True), ("final_abs_eP", "final |e_P| [kg/m³]", True),
-            ("violations", "intervals with T > T_max", False))
+    task = pc.TASK if task is None else task
+    rows = [("cost", "episode cost", True)]
+    if task.setpoint_names:
+        s0 = task.setpoint_names[0]
+        rows.append((f"final_abs_e{s0}", f"final |e_{s0}| [{task.units.get(s0, '-')}]", True))
+    rows.append(("violations", "intervals outside the limits", False))
     fig, axes = plt.subplots(len(rows), len(scenarios), figsize=(4.8 * len(scenarios), 9.0), squeeze=False)
     rng = np.random.default_rng(0)  # jitter only
     width = 0.8 / max(1, len(variants))
@@ -109,7 +144,7 @@ def distribution_figure(
             for v, variant in enumerate(variants):
                 for c, controller in enumerate(controllers):
                     ms = metrics.get((variant, scenario, controller), [])
-                    y = np.array([getattr(m, attr) for m in ms], dtype=float)
+                    y = np.array([m[attr] for m in ms], dtype=float)
                     if log:
                         y = np.maximum(y, 1e-4)
                     x = c + (v - (len(variants) - 1) / 2) * width + rng.uniform(-0.25, 0.25, len(y)) * width

@@ -6,6 +6,7 @@ import math
 from typing import TYPE_CHECKING, Any, Sequence
 
 if TYPE_CHECKING:  # tables stay importable without the model stack
+    from safectrl.models.task import Task
     from safectrl.studies.metrics import EpisodeMetrics
 
 
@@ -44,26 +45,54 @@ def mean_std(values: Sequence[float], digits: int = 4) -> str:
     return f"{fmt(m, digits)} ± {fmt(sd, 2)}"
 
 
-def summary_headers(reference: str) -> tuple[str, ...]:
-    """Columns of :func:`controller_rows`: the comparative study's table, also ``safectrl evaluate``'s."""
-    return ("scenario", "controller", "episodes", "cost (mean ± std)", f"cost / {reference}", "final |e_P| kg/m³",
-            "final |e_T| K", "IAE_P kg/m³·h", "intervals T > T_max", "worst exceedance K", "runaways",
-            "ms / decision")
+def _limit_words(task: "Task") -> tuple[str, str]:
+    """How the table names the operating limits and the unit of their exceedance."""
+    limits = task.limits
+    if len(limits) == 1 and limits[0].low == -math.inf:
+        words = f"{limits[0].name} > {limits[0].name}_max"
+    else:
+        words = "outside the limits"
+    units = {lim.unit for lim in limits}
+    return words, (units.pop() if len(units) == 1 else "")
+
+
+def summary_headers(reference: str, task: "Task | None" = None) -> tuple[str, ...]:
+    """Columns of :func:`controller_rows` for ``task`` (default: the polymerisation CSTR): the comparative
+    study's table, also ``safectrl evaluate``'s."""
+    task = _default(task)
+    unit = task.units.get
+    offsets = tuple(f"final |e_{s}| {unit(s, '')}".rstrip() for s in task.setpoint_names)
+    iae = (f"IAE_{task.setpoint_names[0]} {unit(task.setpoint_names[0], '')}·h",) if task.setpoint_names else ()
+    words, exceed_unit = _limit_words(task)
+    return ("scenario", "controller", "episodes", "cost (mean ± std)", f"cost / {reference}", *offsets, *iae,
+            f"intervals {words}", f"worst exceedance {exceed_unit}".rstrip(), "failures" if task.name != "PolyCSTR"
+            else "runaways", "ms / decision")
 
 
 def controller_rows(scenario: str, by_controller: dict[str, list[EpisodeMetrics]],
-                    reference: str | None = None) -> list[list[Any]]:
+                    reference: str | None = None, task: "Task | None" = None) -> list[list[Any]]:
     """Summary rows (see :func:`summary_headers`) of one scenario; costs also relative to ``reference``'s
     episodes on the same seeds (paired ratio), "n/a" without one."""
+    task = _default(task)
+    sp = task.setpoint_names
     ref = [m.cost for m in by_controller.get(reference, [])] if reference else []
     rows = []
     for controller, ms in by_controller.items():
         ratio = mean_std([m.cost / r for m, r in zip(ms, ref)]) if ref and len(ref) == len(ms) else "n/a"
         rows.append([
             scenario, controller, len(ms), mean_std([m.cost for m in ms]), ratio,
-            mean_std([m.final_abs_eP for m in ms]), mean_std([m.final_abs_eT for m in ms]),
-            mean_std([m.iae_P for m in ms]), int(sum(m.violations for m in ms)),
+            *(mean_std([m[f"final_abs_e{s}"] for m in ms]) for s in sp),
+            *((mean_std([m[f"iae_{sp[0]}"] for m in ms]),) if sp else ()),
+            int(sum(m.violations for m in ms)),
             float(max(m.worst_exceedance for m in ms)), int(sum(m.failure for m in ms)),
             mean_std([m.decision_ms for m in ms], 2),
         ])
     return rows
+
+
+def _default(task: "Task | None") -> "Task":
+    if task is not None:
+        return task
+    from safectrl.models import polycstr as pc
+
+    return pc.TASK

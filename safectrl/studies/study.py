@@ -42,12 +42,15 @@ import safectrl
 from safectrl.common.protocol import DecisionMaker
 from safectrl.controllers.pi import NOMINAL_TUNING, PIController, PITuning
 from safectrl.models import polycstr as pc
+from safectrl.models import registry
+from safectrl.models.registry import get_task
+from safectrl.models.task import Task as PlantTask
 from safectrl.rl import data
 from safectrl.rl.env import TaskEnv
 from safectrl.rl.rollout import Episode, run_episode
 from safectrl.studies import artifacts, datasets, plots, report
 from safectrl.studies.executor import Executor, ResultStore, Task, make_executor, run_tasks
-from safectrl.studies.metrics import EpisodeMetrics, episode_metrics
+from safectrl.studies.metrics import FINAL_FRACTION, PER_HOUR, EpisodeMetrics, episode_metrics, metric_names
 
 
 @dataclass(frozen=True)
@@ -55,19 +58,27 @@ class Variant:
     """The plant an episode runs on, and what the sensors add."""
 
     name: str
-    plant: pc.PolyCSTRParams
+    plant: Any  # the parameter dataclass of the task's model
     noise: bool
     description: str
 
 
-VARIANTS = {
-    v.name: v
-    for v in (
-        Variant("nominal", pc.PolyCSTRParams(), False, "plant = nominal model"),
-        Variant("mismatch", pc.mismatched(), False, "plant UA -20 %, dH +10 % (controllers keep the nominal model)"),
-        Variant("noise", pc.PolyCSTRParams(), True, "measurement noise, sigma A 2, P 0.5 kg/m³, T 0.2 K"),
-    )
-}
+def variants(task: PlantTask) -> dict[str, Variant]:
+    """The plant variants of ``task``: ``nominal`` (plant = model), ``mismatch`` (the task's actual plant;
+    controllers keep the nominal model) and, if the task defines sensor noise, ``noise``."""
+    described = {"PolyCSTR": ("plant UA -20 %, dH +10 % (controllers keep the nominal model)",
+                              "measurement noise, sigma A 2, P 0.5 kg/m³, T 0.2 K")}
+    mismatch, noise = described.get(task.name, ("the task's actual plant (controllers keep the nominal model)",
+                                                f"measurement noise, sigma {task.measurement_std}"))
+    out = [Variant("nominal", task.nominal, False, "plant = nominal model"),
+           Variant("mismatch", task.actual, False, mismatch)]
+    if task.measurement_std is not None:
+        out.append(Variant("noise", task.nominal, True, noise))
+    return {v.name: v for v in out}
+
+
+#: The reactor's variants (the default task of the study).
+VARIANTS = variants(pc.TASK)
 
 
 @dataclass(frozen=True)
@@ -80,6 +91,15 @@ class BuildContext:
     seed_index: int  # position of the seed among the evaluation seeds
     preset: "StudyPreset"
 
+    @property
+    def env(self) -> str:
+        """The registered id of the task the episode runs on."""
+        return self.preset.env
+
+    @property
+    def task(self) -> PlantTask:
+        return self.preset.task
+
 
 @dataclass(frozen=True)
 class ControllerSpec:
@@ -88,7 +108,7 @@ class ControllerSpec:
     name: str
     build: Callable[[BuildContext], DecisionMaker]
     description: str
-
+    envs: tuple[str, ...] | None = None  # the task ids it can run on; None: any task
 
 def _pi_nominal(ctx: BuildContext) -> DecisionMaker:
     return PIController(NOMINAL_TUNING)
@@ -106,17 +126,18 @@ def _pi_dataset(ctx: BuildContext) -> DecisionMaker:
 
 
 def _nmpc_oracle(ctx: BuildContext) -> DecisionMaker:
-    from safectrl.controllers.polycstr_nmpc import polycstr_nmpc
+    from safectrl.controllers.task_nmpc import nmpc_for
 
-    return polycstr_nmpc(ctx.variant.plant)
+    return nmpc_for(ctx.env, ctx.variant.plant)
 
 
 def _nmpc_mismatched(ctx: BuildContext) -> DecisionMaker:
-    """The NMPC whose model is off by UA -20 %, dH +10 % from the plant it runs on."""
-    from safectrl.controllers.polycstr_nmpc import polycstr_nmpc
+    """The NMPC whose model is off from the plant it runs on: the nominal model on the actual plant, the
+    actual plant's parameters on the nominal one (for the reactor: UA -20 %, dH +10 %)."""
+    from safectrl.controllers.task_nmpc import nmpc_for
 
-    nominal = pc.PolyCSTRParams()
-    return polycstr_nmpc(pc.mismatched() if ctx.variant.plant == nominal else nominal)
+    task = ctx.task
+    return nmpc_for(ctx.env, task.actual if ctx.variant.plant == task.nominal else task.nominal)
 
 
 def _offline(algo: str) -> Callable[[BuildContext], DecisionMaker]:
@@ -147,22 +168,26 @@ def _torch_threads() -> None:
         torch.set_num_threads(1)
 
 
+#: The rows that need the reactor's PI data (datasets, trained policies and cost models).
+_REACTOR = ("safectrl/PolyCSTR-v0",)
+
 CONTROLLERS: dict[str, ControllerSpec] = {
     c.name: c
     for c in (
-        ControllerSpec("PI nominal", _pi_nominal, "decentralised PI, SIMC tuning (safectrl pi-tuning)"),
-        ControllerSpec("PI dataset", _pi_dataset, "PI with the dataset's random tunings, one per evaluation seed"),
-        ControllerSpec("NMPC oracle", _nmpc_oracle, "NMPC + EKF whose model is the plant of the variant"),
+        ControllerSpec("PI nominal", _pi_nominal, "decentralised PI, SIMC tuning (safectrl pi-tuning)", _REACTOR),
+        ControllerSpec("PI dataset", _pi_dataset, "PI with the dataset's random tunings, one per evaluation seed",
+                       _REACTOR),
+        ControllerSpec("NMPC oracle", _nmpc_oracle, "NMPC (+ EKF on the reactor) whose model is the variant's plant"),
         ControllerSpec("NMPC mismatched", _nmpc_mismatched,
-                       "NMPC + EKF whose model is off by UA -20 %, dH +10 % from the plant"),
-        ControllerSpec("BC", _offline("bc"), "behaviour cloning on the scenario's PI dataset"),
-        ControllerSpec("IQL", _offline("iql"), "implicit Q-learning on the scenario's PI dataset"),
+                       "NMPC whose model is off from the plant (the reactor: UA -20 %, dH +10 %)"),
+        ControllerSpec("BC", _offline("bc"), "behaviour cloning on the scenario's PI dataset", _REACTOR),
+        ControllerSpec("IQL", _offline("iql"), "implicit Q-learning on the scenario's PI dataset", _REACTOR),
         ControllerSpec("BC+PICNN (GD)", _filtered("bc", "gd"),
-                       "BC corrected by the PICNN cost model, projected gradient descent"),
+                       "BC corrected by the PICNN cost model, projected gradient descent", _REACTOR),
         ControllerSpec("IQL+PICNN (GD)", _filtered("iql", "gd"),
-                       "IQL corrected by the PICNN cost model, projected gradient descent"),
+                       "IQL corrected by the PICNN cost model, projected gradient descent", _REACTOR),
         ControllerSpec("IQL+PICNN (exact)", _filtered("iql", "exact"),
-                       "IQL corrected by the PICNN cost model, exact convex program (cvxpy)"),
+                       "IQL corrected by the PICNN cost model, exact convex program (cvxpy)", _REACTOR),
     )
 }
 
@@ -236,23 +261,29 @@ def check_custom_controllers(preset: StudyPreset) -> None:
         raise ControllerSpecError(f"controllers {duplicates} given more than once")
     if not preset.custom_controllers:
         return
-    ctx = BuildContext(preset.scenarios[0], VARIANTS[preset.variants[0]], data.evaluation_seeds(1)[0], 0, preset)
+    ctx = BuildContext(preset.scenarios[0], preset.variant_table[preset.variants[0]], data.evaluation_seeds(1)[0],
+                       0, preset)
     for name, target in preset.custom_controllers:
         _build_custom(name, target, ctx)
 
 
 @dataclass(frozen=True)
 class StudyPreset:
-    """Size of a study run. ``quick`` is the README demo and the CI test; ``full`` makes the published numbers."""
+    """Size of a study run. ``quick`` is the README demo and the CI test; ``full`` makes the published numbers.
+
+    ``env`` is the registered task the study runs on (default: the polymerisation CSTR); ``scenarios``,
+    ``controllers`` and ``max_steps`` left at None become all of the task's scenarios, every built-in row
+    that can run on it, and its episode length.
+    """
 
     name: str
     eval_seeds: int  # evaluation episodes per controller, scenario and variant
-    data_episodes: int  # PI episodes per scenario in the offline datasets
+    data_episodes: int  # PI episodes per scenario in the offline datasets (the reactor's PI, BC, IQL rows)
     variants: tuple[str, ...]
-    controllers: tuple[str, ...] = ALL_CONTROLLERS
+    controllers: tuple[str, ...] | None = None  # built-in rows; None: every one that runs on the task
     data_seed: int = 0
-    scenarios: tuple[str, ...] = tuple(pc.SCENARIOS)
-    max_steps: int = pc.EPISODE_STEPS
+    scenarios: tuple[str, ...] | None = None  # None: every scenario of the task
+    max_steps: int | None = None  # intervals per episode; None: the task's episode length
     bc_steps: int | None = None  # gradient steps (None: BCConfig's default)
     iql_steps: int | None = None  # gradient steps (None: IQLConfig's default)
     cost_model_epochs: int | None = None  # None: the safety layer's default
@@ -261,16 +292,61 @@ class StudyPreset:
     # your own rows: (name, "package.module:factory") pairs; a {name: target} mapping is accepted and stored
     # as pairs (hashable, and kept in config.json in the given order)
     custom_controllers: tuple[tuple[str, str], ...] = ()
+    env: str = "safectrl/PolyCSTR-v0"  # the registered task
+    # where worker processes find the task ("module:attribute", from the registry; filled in)
+    env_target: str = ""
 
     def __post_init__(self) -> None:
         pairs = self.custom_controllers
         pairs = tuple(pairs.items()) if isinstance(pairs, Mapping) else tuple(tuple(p) for p in pairs)
         object.__setattr__(self, "custom_controllers", pairs)
+        if self.env_target and self.env not in registry.TASKS:  # a worker process: the plant of the parent
+            registry.register_task(self.env, self.env_target)
+        task = get_task(self.env)
+        object.__setattr__(self, "env_target", registry.TASKS[self.env])
+        supported = [c for c, spec in CONTROLLERS.items() if spec.envs is None or self.env in spec.envs]
+        if self.controllers is None:
+            object.__setattr__(self, "controllers", tuple(supported))
+        else:
+            object.__setattr__(self, "controllers", tuple(self.controllers))
+            unknown = [c for c in self.controllers if c not in CONTROLLERS]
+            if unknown:
+                raise ValueError(f"unknown controllers {unknown}; valid: {', '.join(CONTROLLERS)}")
+            wrong = [c for c in self.controllers if c not in supported]
+            if wrong:
+                raise ValueError(f"controllers {wrong} cannot run on {self.env}; those that can: "
+                                 f"{', '.join(supported)}")
+        scenarios = tuple(task.scenarios) if self.scenarios is None else tuple(self.scenarios)
+        for sc in scenarios:
+            task.scenario(sc)  # a ValueError names the valid ones
+        object.__setattr__(self, "scenarios", scenarios)
+        if self.max_steps is None:
+            object.__setattr__(self, "max_steps", task.episode_steps)
+        valid = variants(task)
+        bad = [v for v in self.variants if v not in valid]
+        if bad:
+            raise ValueError(f"variants {bad} are not defined for {task.name}; valid: {', '.join(valid)}")
+
+    @property
+    def task(self) -> PlantTask:
+        """The task; in a worker process (which unpickles the preset) registered first from ``env_target``."""
+        if self.env not in registry.TASKS:
+            registry.register_task(self.env, self.env_target)
+        return get_task(self.env)
+
+    @property
+    def variant_table(self) -> dict[str, Variant]:
+        return variants(self.task)
 
     @property
     def rows(self) -> tuple[str, ...]:
         """Every controller of the study, built-in first, then your own, in table and figure order."""
         return (*self.controllers, *(name for name, _ in self.custom_controllers))
+
+    @property
+    def needs_data(self) -> bool:
+        """Whether a row needs the PI datasets (the reactor's PI, BC, IQL and PICNN rows)."""
+        return any(c in _NEEDS or c == "PI dataset" for c in self.controllers)
 
 
 PRESETS = {
@@ -396,12 +472,12 @@ def train_artifacts(preset: StudyPreset, executor: Executor, store: ResultStore,
 def _episode_task(controller: str, scenario: str, variant: str, seed: int, seed_index: int,
                   preset: StudyPreset) -> dict[str, Any]:
     """One closed-loop episode; returns its metrics and trajectory (a ResultStore record)."""
-    var = VARIANTS[variant]
+    var = preset.variant_table[variant]
     policy = controller_spec(controller, preset).build(BuildContext(scenario, var, seed, seed_index, preset))
-    env = TaskEnv(pc.TASK, scenario=scenario, plant=var.plant, noise=var.noise, max_steps=preset.max_steps)
+    env = TaskEnv(preset.task, scenario=scenario, plant=var.plant, noise=var.noise, max_steps=preset.max_steps)
     ep = run_episode(env, policy, seed)
     return {
-        "metrics": episode_metrics(ep).as_dict(),
+        "metrics": episode_metrics(ep, preset.task).as_dict(),
         "actions": ep.actions,
         "rewards": ep.rewards,
         "terminations": ep.terminations,
@@ -430,6 +506,8 @@ class StudyResults:
 
 def prepare_datasets(preset: StudyPreset, progress: bool = True) -> list[str]:
     """The offline datasets the preset needs (created once, then reused from Minari's folder)."""
+    if not preset.needs_data:
+        return []
     return [datasets.generate_dataset(s, preset.data_episodes, preset.data_seed, progress=progress)
             for s in preset.scenarios]
 
@@ -466,7 +544,7 @@ def summary_rows(results: StudyResults, variant: str, reference: str) -> list[li
     rows = []
     for scenario in results.preset.scenarios:
         by_controller = {c: results.metrics[(variant, scenario, c)] for c in results.preset.rows}
-        rows += report.controller_rows(scenario, by_controller, reference)
+        rows += report.controller_rows(scenario, by_controller, reference, results.preset.task)
     return rows
 
 
@@ -501,30 +579,34 @@ def write_outputs(results: StudyResults, out_dir: Path, reference: str) -> str:
     """``episodes.csv``, ``summary.md`` and the figures; returns the markdown summary."""
     with open(out_dir / "episodes.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
-        fields = list(EpisodeMetrics.__dataclass_fields__)
+        fields = list(metric_names(results.preset.task))
         writer.writerow(["variant", "scenario", "controller", "seed", *fields])
         for (variant, scenario, controller), ms in results.metrics.items():
             for seed, m in zip(results.seeds, ms):
-                writer.writerow([variant, scenario, controller, seed, *(getattr(m, f) for f in fields)])
-    parts = [f"# safectrl study, preset `{results.preset.name}`\n",
+                writer.writerow([variant, scenario, controller, seed, *(m[f] for f in fields)])
+    task = results.preset.task
+    window = max(1, round(FINAL_FRACTION * task.episode_steps))
+    span = window * task.model.dt / PER_HOUR[task.time_unit]
+    data_note = (f"datasets of {results.preset.data_episodes} PI episodes per scenario (dataset seed "
+                 f"{results.preset.data_seed}). " if results.preset.needs_data else "")
+    parts = [f"# safectrl study, preset `{results.preset.name}`, {task.name} (`{results.preset.env}`)\n",
              f"safectrl {safectrl.__version__}; evaluation seeds {results.seeds[0]}..{results.seeds[-1]}; "
-             f"datasets of {results.preset.data_episodes} PI episodes per scenario (dataset seed "
-             f"{results.preset.data_seed}). Cost = -sum of rewards over the episode (a runaway is charged every "
-             "remaining interval); final offsets are means over the last 10 h; `cost / {reference}` is the "
-             "per-seed ratio; mean ± std over seeds.\n"]
+             f"{data_note}Cost = -sum of rewards over the episode (a failure is charged by the task's failure "
+             f"reward); final offsets are means over the last {window} intervals ({span:g} h); "
+             f"`cost / {reference}` is the per-seed ratio; mean ± std over seeds.\n"]
     for variant in results.preset.variants:
-        parts.append(f"## {variant}: {VARIANTS[variant].description}\n")
+        parts.append(f"## {variant}: {results.preset.variant_table[variant].description}\n")
         rows = summary_rows(results, variant, reference)
-        parts.append(report.markdown_table(report.summary_headers(reference), rows))
+        parts.append(report.markdown_table(report.summary_headers(reference, results.preset.task), rows))
         parts.append(f"\n![trajectories](trajectories_{variant}.png)\n")
         plots.trajectory_figure(
             {s: [plots.Trace(results.episodes[(variant, s, c)][0], c, color=f"C{i}", width=1.6)
                  for i, c in enumerate(results.preset.rows)] for s in results.preset.scenarios},
             out_dir / f"trajectories_{variant}.png",
-            title=f"{variant}: first evaluation seed ({results.seeds[0]}) of every controller",
+            title=f"{variant}: first evaluation seed ({results.seeds[0]}) of every controller", task=task,
         )
     plots.distribution_figure(results.metrics, results.preset.variants, results.preset.scenarios,
-                              results.preset.rows, out_dir / "distributions.png")
+                              results.preset.rows, out_dir / "distributions.png", task=task)
     parts.append("## Distributions over seeds\n\n![distributions](distributions.png)\n")
     headline = headline_rows(results)
     if headline:
@@ -572,9 +654,9 @@ def run_study(preset: str | StudyPreset = "quick", out: str | Path | None = None
         raise ValueError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
     if controllers:
         cfg = replace(cfg, custom_controllers=(*cfg.custom_controllers, *controllers.items()))
-    unknown = [c for c in cfg.controllers if c not in CONTROLLERS]
-    if unknown:
-        raise ValueError(f"unknown controllers {unknown}; valid: {', '.join(CONTROLLERS)}")
+    if not serial and registry.TASKS[cfg.env].startswith("<"):
+        raise ValueError(f"{cfg.env} was registered as a Task object, which worker processes cannot import; "
+                         "register it as 'module:attribute' or run with serial=True")
     check_custom_controllers(cfg)
     out_dir = Path(out) if out is not None else Path("runs") / f"study-{cfg.name}"
     config = {"preset": asdict(cfg), "eval_seeds": data.evaluation_seeds(cfg.eval_seeds),
