@@ -33,7 +33,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
 
     try:
         study.run(options.from_args(study.StudyConfig, args))
-    except study.ControllerSpecError as exc:
+    except study.StudyError as exc:
         print(f"safectrl study: {exc}", file=sys.stderr)
         return 2
     return 0

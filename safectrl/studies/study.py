@@ -198,7 +198,11 @@ _NEEDS = {"BC": ("bc", False), "IQL": ("iql", False), "BC+PICNN (GD)": ("bc", Tr
 ALL_CONTROLLERS = tuple(CONTROLLERS)
 
 
-class ControllerSpecError(ValueError):
+class StudyError(ValueError):
+    """A study that cannot run as asked (the message says why, in one line)."""
+
+
+class ControllerSpecError(StudyError):
     """A ``--controller NAME=package.module:factory`` that cannot be used (the message says why)."""
 
 
@@ -658,7 +662,9 @@ def run_study(preset: str | StudyPreset = "quick", out: str | Path | None = None
         raise ValueError(f"{cfg.env} was registered as a Task object, which worker processes cannot import; "
                          "register it as 'module:attribute' or run with serial=True")
     check_custom_controllers(cfg)
-    out_dir = Path(out) if out is not None else Path("runs") / f"study-{cfg.name}"
+    default_name = f"study-{cfg.name}" if cfg.env == StudyPreset.__dataclass_fields__["env"].default else \
+        f"study-{cfg.task.name}-{cfg.name}"
+    out_dir = Path(out) if out is not None else Path("runs") / default_name
     config = {"preset": asdict(cfg), "eval_seeds": data.evaluation_seeds(cfg.eval_seeds),
               "nominal_pi": NOMINAL_TUNING.as_dict(), "safectrl": safectrl.__version__,
               "artifacts": artifact_ids(cfg)}
@@ -690,6 +696,8 @@ class StudyConfig:
 
     # quick: a few minutes on 2 cores; full: the published numbers
     preset: str = field(default="quick", metadata={"choices": tuple(PRESETS)})
+    # the plant: a registered id, or ID=package.module:TASK for a plant defined in another package
+    env: str = field(default="safectrl/PolyCSTR-v0", metadata={"metavar": "ID[=package.module:TASK]"})
     out: str | None = None  # output folder (default: runs/study-PRESET); an existing run there is resumed
     force: bool = False  # rebuild cached artifacts and rerun every episode
     # your own controller as a row: factory(ctx) returns an object with reset(seed=None) and act(obs); repeatable
@@ -709,6 +717,21 @@ def run(config: StudyConfig = StudyConfig()) -> Path:
     names = [name for name, _ in pairs]
     if len(set(names)) != len(names):
         raise ControllerSpecError(f"--controller: a name given twice in {names}")
-    return run_study(config.preset, config.out, force=config.force, scheduler=config.scheduler,
+    env_id, sep, target = config.env.partition("=")
+    try:
+        if sep:
+            from safectrl.rl import register_task
+
+            register_task(env_id, target)
+        get_task(env_id)  # a ValueError lists the registered ids
+    except (ValueError, TypeError, ImportError, AttributeError) as exc:
+        raise StudyError(f"--env {config.env!r}: {exc}") from None
+    preset = config.preset
+    if env_id != StudyPreset.__dataclass_fields__["env"].default:
+        base = PRESETS[preset]
+        defined = variants(get_task(env_id))
+        preset = replace(base, env=env_id, variants=tuple(v for v in base.variants if v in defined),
+                         controllers=None, scenarios=None, max_steps=None, env_target="")
+    return run_study(preset, config.out, force=config.force, scheduler=config.scheduler,
                      workers=config.workers, serial=config.serial, progress=config.progress,
                      controllers=dict(pairs))
