@@ -65,3 +65,23 @@ def test_reactor_only_rows_are_refused_on_another_plant():
                     controllers=("NMPC oracle", "BC"))
     with pytest.raises(ValueError, match="variants \\['wet'\\] are not defined for HeatedTank"):
         StudyPreset("x", eval_seeds=1, data_episodes=1, variants=("wet",), env=TANK)
+
+
+def test_the_command_line_runs_the_study_on_a_plant_of_another_package(tmp_path, monkeypatch, capsys):
+    from safectrl.studies.cli import main
+
+    monkeypatch.setenv("SAFECTRL_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
+    out = tmp_path / "cli"
+    assert main(["study", "--env", f"{TANK}=heated_tank:TASK", "--controller", "P=custom_controller:tank_p",
+                 "--serial", "--out", str(out)]) == 0
+    rows = list(csv.DictReader(open(out / "episodes.csv")))
+    assert {r["controller"] for r in rows} == {"NMPC oracle", "NMPC mismatched", "P"}
+    assert {r["variant"] for r in rows} == {"nominal", "mismatch"}  # the quick preset's variants
+    capsys.readouterr()  # the run's progress bars
+    for bad, message in [("nope/X-v0", "unknown task 'nope/X-v0'"),
+                         ("a/B-v0=nomodule:TASK", "No module named 'nomodule'"),
+                         ("a/B-v0=b", "registered as 'module:attribute'")]:
+        assert main(["study", "--env", bad, "--serial", "--out", str(tmp_path / "x")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("safectrl study: --env") and message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "x").exists()
