@@ -20,12 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from safectrl.controllers.nmpc import NMPC, NMPCConfig, Observed, StateBound
+from safectrl.controllers.nmpc import NMPC, FullStateObserver, NMPCConfig, Observed, StateBound
 from safectrl.models.mathns import CASADI
 from safectrl.models.task import Scenario, Task
 
 
-class TaskObserver:
+class TaskObserver(FullStateObserver):
     """States, setpoint and previous input of a task from its observation (see the module docstring).
 
     Raises:
@@ -47,25 +47,13 @@ class TaskObserver:
         prev = [f"{u}_prev" for u in task.inputs]
         self._u = [obs.index(p) for p in prev] if all(p in obs for p in prev) else None
         model = task.model
-        self.u_init = (np.asarray(u_init, dtype=float) if u_init is not None
-                       else (model.u_low + model.u_high) / 2)
-        self._k = 0
-        self._u_prev = self.u_init.copy()
-
-    def reset(self, seed: int | None = None) -> None:
-        """Back to interval 0; ``seed`` is unused."""
-        self._k = 0
-        self._u_prev = self.u_init.copy()
+        super().__init__(model.dt, u_init if u_init is not None else (model.u_low + model.u_high) / 2)
 
     def __call__(self, obs: np.ndarray) -> Observed:
         obs = np.asarray(obs, dtype=float)
         sp = obs[self._sp_state] + obs[self._e] if self._e is not None else self.setpoint
         u_prev = obs[self._u] if self._u is not None else self._u_prev
-        return Observed(obs[self._x], u_prev, sp if len(sp) else None, self._k * self.task.model.dt)
-
-    def applied(self, u: np.ndarray) -> None:
-        self._k += 1
-        self._u_prev = np.asarray(u, dtype=float).copy()
+        return Observed(obs[self._x], u_prev, sp if len(sp) else None, self._k * self.dt)
 
 
 def task_nmpc(task: Task, params: Any = None, scenario: str | None = None, horizon: int = 20,

@@ -37,7 +37,7 @@ import numpy as np
 
 from safectrl.models import glucose
 from safectrl.models.core import ODEModel
-from safectrl.models.task import FixedStart, Limit, Task
+from safectrl.models.task import FailurePenalty, FixedStart, Limit, Task
 
 STATES = ("Q1", "Q2", "x1", "x2", "x3", "S1", "S2", "I", "Z1", "Z2", "N", "Y")
 INPUTS = ("u_I", "u_N")
@@ -197,10 +197,6 @@ def stage_cost(x, u, setpoint, p, m):
             + m.if_else(u[0] >= ACTION_THRESHOLD, ACTION_PENALTY, 0.0))
 
 
-def failure_reward(cost, remaining, setpoint) -> np.ndarray:
-    """The failing interval's reward: -1e5 (Tian et al.'s code)."""
-    return np.full(len(cost), -FAILURE_PENALTY)
-
 
 #: Measured glucose 18 Q1 / V_G outside which the episode fails, mg/dL.
 G_LIMIT = Limit("G", low=glucose.G_FAIL_LOW, high=glucose.G_FAIL_HIGH, unit="mg/dL", output=_glucose_output)
@@ -219,7 +215,7 @@ TASK = Task(
     measure=lambda x, params: (MG_DL_PER_MMOL_L * x[:, 0] / params.V_G)[:, None],
     observe=glucose.observe_glucose,
     stage_cost=stage_cost,
-    failure_reward=failure_reward,
+    failure_reward=FailurePenalty(FAILURE_PENALTY),
     limits=(G_LIMIT,),
     failure=(G_LIMIT,),
     time_unit="min",

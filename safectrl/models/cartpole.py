@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from safectrl.models.core import ODEModel
-from safectrl.models.task import FixedStart, Limit, Task
+from safectrl.models.task import FailurePenalty, FixedStart, Limit, Task, measure_state, observe_measurement
 
 STATES = ("x", "x_dot", "theta", "theta_dot")
 INPUTS = ("F",)
@@ -98,10 +98,6 @@ def stage_cost(x, u, setpoint, p, m):
     return 1000.0 * x[2] ** 2 + m.fmax(0.0, m.fabs(x[0]) - 0.25)
 
 
-def failure_reward(cost, remaining, setpoint) -> np.ndarray:
-    """The failing interval's reward: -1e4 (Tian et al.'s code)."""
-    return np.full(len(cost), -FAILURE_PENALTY)
-
 
 #: The cart on its rail and the pole up.
 SAFE_SET = (Limit("x", low=-X_FAIL, high=X_FAIL, unit="m"), Limit("theta", low=-THETA_FAIL, high=THETA_FAIL, unit="rad"))
@@ -117,10 +113,10 @@ TASK = Task(
     observations=STATES,
     obs_low=-np.array([X_FAIL, 3.1, THETA_FAIL, 5.0]),
     obs_high=np.array([X_FAIL, 3.1, THETA_FAIL, 5.0]),
-    measure=lambda x, params: x.copy(),
-    observe=lambda y, y_prev, u_prev, step, setpoint: y.copy(),
+    measure=measure_state,
+    observe=observe_measurement,
     stage_cost=stage_cost,
-    failure_reward=failure_reward,
+    failure_reward=FailurePenalty(FAILURE_PENALTY),
     limits=SAFE_SET,
     failure=SAFE_SET,
     time_unit="s",

@@ -27,7 +27,7 @@ import numpy as np
 
 from safectrl.models.core import ODEModel
 from safectrl.models.mathns import NUMPY, MathNamespace
-from safectrl.models.task import FixedStart, Limit, Task
+from safectrl.models.task import FailurePenalty, FixedStart, Limit, Task
 
 STATES = ("G", "X", "I")
 INPUTS = ("u",)
@@ -112,10 +112,6 @@ def stage_cost(x, u, setpoint, p, m):
     return magni_risk(x[0], m) + m.if_else(u[0] >= ACTION_THRESHOLD, ACTION_PENALTY, 0.0)
 
 
-def failure_reward(cost, remaining, setpoint) -> np.ndarray:
-    """The failing interval's reward: -1e5 (Tian et al.'s code)."""
-    return np.full(len(cost), -FAILURE_PENALTY)
-
 
 #: Glucose range outside which the episode fails, mg/dL.
 G_LIMIT = Limit("G", low=G_FAIL_LOW, high=G_FAIL_HIGH, unit="mg/dL")
@@ -134,7 +130,7 @@ TASK = Task(
     measure=lambda x, params: x[:, :1],
     observe=observe_glucose,
     stage_cost=stage_cost,
-    failure_reward=failure_reward,
+    failure_reward=FailurePenalty(FAILURE_PENALTY),
     limits=(G_LIMIT,),
     failure=(G_LIMIT,),
     time_unit="min",

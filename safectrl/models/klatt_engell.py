@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from safectrl.models.core import ODEModel
-from safectrl.models.task import FixedStart, Limit, Task
+from safectrl.models.task import FailurePenalty, FixedStart, Limit, Task, measure_state, observe_measurement
 
 STATES = ("C_a", "C_b", "T_R", "T_K")
 INPUTS = ("F", "Q_dot")
@@ -120,10 +120,6 @@ def stage_cost(x, u, setpoint, p, m):
     return (100.0 * (x[1] - setpoint[0])) ** 2
 
 
-def failure_reward(cost, remaining, setpoint) -> np.ndarray:
-    """The failing interval's reward: -1e4 (Tian et al.'s code)."""
-    return np.full(len(cost), -FAILURE_PENALTY)
-
 
 _UNITS = ("mol/L", "mol/L", "°C", "°C")
 #: The safe set: every state inside its range.
@@ -141,10 +137,10 @@ TASK = Task(
     observations=STATES,
     obs_low=STATE_LOW.copy(),
     obs_high=STATE_HIGH.copy(),
-    measure=lambda x, params: x.copy(),
-    observe=lambda y, y_prev, u_prev, step, setpoint: y.copy(),
+    measure=measure_state,
+    observe=observe_measurement,
     stage_cost=stage_cost,
-    failure_reward=failure_reward,
+    failure_reward=FailurePenalty(FAILURE_PENALTY),
     limits=SAFE_SET,
     failure=SAFE_SET,
     setpoint_names=("C_b",),

@@ -252,3 +252,26 @@ class Task:
         bad = ~np.all(np.isfinite(x), axis=1)
         with np.errstate(invalid="ignore"):
             return bad | (self.exceedance(x, params, self.failure) > 0)
+
+
+# -- pieces many tasks share -------------------------------------------------------------------------------
+
+
+def measure_state(x: np.ndarray, params: Any) -> np.ndarray:
+    """Every state is measured."""
+    return x.copy()
+
+
+def observe_measurement(y, y_prev, u_prev, step, setpoint) -> np.ndarray:
+    """The observation is the measurement."""
+    return np.array(y, dtype=float)
+
+
+@dataclass(frozen=True)
+class FailurePenalty:
+    """A failing interval's reward: minus a constant (RL-ACR's tasks, after Tian et al.'s code)."""
+
+    penalty: float  # reward units
+
+    def __call__(self, cost: np.ndarray, remaining: np.ndarray, setpoint: np.ndarray) -> np.ndarray:
+        return np.full(len(cost), -self.penalty)
