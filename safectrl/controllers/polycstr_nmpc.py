@@ -32,7 +32,7 @@ _U_PREV = [pc.OBSERVATIONS.index("f_I_prev"), pc.OBSERVATIONS.index("T_c_prev")]
 
 #: Back-off of the NMPC's temperature bound below T_max, K: the smallest tried whose worst startup peak stays
 #: 0.25 K below T_max for the oracle and the mismatched NMPC, with and without measurement noise, on tuning
-#: seeds (``safectrl nmpc --backoff-study``; ``docs/decisions.md#nmpc-backoff``).
+#: seeds (``safectrl nmpc backoff-study``; ``docs/decisions.md#nmpc-backoff``).
 BACKOFF = 1.5
 
 #: The reactor's NMPC settings: horizon 20 intervals (10 h, about two residence times), reward/100 as
