@@ -136,7 +136,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_import_graph_is_built_from_the_source():
     graph = _import_graph()
     assert "safectrl.studies.executor" in graph["safectrl.studies.study"]  # a module-level import
-    assert "safectrl.controllers.polycstr_nmpc" in graph["safectrl.studies.study"]  # one inside a function
+    assert "safectrl.controllers.task_nmpc" in graph["safectrl.studies.study"]  # one inside a function
     assert "safectrl.rl" in graph["safectrl"]  # `from safectrl.rl import register_envs`: a name of a package
 
 

@@ -34,7 +34,7 @@ from safectrl.rl.env import TaskEnv
 from safectrl.rl.rollout import Episode, run_episode
 from safectrl.rl.training import AGENTS, make_agent, train
 from safectrl.studies import datasets, options, plots, report
-from safectrl.studies.metrics import EpisodeMetrics, episode_metrics
+from safectrl.studies.metrics import EpisodeMetrics, episode_metrics, metric_names
 
 #: Loss curves are written as means over this many blocks of steps (fewer if there are fewer steps).
 LOSS_POINTS = 500
@@ -250,7 +250,7 @@ def evaluation_report(
         folder.mkdir(parents=True, exist_ok=True)
         with open(folder / "episodes.csv", "w", newline="") as fh:
             writer = csv.writer(fh)
-            writer.writerow(["scenario", "controller", "train_seed", "seed", *EpisodeMetrics.__dataclass_fields__])
+            writer.writerow(["scenario", "controller", "train_seed", "seed", *metric_names()])
             for scenario, label, train_seed, ep in records:
                 writer.writerow([scenario, label, train_seed, ep.seed, *episode_metrics(ep).as_dict().values()])
         kind = "Tuning" if min(seeds) >= data.TUNING_SEED_OFFSET else "Evaluation"
