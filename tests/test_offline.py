@@ -300,6 +300,20 @@ def test_corrupted_or_mismatched_checkpoints_give_clear_errors(checkpoint, tmp_p
     other = save_checkpoint(tmp_path / "other", "offline-policy", tensors, edited)
     with pytest.raises(CheckpointError, match="do not match the recorded config"):
         load_policy(other)
+    # verified checkpoints (hash recomputed) whose config is not one a trained policy can have
+    norm = config["normalisation"]
+    for name, bad, message in [
+        ("bounds", {**config, "normalisation": {**norm, "action_high": [250.0, 3500.0]}},
+         r"action bounds \[0.0, 300.0\] .. \[250.0, 3500.0\] are not safectrl/PolyCSTR-v0's input bounds"),
+        ("algo", {**config, "algo": "sac"}, "unknown algorithm 'sac'"),
+        ("hidden", {**config, "hyperparameters": {**config["hyperparameters"], "hidden": [10**12]}},
+         "hidden layers .* outside 1..65536 units"),
+        ("obs", {**config, "normalisation": {**norm, "obs_mean": norm["obs_mean"][:5], "obs_std": norm["obs_std"][:5],
+                                             "obs_index": [0, 1]}}, "5 observations and 2 actions, but"),
+    ]:
+        forged = save_checkpoint(tmp_path / f"forged-{name}", "offline-policy", tensors, bad)
+        with pytest.raises(CheckpointError, match=message):
+            load_policy(forged)
     (folder / "config.json").write_text(json.dumps({**record, "format_version": 99}))
     with pytest.raises(CheckpointError, match="format version 99"):
         load_policy(folder)

@@ -12,6 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 
 from safectrl.common.checkpoint import (
@@ -28,6 +29,7 @@ from safectrl.common.checkpoint import (
     read_weights,
     save_checkpoint,
 )
+from safectrl.models.registry import get_task
 from safectrl.rl.networks import DeterministicActor
 from safectrl.rl.offline_data import Normalisation
 from safectrl.rl.policy import OfflinePolicy
@@ -78,12 +80,41 @@ def load_policy(path: str | os.PathLike) -> OfflinePolicy:
     try:
         normalisation = Normalisation.from_dict(ckpt.config["normalisation"])
         hidden = tuple(int(h) for h in ckpt.config["hyperparameters"]["hidden"])
-        actor = DeterministicActor(normalisation.net_obs_dim, normalisation.act_dim, hidden)
+        algo = ckpt.config["algo"]
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{ckpt.config_path} is incomplete or malformed: {err!r}") from None
+    _check_policy_config(ckpt.config_path, algo, hidden, normalisation, ckpt.record)
+    actor = DeterministicActor(normalisation.net_obs_dim, normalisation.act_dim, hidden)
     tensors = {k: v for k, v in ckpt.tensors.items() if k.startswith("actor.")}
     Checkpoint(ckpt.folder, KIND, tensors, ckpt.config, ckpt.record).load_into({"actor": actor})
     return OfflinePolicy(actor, normalisation, {**ckpt.record, **ckpt.config})
+
+
+#: Widest hidden layer and most layers a checkpoint may ask for (a guard against absurd allocations).
+MAX_WIDTH, MAX_LAYERS = 65_536, 16
+
+
+def _check_policy_config(config_path: Path, algo: Any, hidden: tuple[int, ...], normalisation: Normalisation,
+                         record: dict[str, Any]) -> None:
+    """What the hash cannot vouch for: a known algorithm, sane layer sizes, and the task's bounds and shapes."""
+    if algo not in ("bc", "iql"):
+        raise CheckpointError(f"{config_path}: unknown algorithm {algo!r} (bc or iql)")
+    if not hidden or len(hidden) > MAX_LAYERS or not all(1 <= h <= MAX_WIDTH for h in hidden):
+        raise CheckpointError(f"{config_path}: hidden layers {list(hidden)} outside 1..{MAX_WIDTH} units, "
+                              f"1..{MAX_LAYERS} layers")
+    env_id = record.get("env", "safectrl/PolyCSTR-v0")
+    try:
+        task = get_task(env_id)
+    except ValueError as err:
+        raise CheckpointError(f"{config_path}: {err}") from None
+    m = task.model
+    if normalisation.obs_dim != len(task.observations) or normalisation.act_dim != m.nu:
+        raise CheckpointError(f"{config_path}: {normalisation.obs_dim} observations and {normalisation.act_dim} "
+                              f"actions, but {env_id} has {len(task.observations)} and {m.nu}")
+    if not (np.array_equal(normalisation.action_low, m.u_low) and np.array_equal(normalisation.action_high, m.u_high)):
+        raise CheckpointError(f"{config_path}: action bounds {normalisation.action_low.tolist()} .. "
+                              f"{normalisation.action_high.tolist()} are not {env_id}'s input bounds "
+                              f"{m.u_low.tolist()} .. {m.u_high.tolist()}")
 
 
 def _load(path: str | os.PathLike) -> Checkpoint:
