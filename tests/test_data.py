@@ -248,3 +248,26 @@ def test_train_on_a_corrupted_dataset_exits_with_one_line(stored, tmp_path, caps
     assert err.count("\n") == 1 and err.startswith(f"safectrl train: dataset file {main}: SHA-256 differs")
     assert REBUILD in err
     assert not (tmp_path / "policy").exists()
+
+
+def test_data_command_on_a_corrupted_dataset_exits_with_one_line_and_force_rebuilds_it(stored, capsys):
+    root, ds_id, main = stored
+    main.write_bytes(main.read_bytes()[:1000])
+    args = ["data", "--scenario", "startup", "--episodes", "2", "--seed", "0", "--root", str(root), "--no-progress"]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"safectrl data: dataset file {main}: SHA-256 differs")
+    assert cli.main([*args, "--force"]) == 0
+    assert len(data.load_transitions(ds_id, root)) == 400
+
+
+def test_record_of_another_dataset_is_refused(stored):
+    root, ds_id, _ = stored
+    record_path = root / ds_id / data.INTEGRITY_FILE
+    record = json.loads(record_path.read_text())
+    record_path.write_text(json.dumps({**record, "dataset_id": "safectrl/other-v0"}))
+    with pytest.raises(data.DatasetError, match=re.escape(f"{record_path}: records dataset 'safectrl/other-v0'")):
+        data.load_dataset(ds_id, root)
+    record_path.write_text("{not json")
+    with pytest.raises(data.DatasetError, match=re.escape(f"{record_path}: unreadable integrity record")):
+        data.load_dataset(ds_id, root)

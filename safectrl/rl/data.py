@@ -283,6 +283,9 @@ def verify_files(dataset_id: str, root: str | os.PathLike | None = None) -> str:
         hashes, regenerate = dict(record["sha256"]), str(record.get("regenerate", ""))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise _error(record_path, f"unreadable integrity record ({type(exc).__name__})", folder, "") from exc
+    if record.get("dataset_id") != dataset_id:
+        raise _error(record_path, f"records dataset {record.get('dataset_id')!r}, not {dataset_id!r}", folder,
+                     regenerate)
     stored = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()} - {INTEGRITY_FILE}
     extra = sorted(stored - set(hashes))
     if extra:
@@ -377,7 +380,6 @@ def _verified(dataset_id: str, root: str | os.PathLike | None) -> tuple[minari.M
         try:
             ds = minari.load_dataset(dataset_id)
             episodes = list(ds.iterate_episodes())
-            seeds = [m.get("seed") for m in episode_metadata(ds)]
         except Exception as exc:  # h5py and Minari raise OSError, KeyError, ValueError, AssertionError, ...
             first = str(exc).splitlines()[0] if str(exc) else ""
             raise _error(main, f"Minari cannot read it ({type(exc).__name__}: {first})", folder,
@@ -385,9 +387,10 @@ def _verified(dataset_id: str, root: str | os.PathLike | None) -> tuple[minari.M
     spec = ds.spec.env_spec
     task = registry.get_task(spec.id) if spec is not None and spec.id in registry.TASKS else None
     noisy = bool(spec.kwargs.get("noise")) if spec is not None else False
-    for k, (ep, seed) in enumerate(zip(episodes, seeds)):
+    for k, ep in enumerate(episodes):
         problem = _check_episode(ep, task, noisy)
         if problem is not None:
+            seed = next(iter(ds.storage.get_episode_metadata([ep.id]))).get("seed")
             raise _error(main, f"episode {k} (seed {seed}): {problem}", folder, regenerate)
     return ds, episodes
 
