@@ -18,8 +18,13 @@ def _cmd_data(args: argparse.Namespace) -> int:
     from safectrl.studies import datasets, report
 
     cfg = options.from_args(datasets.DataConfig, args)
+    try:
+        summaries = datasets.run(cfg)
+    except data.DatasetError as exc:
+        print(f"safectrl data: {exc}", file=sys.stderr)
+        return 2
     rows = [[ds_id, s.episodes, s.with_violations, s.runaways, s.final_abs_eP_median, s.final_abs_eP_p90,
-             s.peak_T_p90, s.cost_median, s.cost_best] for ds_id, s in datasets.run(cfg).items()]
+             s.peak_T_p90, s.cost_median, s.cost_best] for ds_id, s in summaries.items()]
     with data.datasets_root(cfg.root) as root:
         print(f"\nMinari datasets under {root}\n")
     print(report.markdown_table(
@@ -97,9 +102,14 @@ def _cmd_nmpc_backoff(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from safectrl.rl.data import DatasetError
     from safectrl.studies import offline
 
-    folder = offline.run_train(options.from_args(offline.TrainConfig, args))
+    try:
+        folder = offline.run_train(options.from_args(offline.TrainConfig, args))
+    except DatasetError as exc:
+        print(f"safectrl train: {exc}", file=sys.stderr)
+        return 2
     print(f"checkpoint written to {folder} (model.safetensors, config.json, losses.csv, losses.png)")
     return 0
 

@@ -43,9 +43,13 @@ def generate_dataset(
 ) -> str:
     """Create (or reuse) the PI dataset of a scenario and return its Minari id.
 
-    Each episode's metadata holds its env seed and its four PI gains. Same arguments, same arrays.
+    Each episode's metadata holds its env seed and its four PI gains. Same arguments, same arrays. A complete
+    dataset is reused as it is (loading verifies it); a folder without the integrity record (from before
+    datasets were hashed) is regenerated, since the arguments rebuild it exactly; leftovers of interrupted
+    writes are removed.
     """
     ds_id = dataset_id(scenario, episodes, seed)
+    data.clean_partial_writes(ds_id, root)
     if data.dataset_exists(ds_id, root) and not force:
         return ds_id
     eps = simulate_pi_episodes(scenario, episodes, seed, progress)
@@ -61,9 +65,15 @@ def generate_dataset(
             f"decentralised PI control, gains drawn uniformly from pi.TUNING_RANGES (dataset seed {seed})."
         ),
         root=root,
-        overwrite=force,
+        overwrite=True,
+        regenerate=regenerate_command(scenario, episodes, seed),
     )
     return ds_id
+
+
+def regenerate_command(scenario: str, episodes: int, seed: int) -> str:
+    """The command line that rebuilds the PI dataset of these arguments (quoted by dataset errors)."""
+    return f"safectrl data --scenario {scenario} --episodes {episodes} --seed {seed} --force"
 
 
 @dataclass(frozen=True)
