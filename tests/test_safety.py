@@ -427,7 +427,7 @@ def test_filter_gd_and_exact_agree(trained_model):
 
 def test_filter_rate_limit_around_the_previous_action(trained_model):
     box = ActionBox(low=(-5.0, -5.0), high=(5.0, 5.0), rate=(0.1, 0.2), prev_action_index=(0, 1))
-    filt = SafetyFilter(ConstantPolicy([4.0, -4.0]), trained_model, box, method="gd", trust=0.1)
+    filt = SafetyFilter(ConstantPolicy([4.0, -4.0]), trained_model, box, method="gd", trust=0.1, strict=True)
     obs = np.array([0.5, -0.5, 0.0])
     a = filt.act(obs)
     assert abs(a[0] - 0.5) <= 0.1 + 1e-12 and abs(a[1] + 0.5) <= 0.2 + 1e-12
@@ -439,10 +439,10 @@ def test_filter_rate_limit_around_the_previous_action(trained_model):
     (np.array([np.nan, 0.0, 0.0]), [0.0, 0.0], "observation contains NaN"),
     (np.zeros(4), [0.0, 0.0], r"observation must have shape \(3,\)"),
     (np.zeros(3), [np.nan, 0.0], "policy action contains NaN"),
-    (np.zeros(3), [0.0, 0.0, 0.0], r"policy actions must have shape \(1, 2\)"),
+    (np.zeros(3), [0.0, 0.0, 0.0], r"policy action must have shape \(2,\)"),
 ])
-def test_filter_bad_input_gives_a_clear_error(trained_model, obs, action, message):
-    filt = SafetyFilter(ConstantPolicy(action), trained_model, BOX, method="gd")
+def test_strict_filter_bad_input_gives_a_clear_error(trained_model, obs, action, message):
+    filt = SafetyFilter(ConstantPolicy(action), trained_model, BOX, method="gd", strict=True)
     with pytest.raises(ValueError, match=message):
         filt.act(obs)
 
