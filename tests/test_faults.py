@@ -9,6 +9,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
+from safectrl.common.faults import FallbackWarning
 from safectrl.controllers.estimation import ExtendedKalmanFilter
 from safectrl.controllers.nmpc import FullStateObserver
 from safectrl.controllers.pi import NOMINAL_TUNING, PIController
@@ -100,7 +101,8 @@ def test_faults_are_deterministic_per_seed_and_vector_env_equals_single():
     np.testing.assert_array_equal(a["faults"], b["faults"])
     np.testing.assert_array_equal(a["obs"], b["obs"])
     assert not np.array_equal(a["faults"], c["faults"])
-    offset = roll(TaskEnv(ENV, noise=True, max_steps=30, faults=SensorFaults(0.15, 0.15, seed_offset=3)), 5, 30)
+    other = SensorFaults(0.15, 0.15, seed_offset=3)
+    offset = roll(TaskEnv(ENV, noise=True, max_steps=30, faults=other), 5, 30)
     assert not np.array_equal(a["faults"], offset["faults"])
 
     venv = TaskVectorEnv(ENV, num_envs=3, noise=True, max_steps=30, faults=faults)
@@ -155,7 +157,7 @@ def test_nmpc_with_5_percent_nan_readings_finishes_with_finite_inputs_and_estima
     obs, _ = env.reset(seed=2)
     nmpc.reset(seed=2)
     injected, steps = 0, 0
-    with pytest.warns(RuntimeWarning, match="invalid reading .* left out of the filter update") as caught:
+    with pytest.warns(FallbackWarning, match="invalid reading .* left out of the filter update") as caught:
         while True:
             u = nmpc.act(obs)
             assert np.all(np.isfinite(u)) and np.all(u >= pc.U_LOW) and np.all(u <= pc.U_HIGH)
@@ -187,7 +189,7 @@ def test_after_a_nan_reading_the_next_clean_one_updates_the_estimate():
     lost[_Y[1]] = lost[_E_P] = np.nan  # P lost: its setpoint error too
     blind = obs.copy()
     blind[_Y] = np.nan
-    with pytest.warns(RuntimeWarning):
+    with pytest.warns(FallbackWarning):
         for o in history[:-1]:
             seen = observer(o)
             twin(o)
@@ -241,12 +243,12 @@ def test_full_state_observer_predicts_a_lost_entry_with_the_model():
         obs.applied(u)
     lost = x0.copy()
     lost[2] = np.nan
-    with pytest.warns(RuntimeWarning, match="replaced by the model's prediction"):
+    with pytest.warns(FallbackWarning, match="replaced by the model's prediction"):
         seen = observer(lost)
     predicted = ke.MODEL.step(x0, u, ke.ESTIMATED)
     assert seen.x[2] == predicted[2] and np.array_equal(seen.x[[0, 1, 3]], x0[[0, 1, 3]])
     assert seen.rejected == 1 and observer.rejected_measurements == 1
-    with pytest.warns(RuntimeWarning, match="replaced by the last value"):
+    with pytest.warns(FallbackWarning, match="replaced by the last value"):
         assert holder(lost).x[2] == x0[2]
     with pytest.raises(ValueError, match="non-finite state entries .* in the first observation"):
         FullStateObserver(ke.MODEL.dt, u_init=u)(lost)
@@ -262,7 +264,7 @@ def test_task_observer_keeps_the_last_setpoint_on_a_lost_reading():
     obs = np.array([330.0, 10.0, 500.0])  # T, e_T, Q_prev
     first = observer(obs)
     observer.applied(np.array([500.0]))
-    with pytest.warns(RuntimeWarning, match="TaskObserver: non-finite state entries"):
+    with pytest.warns(FallbackWarning, match="TaskObserver: non-finite state entries"):
         seen = observer(np.array([np.nan, np.nan, 500.0]))
     np.testing.assert_array_equal(seen.reference, first.reference)
     expected = TANK.model.step(np.array([330.0]), np.array([500.0]), TANK.plant("nominal"))
@@ -282,7 +284,8 @@ def test_pi_holds_integral_and_output_of_the_loop_that_lost_its_reading():
     integral = pi.integral.copy()
     lost = obs.copy()
     lost[_Y[1]] = lost[_E_P] = np.nan
-    held = pi.act(lost)
+    with pytest.warns(FallbackWarning, match="PIController: non-finite setpoint error e_P = nan"):
+        held = pi.act(lost)
     assert held[0] == u[0] and pi.integral[0] == integral[0]  # the P loop holds
     assert held[1] != u[1] and pi.integral[1] != integral[1]  # the T loop goes on
     assert pi.held == 1
@@ -298,12 +301,13 @@ def test_pi_on_faulty_readings_finishes_the_episode():
     env = TaskEnv(ENV, max_steps=40, faults=SensorFaults(nan_rate=0.05, dropout_rate=0.05))
     pi = PIController(NOMINAL_TUNING)
     obs, _ = env.reset(seed=3)
-    for _ in range(40):
-        u = pi.act(obs)
-        assert np.all(np.isfinite(u))
-        obs, _, term, trunc, _ = env.step(u)
-        if term or trunc:
-            break
+    with pytest.warns(FallbackWarning, match="PIController"):
+        for _ in range(40):
+            u = pi.act(obs)
+            assert np.all(np.isfinite(u))
+            obs, _, term, trunc, _ = env.step(u)
+            if term or trunc:
+                break
     assert trunc and pi.held >= 1
 
 
@@ -311,7 +315,7 @@ def test_offline_policy_holds_its_last_action_on_a_non_finite_observation():
     norm = Normalisation(np.zeros(3), np.ones(3), np.array([-1.0, 0.0]), np.array([1.0, 2.0]))
     actor = make_agent("bc", 3, 2, BCConfig(hidden=(8,)), seed=0).actor
     policy = OfflinePolicy(actor, norm)
-    with pytest.warns(RuntimeWarning, match="held the last action"):
+    with pytest.warns(FallbackWarning, match="held the last action"):
         np.testing.assert_array_equal(policy.act(np.array([np.nan, 0.0, 0.0])), [0.0, 1.0])  # the middle
     a = policy.act(np.ones(3))
     np.testing.assert_array_equal(policy.act(np.array([1.0, np.inf, 1.0])), a)

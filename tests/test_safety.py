@@ -11,6 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from safectrl.common.faults import FallbackWarning
 from safectrl.safety.correction import (
     CorrectionError,
     ExactCorrector,
@@ -475,7 +476,7 @@ def test_filter_answers_a_nan_proposal_with_the_last_safe_input_and_counts_it(tr
     filt = SafetyFilter(Flaky(), trained_model, BOX, method="gd")
     filt.reset()
     obs = np.zeros(3)
-    with pytest.warns(RuntimeWarning, match="policy action contains NaN or inf.*safe fallback input") as caught:
+    with pytest.warns(FallbackWarning, match="policy action contains NaN or inf.*safe fallback") as caught:
         first = filt.act(obs)
         second = filt.act(obs)
         third = filt.act(obs)
@@ -491,7 +492,7 @@ def test_filter_answers_a_nan_proposal_with_the_last_safe_input_and_counts_it(tr
 
 def test_filter_answers_a_nan_observation_and_a_failed_correction_with_a_safe_input(trained_model):
     filt = SafetyFilter(ConstantPolicy([3.0, 0.5]), trained_model, BOX, method="exact")
-    with pytest.warns(RuntimeWarning, match="observation contains NaN"):
+    with pytest.warns(FallbackWarning, match="observation contains NaN"):
         np.testing.assert_array_equal(filt.act(np.array([np.nan, 0.0, 0.0])), [1.0, 0.5])  # proposal clipped
     good = filt.act(np.zeros(3))
 
@@ -510,7 +511,7 @@ def test_filter_far_outside_the_data_still_gives_an_input_in_the_box(trained_mod
     for method in ("gd", "exact"):
         filt = SafetyFilter(ConstantPolicy([0.3, 0.3]), trained_model, BOX, method=method)
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
+            warnings.simplefilter("ignore", FallbackWarning)
             a = filt.act(np.array([1e12, -1e12, 1e12]))
         assert np.all(np.isfinite(a)) and np.all(a >= BOX.low) and np.all(a <= BOX.high)
         if filt.record.fallback[0]:  # a solver that gives up there: the proposal, clipped, counted

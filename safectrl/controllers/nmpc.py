@@ -73,6 +73,7 @@ from typing import Any, Callable, NamedTuple, Protocol
 import casadi as ca
 import numpy as np
 
+from safectrl.common.faults import FallbackWarning
 from safectrl.models.core import ODEModel
 
 StageCost = Callable[[ca.SX, ca.SX, ca.SX], ca.SX]
@@ -107,7 +108,7 @@ class NMPCConfig:
     tracking_weights: tuple[float, ...] = ()  # per tracked state, on the squared error in physical units
     du_weights: tuple[float, ...] | None = None  # per input, on (Δu / input range)²; None: no move penalty
     state_bounds: tuple[StateBound, ...] = ()  # soft or hard bounds at every interval end
-    strict: bool = False  # raise NMPCSolveError on a failed solve instead of falling back
+    strict: bool = False  # raise on a failed solve (NMPCSolveError) or a bad reading instead of falling back
     tol: float = 1e-8  # IPOPT convergence tolerance
     max_iter: int = 100  # IPOPT iteration limit per attempt
     max_cpu_time: float = 60.0  # s, IPOPT time limit per solve
@@ -202,7 +203,7 @@ class FullStateObserver:
             if not self._warned:
                 how = "the model's prediction" if self.model is not None else "the last value"
                 warnings.warn(f"{type(self).__name__}: {what} replaced by {how} (warned once; counted in "
-                              "rejected_measurements)", RuntimeWarning, stacklevel=4)
+                              "rejected_measurements)", FallbackWarning, stacklevel=4)
                 self._warned = True
             x = np.where(bad, guess, x)
             self.rejected_measurements += int(bad.sum())

@@ -14,10 +14,12 @@ Skogestad's SIMC rules; the closed-loop time constant was chosen by closed-loop 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
+from safectrl.common.faults import FallbackWarning
 from safectrl.models import polycstr as pc
 
 _E_P = pc.OBSERVATIONS.index("e_P")
@@ -122,8 +124,8 @@ class PIController:
     """Two decentralised PI loops with conditional-integration anti-windup.
 
     A loop whose error is NaN or inf (a lost reading) holds its integral and its last output for that
-    interval, counted in :attr:`held`: acting on a reading that is not there would be a guess. The first
-    observation sets the bias from the previous inputs, which must be finite.
+    interval, counted in :attr:`held` and warned about once: acting on a reading that is not there would
+    be a guess. The first observation sets the bias from the previous inputs, which must be finite.
 
     Args:
         tuning: the loop gains.
@@ -135,6 +137,7 @@ class PIController:
         self.dt = float(dt)
         self._kp = np.array([tuning.Kp_P, tuning.Kp_T])
         self._ki = np.array([tuning.Ki_P, tuning.Ki_T])
+        self._warned = False
         self.reset()
 
     def reset(self, seed: int | None = None) -> None:
@@ -151,13 +154,18 @@ class PIController:
         if self.bias is None:
             self.bias = obs[_U_PREV].copy()
             if not np.all(np.isfinite(self.bias)):
-                raise ValueError(f"the first observation sets the PI's bias: f_I_prev, T_c_prev must be finite, "
-                                 f"got {self.bias}")
+                raise ValueError(f"the first observation sets the PI's bias: f_I_prev, T_c_prev must be "
+                                 f"finite, got {self.bias}")
             self._u = np.clip(self.bias, pc.U_LOW, pc.U_HIGH)
         e = np.array([obs[_E_P], obs[_E_T]])
         lost = ~np.isfinite(e)
         if lost.any():
             self.held += int(lost.sum())
+            if not self._warned:
+                bad = ", ".join(f"{n} = {v}" for n, v, gone in zip(("e_P", "e_T"), e, lost) if gone)
+                warnings.warn(f"PIController: non-finite setpoint error {bad}: the loop holds its integral "
+                              "and output (warned once; counted in held)", FallbackWarning, stacklevel=2)
+                self._warned = True
             e = np.where(lost, 0.0, e)
         candidate = self.integral + e * self.dt
         raw = self.bias + self._kp * e + self._ki * candidate

@@ -22,6 +22,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from safectrl.common.faults import FallbackWarning
 from safectrl.controllers.estimation import EKFConfig, ExtendedKalmanFilter, quasi_steady_state
 from safectrl.controllers.nmpc import NMPC, NMPCConfig, Observed, StateBound
 from safectrl.models import polycstr as pc
@@ -83,7 +84,8 @@ class PolyCSTRObserver:
         strict: raise ``ValueError`` on an invalid reading instead of leaving it out.
     """
 
-    def __init__(self, params: pc.PolyCSTRParams, config: EKFConfig = EKF_CONFIG, strict: bool = False) -> None:
+    def __init__(self, params: pc.PolyCSTRParams, config: EKFConfig = EKF_CONFIG,
+                 strict: bool = False) -> None:
         self.params = params
         self.ekf = ExtendedKalmanFilter(pc.MODEL, params, config)
         self.strict = bool(strict)
@@ -114,7 +116,7 @@ class PolyCSTRObserver:
                 raise ValueError(f"{what}{start}")
             if not self._warned:
                 warnings.warn(f"PolyCSTRObserver: {what}: left out of the filter update (warned once; "
-                              "counted in rejected_measurements)", RuntimeWarning, stacklevel=4)
+                              "counted in rejected_measurements)", FallbackWarning, stacklevel=4)
                 self._warned = True
         return ok
 

@@ -30,7 +30,8 @@ class TaskObserver(FullStateObserver):
 
     A non-finite state entry is replaced by the model's prediction from the last state with the input
     applied over the last interval (counted; :class:`FullStateObserver`); a non-finite setpoint error takes
-    the last valid setpoint, so that one lost reading does not stop the controller. ``strict`` raises ``ValueError`` instead.
+    the last valid setpoint, so that one lost reading does not stop the controller. ``strict`` raises
+    ``ValueError`` instead.
 
     Args:
         task: the plant.

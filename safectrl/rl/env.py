@@ -98,8 +98,8 @@ def _noise_sigma(task: Task, noise: Any) -> np.ndarray | None:
 class _Plants:
     """N plants of one task and scenario as arrays: the physics, reward and flags both envs share."""
 
-    def __init__(self, n: int, task: Task, scenario: str | None, plant: Any, noise: Any, max_steps: int | None,
-                 faults: Any = None):
+    def __init__(self, n: int, task: Task, scenario: str | None, plant: Any, noise: Any,
+                 max_steps: int | None, faults: Any = None):
         self.task = task
         self.faults = _faults(faults)
         self.fault_rngs: list[np.random.Generator] = []  # one per plant, set by seed_faults
@@ -117,7 +117,7 @@ class _Plants:
         self.steps = np.zeros(n, dtype=np.int64)
         self.obs = np.zeros((n, len(task.observations)))
         self.y: np.ndarray | None = None  # (n, ny) the readings delivered last
-        self.y_held: np.ndarray | None = None  # (n, ny) each sensor's last finite reading (what dropout repeats)
+        self.y_held: np.ndarray | None = None  # (n, ny) each sensor's last finite reading (dropout's)
         self.fault_codes: np.ndarray | None = None  # (n, ny) FAULT_* of the last readings
 
     def seed_faults(self, seeds: Sequence[int]) -> None:
@@ -265,8 +265,9 @@ class TaskEnv(gym.Env):
     (plant-model mismatch; also ``reset(options={"plant": ...})``); default: the task's default plant.
     ``noise``: False, True (the task's sensor noise) or one standard deviation per measured entry (a
     sequence or a dataclass). ``max_steps``: episode length in intervals. ``faults``: None or a
-    :class:`SensorFaults` (NaN or frozen readings at given rates; ``gym.make(id, faults=SensorFaults(0.02))``);
-    rates of 0 leave every trajectory as without faults.
+    :class:`SensorFaults` (NaN or frozen readings at given rates, e.g.
+    ``gym.make(id, faults=SensorFaults(nan_rate=0.02))``); rates of 0 leave every trajectory as without
+    faults.
     """
 
     metadata = {"render_modes": []}
@@ -338,7 +339,8 @@ class TaskVectorEnv(VectorEnv):
     metadata = {"render_modes": [], "autoreset_mode": AutoresetMode.NEXT_STEP}
 
     def __init__(self, task: Task | str, num_envs: int = 1, scenario: str | None = None, plant: Any = None,
-                 noise: Any = False, max_steps: int | None = None, faults: SensorFaults | None = None) -> None:
+                 noise: Any = False, max_steps: int | None = None,
+                 faults: SensorFaults | None = None) -> None:
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         self.task = _task(task)

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from safectrl.common.faults import FallbackWarning
 from safectrl.rl.networks import DeterministicActor
 from safectrl.rl.offline_data import Normalisation
 
@@ -73,7 +74,7 @@ class OfflinePolicy:
                 raise ValueError(f"observation is not finite: {obs}")
             if not self._warned:
                 warnings.warn(f"OfflinePolicy: observation is not finite ({obs}); held the last action "
-                              "(warned once; counted in held)", RuntimeWarning, stacklevel=2)
+                              "(warned once; counted in held)", FallbackWarning, stacklevel=2)
                 self._warned = True
             self.held += int(np.sum(lost))
             obs = np.where(lost[..., None], 0.0, obs) if obs.ndim == 2 else obs

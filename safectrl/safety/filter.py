@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from safectrl.common.faults import FallbackWarning
 from safectrl.common.protocol import DecisionMaker
 from safectrl.safety.correction import CorrectionError, ExactCorrector, GDConfig, GradientCorrector
 from safectrl.safety.cost_model import ConvexCostModel
@@ -165,7 +166,7 @@ class SafetyFilter:
         self._last_safe = None
 
     def _safe_input(self, raw: np.ndarray) -> np.ndarray:
-        """The fallback: the last input returned, else the proposal clipped to the bounds, else their middle."""
+        """The fallback: the last input returned, else the proposal clipped to the bounds, else the middle."""
         if self._last_safe is not None:
             return self._last_safe.copy()
         low, high = np.asarray(self.box.low), np.asarray(self.box.high)
@@ -181,14 +182,14 @@ class SafetyFilter:
         try:
             action, cost_raw, cost, iters = self.correct(obs[None], raw[None])
             if not np.all(np.isfinite(action)):
-                raise CorrectionError(f"the {self.method} correction returned a non-finite action {action[0]}")
+                raise CorrectionError(f"the {self.method} correction gave a non-finite action {action[0]}")
             fallback = False
         except (ValueError, CorrectionError, ArithmeticError) as err:
             if self.strict:
                 raise
             if not self._warned:
                 warnings.warn(f"SafetyFilter: {err}; answered with the safe fallback input (warned once; "
-                              "counted in record.fallback)", RuntimeWarning, stacklevel=2)
+                              "counted in record.fallback)", FallbackWarning, stacklevel=2)
                 self._warned = True
             action, cost_raw, cost, iters = self._safe_input(raw)[None], [np.nan], [np.nan], [0]
             fallback = True
