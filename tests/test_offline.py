@@ -149,7 +149,7 @@ def test_actions_stay_inside_the_bounds_even_far_outside_the_data(offline):
     with pytest.raises(ValueError, match="shape"):
         policy.act(np.zeros(5))
     with pytest.raises(ValueError, match="not finite"):
-        policy.act(np.full(7, np.nan))
+        OfflinePolicy(policy.actor, offline.normalisation, strict=True).act(np.full(7, np.nan))
 
 
 def test_normalisation_round_trips_and_rejects_actions_outside_the_bounds(transitions):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from safectrl.common.faults import FallbackWarning
 from safectrl.safety.correction import (
     CorrectionError,
     ExactCorrector,
@@ -427,7 +429,7 @@ def test_filter_gd_and_exact_agree(trained_model):
 
 def test_filter_rate_limit_around_the_previous_action(trained_model):
     box = ActionBox(low=(-5.0, -5.0), high=(5.0, 5.0), rate=(0.1, 0.2), prev_action_index=(0, 1))
-    filt = SafetyFilter(ConstantPolicy([4.0, -4.0]), trained_model, box, method="gd", trust=0.1)
+    filt = SafetyFilter(ConstantPolicy([4.0, -4.0]), trained_model, box, method="gd", trust=0.1, strict=True)
     obs = np.array([0.5, -0.5, 0.0])
     a = filt.act(obs)
     assert abs(a[0] - 0.5) <= 0.1 + 1e-12 and abs(a[1] + 0.5) <= 0.2 + 1e-12
@@ -439,10 +441,10 @@ def test_filter_rate_limit_around_the_previous_action(trained_model):
     (np.array([np.nan, 0.0, 0.0]), [0.0, 0.0], "observation contains NaN"),
     (np.zeros(4), [0.0, 0.0], r"observation must have shape \(3,\)"),
     (np.zeros(3), [np.nan, 0.0], "policy action contains NaN"),
-    (np.zeros(3), [0.0, 0.0, 0.0], r"policy actions must have shape \(1, 2\)"),
+    (np.zeros(3), [0.0, 0.0, 0.0], r"policy action must have shape \(2,\)"),
 ])
-def test_filter_bad_input_gives_a_clear_error(trained_model, obs, action, message):
-    filt = SafetyFilter(ConstantPolicy(action), trained_model, BOX, method="gd")
+def test_strict_filter_bad_input_gives_a_clear_error(trained_model, obs, action, message):
+    filt = SafetyFilter(ConstantPolicy(action), trained_model, BOX, method="gd", strict=True)
     with pytest.raises(ValueError, match=message):
         filt.act(obs)
 
@@ -456,3 +458,68 @@ def test_bad_filter_configuration_is_rejected(trained_model):
         ActionBox(low=(0.0, 0.0), high=(1.0, 1.0), rate=(0.1, 0.1))
     with pytest.raises(ValueError, match="box has 3 actions"):
         SafetyFilter(ConstantPolicy([0, 0]), trained_model, ActionBox((0, 0, 0), (1, 1, 1)))
+
+
+# -- bad proposals and observations: the safe fallback input ------------------------------------------------
+
+def test_filter_answers_a_nan_proposal_with_the_last_safe_input_and_counts_it(trained_model):
+    class Flaky:
+        def __init__(self):
+            self.proposals = iter([[np.nan, 0.0], [0.5, 0.5], [np.inf, 0.0], [0.2, -0.1]])
+
+        def reset(self, seed=None):
+            pass
+
+        def act(self, obs):
+            return np.array(next(self.proposals))
+
+    filt = SafetyFilter(Flaky(), trained_model, BOX, method="gd")
+    filt.reset()
+    obs = np.zeros(3)
+    with pytest.warns(FallbackWarning, match="policy action contains NaN or inf.*safe fallback") as caught:
+        first = filt.act(obs)
+        second = filt.act(obs)
+        third = filt.act(obs)
+    np.testing.assert_array_equal(first, [0.0, 0.0])  # nothing returned yet: the middle of the box
+    np.testing.assert_array_equal(third, second)  # the last safe input
+    filt.act(obs)
+    assert len(caught) == 1  # warned once
+    rec = filt.record.arrays()
+    np.testing.assert_array_equal(rec["fallback"], [True, False, True, False])
+    assert filt.record.fallbacks == 2 and np.all(np.isnan(rec["predicted_cost"][[0, 2]]))
+    assert np.all(np.isfinite(rec["action"]))
+
+
+def test_filter_answers_a_nan_observation_and_a_failed_correction_with_a_safe_input(trained_model):
+    filt = SafetyFilter(ConstantPolicy([3.0, 0.5]), trained_model, BOX, method="exact")
+    with pytest.warns(FallbackWarning, match="observation contains NaN"):
+        np.testing.assert_array_equal(filt.act(np.array([np.nan, 0.0, 0.0])), [1.0, 0.5])  # proposal clipped
+    good = filt.act(np.zeros(3))
+
+    def fail(*args):
+        raise CorrectionError("HiGHS returned status infeasible for state 0")
+
+    filt.corrector.correct = fail
+    np.testing.assert_array_equal(filt.act(np.zeros(3)), good)
+    assert filt.record.fallback == [True, False, True]
+    filt.strict = True
+    with pytest.raises(CorrectionError, match="status infeasible"):
+        filt.act(np.zeros(3))
+
+
+def test_filter_far_outside_the_data_still_gives_an_input_in_the_box(trained_model):
+    for method in ("gd", "exact"):
+        filt = SafetyFilter(ConstantPolicy([0.3, 0.3]), trained_model, BOX, method=method)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FallbackWarning)
+            a = filt.act(np.array([1e12, -1e12, 1e12]))
+        assert np.all(np.isfinite(a)) and np.all(a >= BOX.low) and np.all(a <= BOX.high)
+        if filt.record.fallback[0]:  # a solver that gives up there: the proposal, clipped, counted
+            np.testing.assert_array_equal(a, [0.3, 0.3])
+
+
+def test_strict_filter_raises_on_a_nan_proposal(trained_model):
+    filt = SafetyFilter(ConstantPolicy([np.nan, 0.0]), trained_model, BOX, strict=True)
+    with pytest.raises(ValueError, match="policy action contains NaN or inf"):
+        filt.act(np.zeros(3))
+    assert filt.record.fallback == []

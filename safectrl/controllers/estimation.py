@@ -212,8 +212,12 @@ class ExtendedKalmanFilter:
         self._set(z_next)
         self.P = A @ self.P @ A.T + self._Q
 
-    def update(self, y: np.ndarray) -> None:
-        """Correct the estimate with a measurement ``y`` of the measured states (physical units)."""
+    def update(self, y: np.ndarray) -> int:
+        """Correct the estimate with a measurement ``y`` of the measured states (physical units).
+
+        NaN or inf entries are left out (the update uses the others; none left: prediction only), because
+        one lost reading must not turn the whole estimate into NaN. Returns the number of entries left out.
+        """
         if self.x is None:
             raise RuntimeError("the filter has no estimate yet; call reset(x0)")
         y = np.asarray(y, dtype=float)
@@ -223,9 +227,15 @@ class ExtendedKalmanFilter:
         ys = self.model.x_scale[self.measured]
         H = self._H
         R = self._R / np.outer(ys, ys)
+        used = np.isfinite(y)
+        if not used.all():
+            if not used.any():
+                return len(y)
+            y, ys, H, R = y[used], ys[used], H[used], R[np.ix_(used, used)]
         innovation = y / ys - H @ self._z()
         S = H @ self.P @ H.T + R
         K = np.linalg.solve(S, H @ self.P).T
         self._set(self._z() + K @ innovation)
         I_KH = np.eye(self.n) - K @ H
         self.P = I_KH @ self.P @ I_KH.T + K @ R @ K.T
+        return int(np.sum(~used))

@@ -66,12 +66,14 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple, Protocol
 
 import casadi as ca
 import numpy as np
 
+from safectrl.common.faults import FallbackWarning
 from safectrl.models.core import ODEModel
 
 StageCost = Callable[[ca.SX, ca.SX, ca.SX], ca.SX]
@@ -106,7 +108,7 @@ class NMPCConfig:
     tracking_weights: tuple[float, ...] = ()  # per tracked state, on the squared error in physical units
     du_weights: tuple[float, ...] | None = None  # per input, on (Δu / input range)²; None: no move penalty
     state_bounds: tuple[StateBound, ...] = ()  # soft or hard bounds at every interval end
-    strict: bool = False  # raise NMPCSolveError on a failed solve instead of falling back
+    strict: bool = False  # raise on a failed solve (NMPCSolveError) or a bad reading instead of falling back
     tol: float = 1e-8  # IPOPT convergence tolerance
     max_iter: int = 100  # IPOPT iteration limit per attempt
     max_cpu_time: float = 60.0  # s, IPOPT time limit per solve
@@ -123,6 +125,7 @@ class Observed(NamedTuple):
     reference: np.ndarray | None  # (n_ref,) or (horizon, n_ref)
     t0: float  # time at the start of the next interval (time-varying models)
     params: np.ndarray | None = None  # (n_params,) parameters to predict with (e.g. estimated); None: own
+    rejected: int = 0  # measured entries of this observation the observer could not use (NaN, inf, range)
 
 
 class Observer(Protocol):
@@ -146,26 +149,70 @@ class FullStateObserver:
     move penalty refers to what the controller chose, whatever a wrapper applied. Time counts intervals
     since :meth:`reset` (``t0 = k dt``, for time-varying models).
 
+    A NaN or inf entry (a lost reading) is replaced by the prediction of ``model`` from the last state over
+    the last interval with the input applied (without a model: the entry's last value), counted in
+    :attr:`rejected_measurements` and warned about once, so that one bad reading does not stop the
+    controller; ``strict`` raises ``ValueError`` instead. The first observation must be finite.
+
     Args:
         dt: the control interval (the model's ``dt``).
         u_init: the "previous input" of the first interval of an episode, shape (nu,).
         reference: the NMPC's reference, (n_ref,) or (horizon, n_ref); None for a stage cost without one.
+        model: predicts replaced entries (with ``params``); None: they hold their last value.
+        params: the model's parameters (dataclass or vector).
+        strict: raise on a non-finite entry instead of replacing it.
     """
 
-    def __init__(self, dt: float, u_init: np.ndarray, reference: np.ndarray | None = None) -> None:
+    def __init__(self, dt: float, u_init: np.ndarray, reference: np.ndarray | None = None,
+                 model: ODEModel | None = None, params: Any = None, strict: bool = False) -> None:
         self.dt = float(dt)
         self.u_init = np.asarray(u_init, dtype=float)
         self.reference = reference
+        self.model = model
+        if model is not None and params is None:
+            raise ValueError("a FullStateObserver with a model needs its params")
+        self._p = None if model is None else (
+            params if isinstance(params, np.ndarray) else model.param_vector(params))
+        self.strict = bool(strict)
         self._k = 0
         self._u_prev = self.u_init.copy()
+        self._x_last: np.ndarray | None = None
+        self._warned = False
+        #: State entries replaced since construction (one entry at one interval each).
+        self.rejected_measurements = 0
 
     def reset(self, seed: int | None = None) -> None:
         """Back to interval 0 and ``u_init``; ``seed`` is unused."""
         self._k = 0
         self._u_prev = self.u_init.copy()
+        self._x_last = None
+
+    def _state(self, x: np.ndarray, u_prev: np.ndarray) -> tuple[np.ndarray, int]:
+        """``x`` with its non-finite entries replaced (see the class docstring); the count replaced."""
+        x = np.asarray(x, dtype=float)
+        bad = ~np.isfinite(x)
+        if bad.any():
+            what = f"non-finite state entries {x}"
+            if self.strict or self._x_last is None:
+                first = "" if self._x_last is not None else " in the first observation of the episode"
+                raise ValueError(f"{type(self).__name__}: {what}{first}")
+            if self.model is not None:
+                guess = self.model.step(self._x_last, u_prev, self._p, (self._k - 1) * self.dt)
+            else:
+                guess = self._x_last
+            if not self._warned:
+                how = "the model's prediction" if self.model is not None else "the last value"
+                warnings.warn(f"{type(self).__name__}: {what} replaced by {how} (warned once; counted in "
+                              "rejected_measurements)", FallbackWarning, stacklevel=4)
+                self._warned = True
+            x = np.where(bad, guess, x)
+            self.rejected_measurements += int(bad.sum())
+        self._x_last = x.copy()
+        return x, int(bad.sum())
 
     def __call__(self, obs: np.ndarray) -> Observed:
-        return Observed(np.asarray(obs, dtype=float), self._u_prev, self.reference, self._k * self.dt)
+        x, rejected = self._state(obs, self._u_prev)
+        return Observed(x, self._u_prev, self.reference, self._k * self.dt, None, rejected)
 
     def applied(self, u: np.ndarray) -> None:
         self._k += 1
@@ -202,6 +249,7 @@ class SolveRecord:
     iterations: int  # over all attempts
     solve_time: float  # s, over all attempts
     retried: bool = False  # the warm-started attempt failed and a cold one followed
+    rejected: int = 0  # measured entries the observer could not use for this step (act only)
 
 
 @dataclass
@@ -251,6 +299,11 @@ class NMPCStats:
     @property
     def retries(self) -> int:
         return sum(r.retried for r in self.records)
+
+    @property
+    def rejected_measurements(self) -> int:
+        """Measured entries the observer left out or replaced (NaN, inf, out of range), over all steps."""
+        return sum(r.rejected for r in self.records)
 
     def solve_times(self) -> np.ndarray:
         return np.array([r.solve_time for r in self.records])
@@ -690,5 +743,6 @@ class NMPC:
             raise RuntimeError("act() needs an observer that maps observations to states; use solve(x, ...)")
         seen = self.observer(obs)
         u = self.solve(seen.x, seen.u_prev, seen.reference, seen.t0, seen.params).u
+        self.stats.records[-1].rejected = seen.rejected
         self.observer.applied(u)
         return u

@@ -14,10 +14,12 @@ Skogestad's SIMC rules; the closed-loop time constant was chosen by closed-loop 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
+from safectrl.common.faults import FallbackWarning
 from safectrl.models import polycstr as pc
 
 _E_P = pc.OBSERVATIONS.index("e_P")
@@ -121,6 +123,10 @@ NOMINAL_TUNING = PITuning(Kp_P=0.037, Ki_P=1.4e-06, Kp_T=0.39, Ki_T=6.4e-05)
 class PIController:
     """Two decentralised PI loops with conditional-integration anti-windup.
 
+    A loop whose error is NaN or inf (a lost reading) holds its integral and its last output for that
+    interval, counted in :attr:`held` and warned about once: acting on a reading that is not there would
+    be a guess. The first observation sets the bias from the previous inputs, which must be finite.
+
     Args:
         tuning: the loop gains.
         dt: control interval, s.
@@ -131,24 +137,44 @@ class PIController:
         self.dt = float(dt)
         self._kp = np.array([tuning.Kp_P, tuning.Kp_T])
         self._ki = np.array([tuning.Ki_P, tuning.Ki_T])
+        self._warned = False
         self.reset()
 
     def reset(self, seed: int | None = None) -> None:
         """Forget the integral and the bias; the next observation sets the bias. ``seed`` is unused."""
         self.integral = np.zeros(2)  # (kg/m³ s, K s)
         self.bias: np.ndarray | None = None
+        self._u: np.ndarray | None = None  # the last output, (f_I kg/h, T_c K)
+        #: Loop-intervals held on a non-finite error since the last reset.
+        self.held = 0
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         """Inputs (f_I kg/h, T_c K) for the next interval from an observation laid out as OBSERVATIONS."""
         obs = np.asarray(obs, dtype=float)
         if self.bias is None:
             self.bias = obs[_U_PREV].copy()
+            if not np.all(np.isfinite(self.bias)):
+                raise ValueError(f"the first observation sets the PI's bias: f_I_prev, T_c_prev must be "
+                                 f"finite, got {self.bias}")
+            self._u = np.clip(self.bias, pc.U_LOW, pc.U_HIGH)
         e = np.array([obs[_E_P], obs[_E_T]])
+        lost = ~np.isfinite(e)
+        if lost.any():
+            self.held += int(lost.sum())
+            if not self._warned:
+                bad = ", ".join(f"{n} = {v}" for n, v, gone in zip(("e_P", "e_T"), e, lost) if gone)
+                warnings.warn(f"PIController: non-finite setpoint error {bad}: the loop holds its integral "
+                              "and output (warned once; counted in held)", FallbackWarning, stacklevel=2)
+                self._warned = True
+            e = np.where(lost, 0.0, e)
         candidate = self.integral + e * self.dt
         raw = self.bias + self._kp * e + self._ki * candidate
         u = np.clip(raw, pc.U_LOW, pc.U_HIGH)
-        inside = u == raw
+        inside = (u == raw) & ~lost
         self.integral = np.where(inside, candidate, self.integral)
+        if lost.any():
+            u = np.where(lost, self._u, u)
+        self._u = u
         return u
 
 

@@ -17,10 +17,12 @@ objective, limit and observer.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import replace
 
 import numpy as np
 
+from safectrl.common.faults import FallbackWarning
 from safectrl.controllers.estimation import EKFConfig, ExtendedKalmanFilter, quasi_steady_state
 from safectrl.controllers.nmpc import NMPC, NMPCConfig, Observed, StateBound
 from safectrl.models import polycstr as pc
@@ -29,6 +31,8 @@ _MEASURED = ("A", "P", "T")
 _Y = [pc.OBSERVATIONS.index(s) for s in _MEASURED]
 _ERR = [pc.OBSERVATIONS.index("e_P"), pc.OBSERVATIONS.index("e_T")]
 _U_PREV = [pc.OBSERVATIONS.index("f_I_prev"), pc.OBSERVATIONS.index("T_c_prev")]
+#: A reading outside the task's observation box for A, P, T is a sensor fault, not a state.
+_Y_LOW, _Y_HIGH = pc.TASK.obs_low[_Y], pc.TASK.obs_high[_Y]
 
 #: Back-off of the NMPC's temperature bound below T_max, K: the smallest tried whose worst startup peak stays
 #: 0.25 K below T_max for the oracle and the mismatched NMPC, with and without measurement noise, on tuning
@@ -68,28 +72,60 @@ EKF_CONFIG_STATES_ONLY = replace(EKF_CONFIG, estimated_params=(), param_process_
 class PolyCSTRObserver:
     """Full state and setpoint of the reactor from its observation, through an extended Kalman filter.
 
+    A reading of A, P or T that is NaN, inf or outside the task's observation box is not given to the
+    filter (the others are; none left: prediction only), counted in :attr:`rejected_measurements` and
+    warned about once per observer, so that a faulty sensor costs one update, not the controller; a
+    non-finite setpoint error takes the setpoint of the last step that had one. ``strict`` raises instead.
+    The first observation starts the filter and must be valid.
+
     Args:
         params: the parameters the filter predicts with.
         config: the filter's noise model.
+        strict: raise ``ValueError`` on an invalid reading instead of leaving it out.
     """
 
-    def __init__(self, params: pc.PolyCSTRParams, config: EKFConfig = EKF_CONFIG) -> None:
+    def __init__(self, params: pc.PolyCSTRParams, config: EKFConfig = EKF_CONFIG,
+                 strict: bool = False) -> None:
         self.params = params
         self.ekf = ExtendedKalmanFilter(pc.MODEL, params, config)
+        self.strict = bool(strict)
         self._estimating = bool(config.estimated_params)
         self._started = False
+        self._setpoint: np.ndarray | None = None
+        self._warned = False
         #: State estimates since the last reset, one (nx,) array per observation, physical units.
         self.estimates: list[np.ndarray] = []
+        #: Readings (one measured entry at one interval) left out of the filter over the observer's life.
+        self.rejected_measurements = 0
 
     def reset(self, seed: int | None = None) -> None:
         """Forget the estimate; the next observation starts the filter. ``seed`` is unused."""
         self._started = False
+        self._setpoint = None
         self.estimates = []
+
+    def _valid(self, y: np.ndarray) -> np.ndarray:
+        with np.errstate(invalid="ignore"):
+            ok = np.isfinite(y) & (y >= _Y_LOW) & (y <= _Y_HIGH)
+        if not ok.all():
+            what = "invalid reading " + ", ".join(
+                f"{s} = {v} (valid: finite in [{lo:g}, {hi:g}])"
+                for s, v, lo, hi, good in zip(_MEASURED, y, _Y_LOW, _Y_HIGH, ok) if not good)
+            if self.strict or not self._started:
+                start = "" if self._started else " in the first observation, which starts the filter"
+                raise ValueError(f"{what}{start}")
+            if not self._warned:
+                warnings.warn(f"PolyCSTRObserver: {what}: left out of the filter update (warned once; "
+                              "counted in rejected_measurements)", FallbackWarning, stacklevel=4)
+                self._warned = True
+        return ok
 
     def __call__(self, obs: np.ndarray) -> Observed:
         obs = np.asarray(obs, dtype=float)
         y = obs[_Y]
         u_prev = obs[_U_PREV]
+        ok = self._valid(y)
+        rejected = int(np.sum(~ok))
         if not self._started:
             x = np.zeros(pc.MODEL.nx)
             x[[pc.STATES.index(s) for s in _MEASURED]] = y
@@ -97,11 +133,17 @@ class PolyCSTRObserver:
             self._started = True
         else:
             self.ekf.predict(u_prev)
-            self.ekf.update(y)
+            self.ekf.update(np.where(ok, y, np.nan))
+        self.rejected_measurements += rejected
         self.estimates.append(self.ekf.x.copy())
         setpoint = y[1:] + obs[_ERR]  # e = setpoint - measurement
+        if self._setpoint is not None:
+            setpoint = np.where(np.isfinite(setpoint), setpoint, self._setpoint)
+        elif not np.all(np.isfinite(setpoint)):
+            raise ValueError(f"the first observation gives no finite setpoint (e_P, e_T = {obs[_ERR]})")
+        self._setpoint = setpoint
         return Observed(self.ekf.x.copy(), u_prev, setpoint, 0.0,
-                        self.ekf.params if self._estimating else None)
+                        self.ekf.params if self._estimating else None, rejected)
 
     def applied(self, u: np.ndarray) -> None:
         """Nothing to remember: the next observation carries the input the plant received (the filter
@@ -118,7 +160,7 @@ def polycstr_nmpc(
     ``polycstr_nmpc()`` is the oracle (model = plant), ``polycstr_nmpc(pc.mismatched())`` the realistic
     controller (UA -20 %, dH +10 %).
     """
-    return NMPC(pc.MODEL, params, config, observer=PolyCSTRObserver(params, ekf))
+    return NMPC(pc.MODEL, params, config, observer=PolyCSTRObserver(params, ekf, strict=config.strict))
 
 
 def with_backoff(backoff: float, config: NMPCConfig = NMPC_CONFIG) -> NMPCConfig:

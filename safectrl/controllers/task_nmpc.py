@@ -28,11 +28,24 @@ from safectrl.models.task import Scenario, Task
 class TaskObserver(FullStateObserver):
     """States, setpoint and previous input of a task from its observation (see the module docstring).
 
+    A non-finite state entry is replaced by the model's prediction from the last state with the input
+    applied over the last interval (counted; :class:`FullStateObserver`); a non-finite setpoint error takes
+    the last valid setpoint, so that one lost reading does not stop the controller. ``strict`` raises
+    ``ValueError`` instead.
+
+    Args:
+        task: the plant.
+        scenario: whose setpoint is tracked when the observation carries none.
+        u_init: the previous input of the first interval (default: the middle of the input box).
+        params: parameters of the model that predicts replaced entries (default: the task's nominal).
+        strict: raise on a non-finite entry instead of replacing it.
+
     Raises:
         ValueError: if the observation lacks a state of the model.
     """
 
-    def __init__(self, task: Task, scenario: Scenario, u_init: np.ndarray | None = None) -> None:
+    def __init__(self, task: Task, scenario: Scenario, u_init: np.ndarray | None = None, params: Any = None,
+                 strict: bool = False) -> None:
         obs = task.observations
         missing = [s for s in task.states if s not in obs]
         if missing:
@@ -46,14 +59,28 @@ class TaskObserver(FullStateObserver):
         self.setpoint = np.asarray(scenario.setpoint, dtype=float)
         prev = [f"{u}_prev" for u in task.inputs]
         self._u = [obs.index(p) for p in prev] if all(p in obs for p in prev) else None
+        self._sp_last = self.setpoint.copy()
         model = task.model
-        super().__init__(model.dt, u_init if u_init is not None else (model.u_low + model.u_high) / 2)
+        super().__init__(model.dt, u_init if u_init is not None else (model.u_low + model.u_high) / 2,
+                         model=model, params=task.plant(params if params is not None else "nominal"),
+                         strict=strict)
+
+    def reset(self, seed: int | None = None) -> None:
+        super().reset(seed)
+        self._sp_last = self.setpoint.copy()
 
     def __call__(self, obs: np.ndarray) -> Observed:
         obs = np.asarray(obs, dtype=float)
-        sp = obs[self._sp_state] + obs[self._e] if self._e is not None else self.setpoint
         u_prev = obs[self._u] if self._u is not None else self._u_prev
-        return Observed(obs[self._x], u_prev, sp if len(sp) else None, self._k * self.dt)
+        x, rejected = self._state(obs[self._x], u_prev)
+        if self._e is not None:
+            # From the replaced state a lost reading gives a wrong setpoint: take the last valid one there.
+            sp = np.where(np.isfinite(obs[self._sp_state]) & np.isfinite(obs[self._e]),
+                          obs[self._sp_state] + obs[self._e], self._sp_last)
+            self._sp_last = sp
+        else:
+            sp = self.setpoint
+        return Observed(x, u_prev, sp if len(sp) else None, self._k * self.dt, None, rejected)
 
 
 def task_nmpc(task: Task, params: Any = None, scenario: str | None = None, horizon: int = 20,
@@ -89,7 +116,7 @@ def task_nmpc(task: Task, params: Any = None, scenario: str | None = None, horiz
 
     x0, u0 = sc.initial(np.random.default_rng(0), p)
     return NMPC(task.model, p, config, stage_cost=stage, n_ref=len(task.setpoint_names),
-                observer=TaskObserver(task, sc, u_init=u0))
+                observer=TaskObserver(task, sc, u_init=u0, params=p, strict=config.strict))
 
 
 def nmpc_for(env_id: str, params: Any = None) -> NMPC:

@@ -10,7 +10,7 @@ actions, observations, rewards and limits of each are in the task's model module
 
 from __future__ import annotations
 
-from dataclasses import fields, is_dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from typing import Any, Sequence
 
 import gymnasium as gym
@@ -24,6 +24,51 @@ from safectrl.models.task import Task
 
 #: Keys of every step's ``info`` (arrays over plants in the vector env).
 INFO_KEYS = ("state", "time", "setpoint", "cost", "violation", "failure", "clipped")
+
+
+#: Codes of ``info["faults"]``, one per measured entry: the reading is true, NaN, or the sensor's last one.
+FAULT_NONE, FAULT_NAN, FAULT_DROPOUT = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class SensorFaults:
+    """Sensor faults the env injects, independently per measured entry and interval (not at reset).
+
+    Each entry draws one uniform number u per interval: u < ``nan_rate`` reads NaN (a lost reading),
+    otherwise u < ``nan_rate + dropout_rate`` repeats the sensor's last finite reading (a frozen sensor).
+    The draws come from a generator of their own, seeded from the env's seed and ``seed_offset``, so that
+    the initial states and the noise are those of the same seed without faults.
+    """
+
+    nan_rate: float = 0.0  # probability per entry and interval that the reading is NaN
+    dropout_rate: float = 0.0  # probability per entry and interval that the reading repeats the last one
+    seed_offset: int = 17  # the fault generator's seed is (env seed, seed_offset)
+
+    def __post_init__(self) -> None:
+        for name in ("nan_rate", "dropout_rate"):
+            rate = getattr(self, name)
+            if not isinstance(rate, (int, float)) or not 0.0 <= rate <= 1.0:
+                raise ValueError(f"SensorFaults.{name} must be a probability in [0, 1], got {rate!r}")
+        if self.nan_rate + self.dropout_rate > 1.0:
+            raise ValueError(f"SensorFaults.nan_rate + dropout_rate must be <= 1, got "
+                             f"{self.nan_rate} + {self.dropout_rate}")
+        if not isinstance(self.seed_offset, (int, np.integer)) or self.seed_offset < 0:
+            raise ValueError(f"SensorFaults.seed_offset must be an integer >= 0, got {self.seed_offset!r}")
+
+    @property
+    def active(self) -> bool:
+        return self.nan_rate > 0 or self.dropout_rate > 0
+
+    def generator(self, seed: int) -> np.random.Generator:
+        """The fault generator of an env seeded with ``seed`` (the seed Gymnasium's seeding used)."""
+        # -1 is Gymnasium's seed of a generator set directly; SeedSequence takes non-negative words only.
+        return np.random.default_rng([int(seed) % (1 << 128), int(self.seed_offset)])
+
+
+def _faults(faults: Any) -> SensorFaults | None:
+    if faults is None or isinstance(faults, SensorFaults):
+        return faults
+    raise TypeError(f"faults must be None or a SensorFaults, got {faults!r}")
 
 
 def _task(task: Task | str) -> Task:
@@ -53,8 +98,11 @@ def _noise_sigma(task: Task, noise: Any) -> np.ndarray | None:
 class _Plants:
     """N plants of one task and scenario as arrays: the physics, reward and flags both envs share."""
 
-    def __init__(self, n: int, task: Task, scenario: str | None, plant: Any, noise: Any, max_steps: int | None):
+    def __init__(self, n: int, task: Task, scenario: str | None, plant: Any, noise: Any,
+                 max_steps: int | None, faults: Any = None):
         self.task = task
+        self.faults = _faults(faults)
+        self.fault_rngs: list[np.random.Generator] = []  # one per plant, set by seed_faults
         self.n = n
         self.scenario = task.scenario(scenario)
         self.set_plant(plant)
@@ -68,7 +116,14 @@ class _Plants:
         self.u_prev = np.zeros((n, m.nu))
         self.steps = np.zeros(n, dtype=np.int64)
         self.obs = np.zeros((n, len(task.observations)))
-        self.y: np.ndarray | None = None
+        self.y: np.ndarray | None = None  # (n, ny) the readings delivered last
+        self.y_held: np.ndarray | None = None  # (n, ny) each sensor's last finite reading (dropout's)
+        self.fault_codes: np.ndarray | None = None  # (n, ny) FAULT_* of the last readings
+
+    def seed_faults(self, seeds: Sequence[int]) -> None:
+        """One fault generator per plant from the seeds the plants' generators were made with."""
+        if self.faults is not None:
+            self.fault_rngs = [self.faults.generator(s) for s in seeds]
 
     def set_plant(self, plant: Any) -> None:
         self.plant = self.task.plant(plant)
@@ -84,9 +139,21 @@ class _Plants:
                 y[row] += self.sigma * rngs[k].standard_normal(len(self.sigma))
         if self.y is None:
             self.y = np.zeros((self.n, y.shape[1]))
+            self.y_held = np.zeros((self.n, y.shape[1]))
+            self.fault_codes = np.zeros((self.n, y.shape[1]), dtype=np.int8)
+        codes = np.zeros(y.shape, dtype=np.int8)
+        if not first and self.faults is not None and self.faults.active:
+            f = self.faults
+            draw = np.stack([self.fault_rngs[k].random(y.shape[1]) for k in i])
+            codes[draw < f.nan_rate] = FAULT_NAN
+            codes[(draw >= f.nan_rate) & (draw < f.nan_rate + f.dropout_rate)] = FAULT_DROPOUT
+            y = np.where(codes == FAULT_DROPOUT, self.y_held[i], y)
+            y[codes == FAULT_NAN] = np.nan
         y_prev = y if first else self.y[i]
         self.obs[i] = self.task.observe(y, y_prev, self.u_prev[i], self.steps[i].astype(float), self._sp(len(i)))
         self.y[i] = y
+        self.y_held[i] = np.where(np.isfinite(y), y, self.y_held[i])
+        self.fault_codes[i] = codes
 
     def reset(self, i: np.ndarray, rngs: list[np.random.Generator]) -> None:
         """Start plants ``i`` afresh, drawing from their generators in a fixed order."""
@@ -97,7 +164,7 @@ class _Plants:
 
     def info(self, i: np.ndarray, clipped: np.ndarray, failure: np.ndarray) -> dict[str, np.ndarray]:
         cost = self.task.exceedance(self.x[i], self.plant)
-        return {
+        out = {
             "state": self.x[i].copy(),
             "time": self.steps[i] * self.task.model.dt,
             "setpoint": self._sp(len(i)),
@@ -106,6 +173,9 @@ class _Plants:
             "failure": failure,
             "clipped": clipped,
         }
+        if self.faults is not None:
+            out["faults"] = self.fault_codes[i].copy()
+        return out
 
     def check_actions(self, actions: Any, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
         """Validate actions; clip finite out-of-bound ones. Returns (actions (n, nu), clipped (n,))."""
@@ -164,7 +234,8 @@ class TaskEnv(gym.Env):
     ## Observation Space
 
     ``Box(n_obs,)``, float64: the task's observations, built from the measurements (with noise if enabled).
-    After a non-finite state the observation repeats the last finite one.
+    After a non-finite state the observation repeats the last finite one. With ``faults``, an entry of the
+    observation built from a NaN reading is NaN (e.g. e_P = P_sp - NaN), so it may leave the box.
 
     ## Rewards
 
@@ -183,7 +254,9 @@ class TaskEnv(gym.Env):
 
     ``state`` true state; ``time`` since the episode started (model time unit); ``setpoint``; ``cost``,
     the summed exceedance of the operating limits (the separate constraint signal); ``violation``;
-    ``failure``; ``clipped``.
+    ``failure``; ``clipped``; with ``faults`` only, ``faults``: int8 (ny,), per measured entry
+    :data:`FAULT_NONE`, :data:`FAULT_NAN` or :data:`FAULT_DROPOUT` (left out without ``faults`` so that
+    clean runs record what they always did).
 
     ## Arguments
 
@@ -191,15 +264,18 @@ class TaskEnv(gym.Env):
     ``plant``: a plant name of the task (e.g. "nominal", "actual") or a parameter dataclass of its model
     (plant-model mismatch; also ``reset(options={"plant": ...})``); default: the task's default plant.
     ``noise``: False, True (the task's sensor noise) or one standard deviation per measured entry (a
-    sequence or a dataclass). ``max_steps``: episode length in intervals.
+    sequence or a dataclass). ``max_steps``: episode length in intervals. ``faults``: None or a
+    :class:`SensorFaults` (NaN or frozen readings at given rates, e.g.
+    ``gym.make(id, faults=SensorFaults(nan_rate=0.02))``); rates of 0 leave every trajectory as without
+    faults.
     """
 
     metadata = {"render_modes": []}
 
     def __init__(self, task: Task | str, scenario: str | None = None, plant: Any = None, noise: Any = False,
-                 max_steps: int | None = None) -> None:
+                 max_steps: int | None = None, faults: SensorFaults | None = None) -> None:
         self.task = _task(task)
-        self._core = _Plants(1, self.task, scenario, plant, noise, max_steps)
+        self._core = _Plants(1, self.task, scenario, plant, noise, max_steps, faults)
         low, high = self.task.observation_box(self._core.max_steps)
         self.observation_space = gym.spaces.Box(low, high, dtype=np.float64)
         m = self.task.model
@@ -226,6 +302,8 @@ class TaskEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
+        if seed is not None or not self._core.fault_rngs:
+            self._core.seed_faults([self.np_random_seed])
         if options and "plant" in options:
             self._core.set_plant(options["plant"])
         self._core.reset(self._all, [self.np_random])
@@ -261,12 +339,13 @@ class TaskVectorEnv(VectorEnv):
     metadata = {"render_modes": [], "autoreset_mode": AutoresetMode.NEXT_STEP}
 
     def __init__(self, task: Task | str, num_envs: int = 1, scenario: str | None = None, plant: Any = None,
-                 noise: Any = False, max_steps: int | None = None) -> None:
+                 noise: Any = False, max_steps: int | None = None,
+                 faults: SensorFaults | None = None) -> None:
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         self.task = _task(task)
         self.num_envs = int(num_envs)
-        self._core = _Plants(self.num_envs, self.task, scenario, plant, noise, max_steps)
+        self._core = _Plants(self.num_envs, self.task, scenario, plant, noise, max_steps, faults)
         low, high = self.task.observation_box(self._core.max_steps)
         m = self.task.model
         self.single_observation_space = gym.spaces.Box(low, high, dtype=np.float64)
@@ -292,7 +371,9 @@ class TaskVectorEnv(VectorEnv):
                 raise ValueError(f"got {len(seed)} seeds for {self.num_envs} environments")
             seeds = list(seed)
         if seed is not None or not self._rngs:
-            self._rngs = [seeding.np_random(s)[0] for s in seeds]
+            made = [seeding.np_random(s) for s in seeds]
+            self._rngs = [rng for rng, _ in made]
+            self._core.seed_faults([s for _, s in made])
         if options and "plant" in options:
             self._core.set_plant(options["plant"])
         self._core.reset(self._all, self._rngs)

@@ -13,16 +13,24 @@ observation layout come from the caller as an :class:`ActionBox`.
 
 Per step the filter records the raw action, the corrected action and the predicted cost of both
 (:attr:`SafetyFilter.record`), cleared by ``reset``.
+
+A non-finite proposal or observation, an empty rate box, or a failed correction (a solver's status, a
+non-finite result) is answered with a safe input: the last input the filter returned (first step: the
+proposal clipped to the input bounds, or their midpoint if it is not finite), marked in the record's
+``fallback`` column and warned about once; ``strict=True`` raises instead. A sensor fault must not take
+the plant's input away.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from safectrl.common.faults import FallbackWarning
 from safectrl.common.protocol import DecisionMaker
-from safectrl.safety.correction import ExactCorrector, GDConfig, GradientCorrector
+from safectrl.safety.correction import CorrectionError, ExactCorrector, GDConfig, GradientCorrector
 from safectrl.safety.cost_model import ConvexCostModel
 from safectrl.safety.picnn import PICNNArrays
 
@@ -97,6 +105,12 @@ class FilterRecord:
     predicted_cost_raw: list[float] = field(default_factory=list)  # f at the policy action clipped to the bounds
     predicted_cost: list[float] = field(default_factory=list)  # f at the corrected action
     iterations: list[int] = field(default_factory=list)  # GD gradient evaluations or solver iterations
+    fallback: list[bool] = field(default_factory=list)  # the action is the safe fallback, not a correction
+
+    @property
+    def fallbacks(self) -> int:
+        """Steps answered with the safe fallback input."""
+        return int(sum(self.fallback))
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {k: np.asarray(v) for k, v in self.__dict__.items()}
@@ -113,6 +127,8 @@ class SafetyFilter:
         trust: weight λ of the trust term, network cost units per squared standardised action unit.
         gd: step size, budget and stopping rule of "gd".
         solver: cvxpy solver of "exact" (default HiGHS for λ = 0, Clarabel for λ > 0).
+        strict: raise on a non-finite proposal or observation or a failed correction instead of answering
+            with the safe fallback input (see the module docstring).
     """
 
     def __init__(
@@ -124,6 +140,7 @@ class SafetyFilter:
         trust: float = 1.0,
         gd: GDConfig = GDConfig(),
         solver: str | None = None,
+        strict: bool = False,
     ) -> None:
         if method not in METHODS:
             raise ValueError(f"unknown correction method {method!r}; valid methods: {', '.join(METHODS)}")
@@ -138,24 +155,52 @@ class SafetyFilter:
         else:
             self.corrector = ExactCorrector(cost_model.picnn, trust, solver)
         self._arrays = PICNNArrays(cost_model.picnn)  # the cost of the raw action, without torch's overhead
+        self.strict = bool(strict)
         self.record = FilterRecord()
+        self._last_safe: np.ndarray | None = None
+        self._warned = False
 
     def reset(self, seed: int | None = None) -> None:
         self.policy.reset(seed=seed)
         self.record = FilterRecord()
+        self._last_safe = None
+
+    def _safe_input(self, raw: np.ndarray) -> np.ndarray:
+        """The fallback: the last input returned, else the proposal clipped to the bounds, else the middle."""
+        if self._last_safe is not None:
+            return self._last_safe.copy()
+        low, high = np.asarray(self.box.low), np.asarray(self.box.high)
+        return np.clip(raw, low, high) if np.all(np.isfinite(raw)) else (low + high) / 2
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         obs = np.asarray(obs, dtype=float)
         if obs.shape != (self.cost_model.obs_dim,):
             raise ValueError(f"observation must have shape ({self.cost_model.obs_dim},), got {obs.shape}")
         raw = np.asarray(self.policy.act(obs), dtype=float)
-        action, cost_raw, cost, iters = self.correct(obs[None], raw[None])
+        if raw.shape != (self.cost_model.act_dim,):
+            raise ValueError(f"policy action must have shape ({self.cost_model.act_dim},), got {raw.shape}")
+        try:
+            action, cost_raw, cost, iters = self.correct(obs[None], raw[None])
+            if not np.all(np.isfinite(action)):
+                raise CorrectionError(f"the {self.method} correction gave a non-finite action {action[0]}")
+            fallback = False
+        except (ValueError, CorrectionError, ArithmeticError) as err:
+            if self.strict:
+                raise
+            if not self._warned:
+                warnings.warn(f"SafetyFilter: {err}; answered with the safe fallback input (warned once; "
+                              "counted in record.fallback)", FallbackWarning, stacklevel=2)
+                self._warned = True
+            action, cost_raw, cost, iters = self._safe_input(raw)[None], [np.nan], [np.nan], [0]
+            fallback = True
+        self._last_safe = action[0].copy()
         r = self.record
         r.raw_action.append(raw.copy())
         r.action.append(action[0].copy())
         r.predicted_cost_raw.append(float(cost_raw[0]))
         r.predicted_cost.append(float(cost[0]))
         r.iterations.append(int(iters[0]))
+        r.fallback.append(fallback)
         return action[0]
 
     def correct(self, obs: np.ndarray, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
