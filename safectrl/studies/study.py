@@ -46,7 +46,7 @@ from safectrl.models import registry
 from safectrl.models.registry import get_task
 from safectrl.models.task import Task as PlantTask
 from safectrl.rl import data
-from safectrl.rl.env import TaskEnv
+from safectrl.rl.env import SensorFaults, TaskEnv
 from safectrl.rl.rollout import Episode, run_episode
 from safectrl.studies import artifacts, datasets, plots, report
 from safectrl.studies.executor import Executor, ResultStore, Task, make_executor, run_tasks
@@ -61,11 +61,17 @@ class Variant:
     plant: Any  # the parameter dataclass of the task's model
     noise: bool
     description: str
+    faults: SensorFaults | None = None  # sensor faults the env injects
+
+
+#: Share of measured values the ``faults`` variant loses (NaN readings).
+FAULT_RATE = 0.02
 
 
 def variants(task: PlantTask) -> dict[str, Variant]:
     """The plant variants of ``task``: ``nominal`` (plant = model), ``mismatch`` (the task's actual plant;
-    controllers keep the nominal model) and, if the task defines sensor noise, ``noise``."""
+    controllers keep the nominal model), ``noise`` if the task defines sensor noise, and ``faults`` (the
+    nominal plant with 2 % of the measured values lost)."""
     described = {"PolyCSTR": ("plant UA -20 %, dH +10 % (controllers keep the nominal model)",
                               "measurement noise, sigma A 2, P 0.5 kg/m³, T 0.2 K")}
     mismatch, noise = described.get(task.name, ("the task's actual plant (controllers keep the nominal model)",
@@ -74,6 +80,8 @@ def variants(task: PlantTask) -> dict[str, Variant]:
            Variant("mismatch", task.actual, False, mismatch)]
     if task.measurement_std is not None:
         out.append(Variant("noise", task.nominal, True, noise))
+    out.append(Variant("faults", task.nominal, False, f"{FAULT_RATE:.0%} of the measured values lost (NaN), "
+                       "independently per value and interval", SensorFaults(nan_rate=FAULT_RATE)))
     return {v.name: v for v in out}
 
 
@@ -355,10 +363,11 @@ class StudyPreset:
 
 PRESETS = {
     "quick": StudyPreset(
-        "quick", eval_seeds=3, data_episodes=30, variants=("nominal", "mismatch"),
+        "quick", eval_seeds=3, data_episodes=30, variants=("nominal", "mismatch", "faults"),
         bc_steps=3000, iql_steps=4000, cost_model_epochs=60,
     ),
-    "full": StudyPreset("full", eval_seeds=10, data_episodes=100, variants=("nominal", "mismatch", "noise")),
+    "full": StudyPreset("full", eval_seeds=10, data_episodes=100,
+                        variants=("nominal", "mismatch", "noise", "faults")),
 }
 
 
@@ -478,7 +487,8 @@ def _episode_task(controller: str, scenario: str, variant: str, seed: int, seed_
     """One closed-loop episode; returns its metrics and trajectory (a ResultStore record)."""
     var = preset.variant_table[variant]
     policy = controller_spec(controller, preset).build(BuildContext(scenario, var, seed, seed_index, preset))
-    env = TaskEnv(preset.task, scenario=scenario, plant=var.plant, noise=var.noise, max_steps=preset.max_steps)
+    env = TaskEnv(preset.task, scenario=scenario, plant=var.plant, noise=var.noise, max_steps=preset.max_steps,
+                  faults=var.faults)
     ep = run_episode(env, policy, seed)
     return {
         "metrics": episode_metrics(ep, preset.task).as_dict(),
@@ -579,6 +589,27 @@ def headline_rows(results: StudyResults) -> list[list[Any]]:
     return rows
 
 
+FAULT_HEADERS = ("scenario", "controller", "episodes finished", "failures", "cost without faults",
+                 "cost with faults", "cost ratio (per seed)")
+
+
+def fault_rows(results: StudyResults) -> list[list[Any]]:
+    """Per scenario and controller: episodes run to the end (or to a failure of the plant), and the cost of
+    the ``faults`` variant against the ``nominal`` one on the same seeds; empty without both variants."""
+    if not {"faults", "nominal"} <= set(results.preset.variants):
+        return []
+    rows = []
+    for scenario in results.preset.scenarios:
+        for controller in results.preset.rows:
+            clean = results.metrics[("nominal", scenario, controller)]
+            faulty = results.metrics[("faults", scenario, controller)]
+            finished = sum(m.length == results.preset.max_steps or m.failure for m in faulty)
+            rows.append([scenario, controller, f"{finished}/{len(faulty)}", int(sum(m.failure for m in faulty)),
+                         report.mean_std([m.cost for m in clean]), report.mean_std([m.cost for m in faulty]),
+                         report.mean_std([f.cost / c.cost for f, c in zip(faulty, clean)])])
+    return rows
+
+
 def write_outputs(results: StudyResults, out_dir: Path, reference: str) -> str:
     """``episodes.csv``, ``summary.md`` and the figures; returns the markdown summary."""
     with open(out_dir / "episodes.csv", "w", newline="") as fh:
@@ -612,6 +643,12 @@ def write_outputs(results: StudyResults, out_dir: Path, reference: str) -> str:
     plots.distribution_figure(results.metrics, results.preset.variants, results.preset.scenarios,
                               results.preset.rows, out_dir / "distributions.png", task=task)
     parts.append("## Distributions over seeds\n\n![distributions](distributions.png)\n")
+    faults = fault_rows(results)
+    if faults:
+        parts.append(f"## Sensor faults\n\n{results.preset.variant_table['faults'].description}: does every "
+                     "controller finish every episode, and what do the lost readings cost against the "
+                     "fault-free nominal plant (same seeds)?\n")
+        parts.append(report.markdown_table(FAULT_HEADERS, faults))
     headline = headline_rows(results)
     if headline:
         parts.append(f"## The paper's headline\n\nIs {HEADLINE_CONTROLLER} at least as good (mean cost) as "
