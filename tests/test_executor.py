@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -281,7 +282,8 @@ def test_a_corrupt_task_file_is_named_moved_aside_and_recomputed(how, tmp_path):
     _damage(bad, how)
     counted = [Task(t.key, _count_calls_then, (str(log), t)) for t in tasks]
     resumed_store = ResultStore(tmp_path / "store")
-    with pytest.warns(UserWarning, match=rf"task file {bad} \('startup/1'\) cannot be read: .*moved to .*corrupt"):
+    with pytest.warns(UserWarning, match=rf"task file {re.escape(str(bad))} \('startup/1'\) cannot be read: "
+                                         r".*moved to .*corrupt"):
         resumed = run_tasks(counted, SerialExecutor(), resumed_store, progress=False)
     assert log.read_text().split() == ["startup/1"]  # only the damaged task ran again
     assert resumed_store.set_aside == [tmp_path / "store" / "corrupt" / bad.name]
@@ -301,7 +303,7 @@ def test_load_names_the_corrupt_file(tmp_path):
     store = ResultStore(tmp_path)
     store.save("k", {"a": np.zeros(3)})
     _damage(store._path("k"), "truncated")
-    with pytest.raises(CorruptTaskFile, match=rf"task file {store._path('k')} \('k'\) cannot be read"):
+    with pytest.raises(CorruptTaskFile, match=rf"task file {re.escape(str(store._path('k')))} \('k'\) cannot be read"):
         store.load("k")
 
 
