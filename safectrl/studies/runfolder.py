@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
+
 from safectrl.studies.executor import TASK_FILE
 
 CONFIG = "config.json"
@@ -37,8 +39,15 @@ class RunFolderError(ValueError):
 
 
 def canonical(config: dict[str, Any]) -> dict[str, Any]:
-    """``config`` as it reads back from JSON (tuples become lists, other objects their ``str``)."""
-    return json.loads(json.dumps(config, default=str))
+    """``config`` as it reads back from JSON (tuples become lists, NumPy values numbers or lists, other
+    objects their ``str``)."""
+    return json.loads(json.dumps(config, default=_plain))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    return str(value)
 
 
 def fingerprint(config: dict[str, Any]) -> str:
