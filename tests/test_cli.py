@@ -45,12 +45,99 @@ def test_study_quick_writes_its_outputs_and_resumes(tmp_path, capsys, monkeypatc
     assert (out / "summary.md").read_text() == summary
 
 
-def test_study_refuses_a_folder_of_another_configuration(tmp_path):
+def _one_line(capsys, command: str) -> str:
+    """The single stderr line of a failed command (no traceback), without its prefix."""
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith(f"safectrl {command}: ")
+    return err.strip()
+
+
+def test_study_refuses_a_folder_of_another_configuration(tmp_path, capsys):
+    from safectrl.studies import runfolder, study
+
     out = tmp_path / "run"
     out.mkdir()
     (out / "config.json").write_text(json.dumps({"preset": {"name": "other"}}))
-    with pytest.raises(ValueError, match="different configuration"):
-        main(["study", "--preset", "quick", "--out", str(out)])
+    assert main(["study", "--preset", "quick", "--out", str(out)]) == 2
+    assert "a run of unrecorded kind" in _one_line(capsys, "study")
+    (out / "config.json").unlink()
+    runfolder.commit(runfolder.check(out, study.KIND, {"preset": {"name": "other"}}))
+    assert main(["study", "--preset", "quick", "--out", str(out)]) == 2
+    assert "different configuration (preset.name: \"other\" -> \"quick\"" in _one_line(capsys, "study")
+
+
+def _main_study_folder(out):
+    """A folder as the main study leaves it: its config.json and a finished task."""
+    from safectrl.studies import runfolder, study
+    from safectrl.studies.executor import ResultStore
+
+    runfolder.commit(runfolder.check(out, study.KIND, {"preset": {"name": "quick"}, "safectrl": "x"}))
+    ResultStore(out / "tasks").save("episode/nominal/startup/PI nominal/0", {"cost": 1.0})
+    return (out / "config.json").read_bytes(), sorted((out / "tasks").iterdir())
+
+
+@pytest.mark.parametrize("force", [[], ["--force"]])
+def test_acr_study_refuses_the_folder_of_the_main_study_even_with_force(force, tmp_path, capsys):
+    out = tmp_path / "run"
+    config, tasks = _main_study_folder(out)
+    assert main(["study", "acr", "--serial", "--out", str(out), *force]) == 2
+    assert "holds a 'comparative' run, not a 'acr' run" in _one_line(capsys, "study acr")
+    assert (out / "config.json").read_bytes() == config and sorted((out / "tasks").iterdir()) == tasks
+    assert main(["study", "acr", "report", "--out", str(out)]) == 2
+    assert "holds a 'comparative' run" in _one_line(capsys, "study acr report")
+
+
+def test_evaluate_names_a_missing_policy_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--policy", "/nonexistent", "--out", str(out)]) == 1
+    assert "--policy /nonexistent: no such checkpoint folder" in _one_line(capsys, "evaluate")
+    assert not out.exists()
+
+
+def test_evaluate_refuses_an_out_that_is_a_file_or_under_one(tmp_path, capsys):
+    policy = tmp_path / "policy"
+    policy.mkdir()
+    (tmp_path / "file").write_text("keep me")
+    assert main(["evaluate", "--policy", str(policy), "--out", str(tmp_path / "file")]) == 1
+    assert "is a file, not a folder" in _one_line(capsys, "evaluate")
+    assert main(["evaluate", "--policy", str(policy), "--out", str(tmp_path / "file" / "eval")]) == 1
+    assert "cannot make" in _one_line(capsys, "evaluate")
+    assert (tmp_path / "file").read_text() == "keep me"
+
+
+def test_evaluate_refuses_a_read_only_out(tmp_path, capsys):
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders (chmod does not stop it); the path-under-a-file case "
+                    "is test_evaluate_refuses_an_out_that_is_a_file_or_under_one")
+    policy = tmp_path / "policy"
+    policy.mkdir()
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    assert main(["evaluate", "--policy", str(policy), "--out", str(locked / "eval")]) == 1
+    assert "permission denied" in _one_line(capsys, "evaluate")
+
+
+@pytest.mark.parametrize("command", [["study"], ["study", "acr"]])
+def test_an_unreachable_scheduler_is_one_line_and_nothing_is_written(command, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = [*command, "--scheduler", "tcp://127.0.0.1:9", "--connect-timeout", "1", "--out", str(out)]
+    assert main(argv) == 1
+    assert "no Dask scheduler answered at tcp://127.0.0.1:9 within 1 s" in _one_line(capsys, " ".join(command))
+    assert not out.exists()
+
+
+def test_safectrl_debug_shows_the_traceback(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAFECTRL_DEBUG", "1")
+    with pytest.raises(FileNotFoundError, match="no such checkpoint folder"):
+        main(["evaluate", "--policy", "/nonexistent"])
+
+
+def test_a_bad_config_value_is_a_usage_error(capsys):
+    assert main(["study", "--connect-timeout", "0"]) == 2
+    assert "connect_timeout must be > 0, got 0" in _one_line(capsys, "study")
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -78,8 +165,14 @@ def test_nmpc_command_prints_summary_and_saves_the_prediction_figure(tmp_path, c
     out = capsys.readouterr().out
     assert "NMPC (oracle), scenario grade_up, seed 3" in out and "solve time median / p95 ms" in out
     assert (tmp_path / "nmpc-grade_up-oracle-seed3.png").stat().st_size > 0
+    config = {"scenario": "grade_up", "mismatch": False, "seed": 3, "noise": False, "out": str(tmp_path)}
+    from safectrl.studies.runfolder import fingerprint
+
     assert json.loads((tmp_path / "config.json").read_text()) == {
-        "scenario": "grade_up", "mismatch": False, "seed": 3, "noise": False, "out": str(tmp_path)}
+        "kind": "nmpc-episode", "fingerprint": fingerprint(config), **config}
+    capsys.readouterr()
+    assert main(["nmpc", "episode", "--scenario", "startup", "--seed", "3", "--out", str(tmp_path)]) == 2
+    assert "different configuration (scenario: \"grade_up\" -> \"startup\")" in _one_line(capsys, "nmpc episode")
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -121,7 +214,7 @@ def test_study_rejects_a_controller_name_given_twice(tmp_path, capsys):
 
 def test_study_acr_report_says_when_there_is_no_run(tmp_path, capsys):
     assert main(["study", "acr", "report", "--out", str(tmp_path / "none")]) == 1
-    assert "no RL-ACR run in" in capsys.readouterr().err
+    assert "no RL-ACR run in" in _one_line(capsys, "study acr report")
 
 
 def test_options_are_the_config_fields_with_their_defaults_and_comments():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -256,3 +257,148 @@ def test_study_runs_your_controller_as_a_row_beside_the_built_in_ones(serial, tm
     assert "| grade_up | PI half" in (out / "summary.md").read_text()
     with pytest.raises(ValueError, match="different configuration"):  # resume refuses another set of rows
         run_study(preset, tmp_path / "run", serial=True, progress=False)
+
+
+# -- damaged task files and run folders --------------------------------------------------------------------
+
+
+def _damage(path: Path, how: str) -> None:
+    if how == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif how == "not a zip":
+        path.write_bytes(b"garbage" * 10)
+    else:  # a valid file holding another task's result
+        np.savez(path, __meta__=np.array(json.dumps({"key": "other", "values": {"value": 9}})))
+
+
+@pytest.mark.parametrize("how", ["truncated", "not a zip", "another task's"])
+def test_a_corrupt_task_file_is_named_moved_aside_and_recomputed(how, tmp_path):
+    log = tmp_path / "log"
+    tasks = [Task(f"{s}/{k}", _pi_episode, (s, k)) for s in ("startup",) for k in range(3)]
+    clean = run_tasks(tasks, SerialExecutor(), ResultStore(tmp_path / "clean"), progress=False)
+    store = ResultStore(tmp_path / "store")
+    run_tasks(tasks, SerialExecutor(), store, progress=False)
+    bad = store._path("startup/1")
+    _damage(bad, how)
+    counted = [Task(t.key, _count_calls_then, (str(log), t)) for t in tasks]
+    resumed_store = ResultStore(tmp_path / "store")
+    with pytest.warns(UserWarning, match=rf"task file {re.escape(str(bad))} \('startup/1'\) cannot be read: "
+                                         r".*moved to .*corrupt"):
+        resumed = run_tasks(counted, SerialExecutor(), resumed_store, progress=False)
+    assert log.read_text().split() == ["startup/1"]  # only the damaged task ran again
+    assert resumed_store.set_aside == [tmp_path / "store" / "corrupt" / bad.name]
+    assert (tmp_path / "store" / "corrupt" / bad.name).exists() and bad.exists()
+    _compare(resumed, clean)  # bit-identical to a clean run
+
+
+def _count_calls_then(log: str, task: Task) -> dict:
+    with open(log, "a") as fh:
+        fh.write(f"{task.key}\n")
+    return task()
+
+
+def test_load_names_the_corrupt_file(tmp_path):
+    from safectrl.studies.executor import CorruptTaskFile
+
+    store = ResultStore(tmp_path)
+    store.save("k", {"a": np.zeros(3)})
+    _damage(store._path("k"), "truncated")
+    with pytest.raises(CorruptTaskFile, match=rf"task file {re.escape(str(store._path('k')))} \('k'\) cannot be read"):
+        store.load("k")
+
+
+def test_an_unreachable_scheduler_fails_within_the_connect_timeout():
+    import time
+
+    from safectrl.studies.executor import SchedulerUnreachable
+
+    t0 = time.perf_counter()
+    with pytest.raises(SchedulerUnreachable, match=r"no Dask scheduler answered at tcp://127.0.0.1:9 within 1 s"):
+        make_executor(scheduler="tcp://127.0.0.1:9", connect_timeout=1.0)
+    assert time.perf_counter() - t0 < 8
+    with pytest.raises(ValueError, match="--connect-timeout must be positive"):
+        make_executor(scheduler="tcp://127.0.0.1:9", connect_timeout=0)
+
+
+def test_run_folder_refuses_another_kind_even_with_force(tmp_path):
+    from safectrl.studies import runfolder
+
+    out = tmp_path / "run"
+    runfolder.commit(runfolder.check(out, "comparative", {"preset": {"name": "quick"}}))
+    store = ResultStore(out / "tasks")
+    store.save("episode/1", {"a": np.zeros(2)})
+    before = (out / "config.json").read_bytes()
+    for force in (False, True):
+        with pytest.raises(runfolder.RunFolderError,
+                           match=r"holds a 'comparative' run, not a 'acr' run; .*--force never removes"):
+            runfolder.check(out, "acr", {"preset": {"name": "quick"}}, force=force, resumable=True)
+    assert (out / "config.json").read_bytes() == before and "episode/1" in store
+
+
+def test_run_folder_says_what_differs_and_force_removes_only_its_task_files(tmp_path):
+    from safectrl.studies import runfolder
+
+    out = tmp_path / "run"
+    config = {"preset": {"name": "quick", "eval_seeds": 2}, "safectrl": "1"}
+    runfolder.commit(runfolder.check(out, "comparative", config))
+    stored = json.loads((out / "config.json").read_text())
+    assert stored["kind"] == "comparative" and stored["fingerprint"] == runfolder.fingerprint(config)
+    store = ResultStore(out / "tasks")
+    store.save("episode/1", {"a": np.zeros(2)})
+    (out / "tasks" / "notes.txt").write_text("mine")
+    (out / "summary.md").write_text("old")
+    other = {"preset": {"name": "quick", "eval_seeds": 5}, "safectrl": "1"}
+    with pytest.raises(runfolder.RunFolderError,
+                       match=r"different configuration \(preset.eval_seeds: 2 -> 5\); .* or --force"):
+        runfolder.check(out, "comparative", other, resumable=True)
+    runfolder.check(out, "comparative", config)  # the same configuration resumes
+    folder = runfolder.check(out, "comparative", other, force=True, resumable=True)
+    assert "episode/1" in store  # checking writes nothing
+    runfolder.commit(folder)
+    assert "episode/1" not in store
+    assert (out / "tasks" / "notes.txt").exists() and (out / "summary.md").exists()
+    assert json.loads((out / "config.json").read_text())["fingerprint"] == runfolder.fingerprint(other)
+
+
+def test_run_folder_refuses_files_unwritable_places_and_foreign_folders(tmp_path):
+    from safectrl.studies import runfolder
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="is a file, not a folder"):
+        runfolder.check(tmp_path / "file", "acr", {})
+    with pytest.raises(NotADirectoryError, match=r"cannot make .*file/sub: .*file is a file"):
+        runfolder.check(tmp_path / "file" / "sub", "acr", {})
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.jpg").write_text("x")
+    with pytest.raises(runfolder.RunFolderError, match="not empty and has no config.json"):
+        runfolder.check(tmp_path / "photos", "acr", {})
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{not json")
+    with pytest.raises(runfolder.RunFolderError, match=r"config.json cannot be read"):
+        runfolder.check(tmp_path / "broken", "acr", {})
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders: the permission case cannot fail as root")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    with pytest.raises(PermissionError, match="permission denied"):
+        runfolder.check(locked / "run", "acr", {})
+
+
+def test_a_run_that_fails_before_its_first_result_leaves_no_folder(tmp_path):
+    from safectrl.studies import runfolder
+
+    for name, stored in (("new", False), ("started", True)):
+        folder = runfolder.check(tmp_path / name, "acr", {})
+        with pytest.raises(KeyboardInterrupt), runfolder.cleanup_on_failure(folder):
+            runfolder.commit(folder)
+            if stored:
+                ResultStore(folder.path / "tasks").save("k", {"a": np.zeros(1)})
+            raise KeyboardInterrupt
+        assert (tmp_path / name).exists() == stored
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    folder = runfolder.check(existing, "acr", {})
+    with pytest.raises(RuntimeError), runfolder.cleanup_on_failure(folder):
+        runfolder.commit(folder)
+        raise RuntimeError
+    assert existing.exists()  # not this run's to remove

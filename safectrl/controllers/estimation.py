@@ -29,6 +29,7 @@ from typing import Any, Sequence
 import casadi as ca
 import numpy as np
 
+from safectrl.common import validation
 from safectrl.models.core import ODEModel
 
 
@@ -44,6 +45,18 @@ class EKFConfig:
     estimated_params: tuple[str, ...] = ()  # model parameters estimated as random-walk states
     param_process_std: tuple[float, ...] = ()  # per estimated parameter, random-walk step per interval
     param_initial_std: tuple[float, ...] = ()  # per estimated parameter, uncertainty of its first value
+
+    def __post_init__(self) -> None:
+        # kinds and ranges; the names and lengths are checked against the model by the filter
+        validation.names("measured", self.measured)
+        validation.reals("measurement_std", self.measurement_std, low=0.0)
+        validation.reals("process_std", self.process_std, low=0.0)
+        validation.reals("initial_std", self.initial_std, low=0.0)
+        if self.lower is not None:
+            validation.reals("lower", self.lower, allow_inf=True)
+        validation.names("estimated_params", self.estimated_params)
+        validation.reals("param_process_std", self.param_process_std, low=0.0)
+        validation.reals("param_initial_std", self.param_initial_std, low=0.0)
 
 
 def quasi_steady_state(

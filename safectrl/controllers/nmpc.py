@@ -73,6 +73,7 @@ from typing import Any, Callable, NamedTuple, Protocol
 import casadi as ca
 import numpy as np
 
+from safectrl.common import validation
 from safectrl.common.faults import FallbackWarning
 from safectrl.models.core import ODEModel
 
@@ -115,6 +116,25 @@ class NMPCConfig:
     warm_start: bool = True  # start IPOPT from the shifted previous solution (primal and dual)
     retry_cold: bool = True  # after a failed warm-started attempt, try once more from the cold guess
     hessian: str = "exact"  # "exact" or "limited-memory" (L-BFGS)
+
+    def __post_init__(self) -> None:
+        # the names (discretisation, hessian, states) are checked against the model by NMPC
+        validation.positive_int("horizon", self.horizon)
+        validation.positive_int("collocation_degree", self.collocation_degree)
+        validation.positive_int("collocation_elements", self.collocation_elements)
+        tracked = validation.names("tracked", self.tracked)
+        validation.reals("tracking_weights", self.tracking_weights, length=len(tracked), low=0.0)
+        if self.du_weights is not None:
+            validation.reals("du_weights", self.du_weights, low=0.0)
+        for i, bound in enumerate(self.state_bounds):
+            if not isinstance(bound, StateBound):
+                raise TypeError(f"state_bounds[{i}] must be a StateBound, got {bound!r}")
+        validation.boolean("strict", self.strict)
+        validation.positive("tol", self.tol)
+        validation.positive_int("max_iter", self.max_iter)
+        validation.positive("max_cpu_time", self.max_cpu_time)
+        validation.boolean("warm_start", self.warm_start)
+        validation.boolean("retry_cold", self.retry_cold)
 
 
 class Observed(NamedTuple):

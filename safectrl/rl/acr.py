@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from safectrl.common import validation
 from safectrl.common.protocol import DecisionMaker
 from safectrl.rl.networks import BoxScaler, mlp
 from safectrl.rl.sac import SAC, SACConfig
@@ -52,6 +53,18 @@ class RLACRConfig:
     # use AUTHORS_FOCUS_PRETRAINING's rate and step limit). Both meet the same criterion, but after the
     # authors' pretraining the focus leaves the prior sooner (docs/decisions.md#focus-pretraining).
     focus_bias_start: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.sac, SACConfig):
+            raise TypeError(f"sac must be a SACConfig, got {self.sac!r}")
+        object.__setattr__(self, "focus_hidden", validation.widths("focus_hidden", self.focus_hidden))
+        validation.positive("focus_lr", self.focus_lr)
+        validation.real("focus_init", self.focus_init, low=0.0, high=1.0, low_open=True, high_open=True)
+        validation.positive("focus_pretrain_mse", self.focus_pretrain_mse)
+        validation.positive("focus_pretrain_lr", self.focus_pretrain_lr)
+        validation.positive_int("focus_pretrain_batch", self.focus_pretrain_batch)
+        validation.positive_int("focus_pretrain_max_steps", self.focus_pretrain_max_steps)
+        validation.boolean("focus_bias_start", self.focus_bias_start)
 
 
 class FocusNetwork(nn.Module):

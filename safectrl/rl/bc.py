@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from safectrl.common import validation
 from safectrl.rl.networks import DeterministicActor, cosine_adam, regression_loss, seeded_init
 from safectrl.rl.offline_data import DEFAULT_OBSERVED, Batch
 
@@ -41,6 +42,10 @@ class BCConfig:
 
     def __post_init__(self) -> None:
         check_observed(self.observed)
+        object.__setattr__(self, "hidden", validation.widths("hidden", self.hidden))
+        validation.positive("lr", self.lr)
+        validation.positive_int("batch_size", self.batch_size)
+        validation.positive_int("steps", self.steps)
 
 
 class BC:

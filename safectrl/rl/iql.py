@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from safectrl.common import validation
 from safectrl.rl.data import Transitions
 from safectrl.rl.bc import check_observed
 from safectrl.rl.networks import (
@@ -73,6 +74,14 @@ class IQLConfig:
             raise ValueError(f"reward_scale must be positive, got {self.reward_scale}")
         if not self.failure_penalty > 0:
             raise ValueError(f"failure_penalty must be positive, got {self.failure_penalty}")
+        object.__setattr__(self, "hidden", validation.widths("hidden", self.hidden))
+        validation.positive("actor_lr", self.actor_lr)
+        validation.positive("critic_lr", self.critic_lr)
+        validation.positive_int("batch_size", self.batch_size)
+        validation.positive_int("steps", self.steps)
+        validation.real("tau", self.tau, low=0.0, high=1.0, low_open=True)
+        validation.non_negative("beta", self.beta)
+        validation.positive("max_weight", self.max_weight)
 
 
 def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:

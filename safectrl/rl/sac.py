@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from safectrl.common import validation
 from safectrl.common.checkpoint import (
     RETRAIN,
     CheckpointError,
@@ -58,6 +59,20 @@ class SACConfig:
     buffer_size: int = 1_000_000  # replay capacity, transitions
     log_std_min: float = -5.0  # lower bound of the actor's log standard deviation
     log_std_max: float = 2.0  # upper bound of the actor's log standard deviation
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hidden", validation.widths("hidden", self.hidden))
+        validation.non_negative("alpha", self.alpha)
+        validation.positive("critic_lr", self.critic_lr)
+        validation.positive("actor_lr", self.actor_lr)
+        validation.positive_int("batch_size", self.batch_size)
+        validation.real("discount", self.discount, low=0.0, high=1.0, high_open=True)
+        validation.real("tau", self.tau, low=0.0, high=1.0, low_open=True)
+        validation.positive_int("policy_frequency", self.policy_frequency)
+        validation.integer("learning_starts", self.learning_starts, low=0)
+        validation.positive_int("buffer_size", self.buffer_size)
+        validation.real("log_std_min", self.log_std_min)
+        validation.real("log_std_max", self.log_std_max, low=self.log_std_min, low_open=True)
 
 
 class ReplayBuffer:

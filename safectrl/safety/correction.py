@@ -55,6 +55,7 @@ import numpy as np
 import torch
 from scipy import sparse as sp
 
+from safectrl.common import validation
 from safectrl.safety.picnn import PICNN, Gates, PICNNArrays
 
 
@@ -77,6 +78,11 @@ class GDConfig:
             raise ValueError(f"step and tol must be > 0 and max_steps >= 1, got {self}")
         if not (self.grow >= 1.0 and 0.0 < self.shrink < 1.0):
             raise ValueError(f"grow must be >= 1 and shrink in (0, 1), got {self}")
+        validation.positive("step", self.step)
+        validation.positive_int("max_steps", self.max_steps)
+        validation.positive("tol", self.tol)
+        validation.real("grow", self.grow, low=1.0)
+        validation.real("shrink", self.shrink, low=0.0, high=1.0, low_open=True, high_open=True)
 
 
 @dataclass(frozen=True)

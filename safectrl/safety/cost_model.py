@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from safectrl.common import validation
 from safectrl.common.checkpoint import RETRAIN, Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from safectrl.safety.picnn import PICNN, PICNNConfig
 
@@ -46,6 +47,17 @@ class CostModelTrainConfig:
     seed: int = 0  # weight initialisation and minibatch order
     huber_delta: float | None = None  # None: mean squared error; else Huber loss with this threshold, in
     #                                   standard deviations of the targets (robust to a heavy tail)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hidden", validation.widths("hidden", self.hidden))
+        validation.real("negative_slope", self.negative_slope, low=0.0, high=1.0)
+        validation.positive("lr", self.lr)
+        validation.non_negative("weight_decay", self.weight_decay)
+        validation.positive_int("batch_size", self.batch_size)
+        validation.positive_int("epochs", self.epochs)
+        validation.integer("seed", self.seed, low=0)
+        if self.huber_delta is not None:
+            validation.positive("huber_delta", self.huber_delta)
 
 
 @dataclass(frozen=True)

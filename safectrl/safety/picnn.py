@@ -30,6 +30,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from safectrl.common import validation
+
 
 @dataclass(frozen=True)
 class PICNNConfig:
@@ -41,13 +43,11 @@ class PICNNConfig:
     negative_slope: float = 0.0  # slope of the hidden activations g_i for negative inputs: 0 ReLU, (0, 1] leaky
 
     def __post_init__(self) -> None:
-        if self.obs_dim < 1 or self.act_dim < 1:
-            raise ValueError(f"obs_dim and act_dim must be >= 1, got {self.obs_dim}, {self.act_dim}")
-        if not self.hidden or any(int(w) < 1 for w in self.hidden):
-            raise ValueError(f"hidden must be a non-empty tuple of positive widths, got {self.hidden}")
+        validation.integer("obs_dim", self.obs_dim, low=1, high=validation.MAX_WIDTH)
+        validation.integer("act_dim", self.act_dim, low=1, high=validation.MAX_WIDTH)
+        object.__setattr__(self, "hidden", validation.widths("hidden", self.hidden))
         if not 0.0 <= self.negative_slope <= 1.0:
             raise ValueError(f"negative_slope must lie in [0, 1] for convexity, got {self.negative_slope}")
-        object.__setattr__(self, "hidden", tuple(int(w) for w in self.hidden))
 
     @property
     def widths(self) -> tuple[int, ...]:

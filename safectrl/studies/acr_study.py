@@ -20,7 +20,6 @@ and the wall time per training step (acting incl. the MPC solve, env step, updat
 from __future__ import annotations
 
 import csv
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,14 +29,15 @@ import gymnasium as gym
 import numpy as np
 
 import safectrl
+from safectrl.common import validation
 from safectrl.common.protocol import DecisionMaker
 from safectrl.models.registry import get_task
 from safectrl.rl.acr import RLACR, RLACRConfig
 from safectrl.rl.env import TaskEnv
 from safectrl.rl.rollout import run_episode
 from safectrl.rl.sac import SAC, EpisodeLog, ReplayBuffer, normalised_return, train
-from safectrl.studies import report
-from safectrl.studies.executor import ResultStore, Task, make_executor, run_tasks
+from safectrl.studies import report, runfolder
+from safectrl.studies.executor import CONNECT_TIMEOUT, ResultStore, Task, make_executor, run_tasks
 
 POLYCSTR = "safectrl/PolyCSTR-v0"
 ENV_LABELS = {
@@ -48,6 +48,8 @@ ENV_LABELS = {
     POLYCSTR: "PolyCSTR",
 }
 METHODS = ("RL-ACR", "SAC", "SAC-pt", "MPC")
+#: The kind recorded in this study's run folders (:mod:`safectrl.studies.runfolder`).
+KIND = "acr"
 
 #: Tian et al., Table 1: failures in the first 100 training episodes, mean (std) over 5 seeds.
 PAPER_FAILURES = {
@@ -74,6 +76,13 @@ class ACRPreset:
     pretrain_episodes: int  # SAC-pt's episodes on the estimated model
     envs: tuple[str, ...]  # environment ids
     failure_window: int = 100  # failures are counted in the first this-many training episodes
+
+    def __post_init__(self) -> None:
+        validation.positive_int("seeds", self.seeds)
+        validation.positive_int("episodes", self.episodes)
+        validation.integer("pretrain_episodes", self.pretrain_episodes, low=0)
+        validation.names("envs", self.envs)
+        validation.positive_int("failure_window", self.failure_window)
 
 
 PRESETS = {
@@ -363,10 +372,13 @@ def report_acr_study(preset: str | ACRPreset = "quick", out: str | Path | None =
     if not (out_dir / "tasks").is_dir():
         raise FileNotFoundError(f"no RL-ACR run in {out_dir} (its tasks/ folder is missing); "
                                 f"start one with `safectrl study acr --preset {cfg.name} --out {out_dir}`")
+    kind = runfolder.read_kind(out_dir)
+    if kind not in (None, KIND):  # another study's task files would be read as missing, not as its own
+        raise runfolder.RunFolderError(f"{out_dir} holds a {kind!r} run, not an {KIND!r} run")
     store = ResultStore(out_dir / "tasks")
     seeds = list(range(cfg.seeds))
     keys = [_key(e, m, s, cfg) for e in cfg.envs for m in METHODS for s in seeds]
-    results = {k: store.load(k) for k in keys if k in store}
+    results = store.stored(keys)  # a corrupt file is set aside (and counted missing)
     if not results:
         raise FileNotFoundError(f"no finished task of the {cfg.name!r} preset in {out_dir / 'tasks'}")
     text = _write_report(cfg, results, seeds, out_dir, sum(k not in results for k in keys))
@@ -378,36 +390,36 @@ def report_acr_study(preset: str | ACRPreset = "quick", out: str | Path | None =
 
 def run_acr_study(preset: str | ACRPreset = "quick", out: str | Path | None = None,
                   scheduler: str | None = None, workers: int | None = None, serial: bool = False,
-                  progress: bool = True, force: bool = False) -> Path:
+                  progress: bool = True, force: bool = False, connect_timeout: float = CONNECT_TIMEOUT) -> Path:
     """Run the RL-ACR study and write ``config.json``, ``episodes.csv``, ``summary.md``, ``returns.png``.
 
     Rerunning with the same ``out`` resumes: finished (env, method, seed) tasks are read back; ``force``
-    discards them and runs everything again.
+    discards them and runs everything again. A folder of another study is refused, even with ``force``.
     """
     cfg = _preset(preset)
     out_dir = Path(out) if out is not None else Path("runs") / f"acr-{cfg.name}"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if force and (out_dir / "tasks").exists():
-        for f in (out_dir / "tasks").iterdir():
-            f.unlink()
     seeds = list(range(cfg.seeds))
-    (out_dir / "config.json").write_text(json.dumps(
-        {"preset": asdict(cfg), "seeds": seeds, "rl_acr": asdict(RLACRConfig()), "safectrl": safectrl.__version__},
-        indent=2, default=str))
+    folder = runfolder.check(out_dir, KIND, {"preset": asdict(cfg), "seeds": seeds, "rl_acr": asdict(RLACRConfig()),
+                                             "safectrl": safectrl.__version__}, force, resumable=True)
     # Env by env in the preset's order (an interrupted run has whole envs done); within an env the longest
     # tasks first (RL-ACR solves an NLP every step), so that the workers finish together.
     tasks = [Task(_key(e, m, s, cfg), run_method, (e, m, s, cfg.episodes, cfg.pretrain_episodes))
              for e in cfg.envs for m in ("RL-ACR", "SAC-pt", "SAC", "MPC") for s in seeds]
-    executor = make_executor(scheduler, workers, serial)
+    executor = make_executor(scheduler, workers, serial, connect_timeout)  # connects: nothing written yet
     t0 = time.perf_counter()
     try:
-        results = run_tasks(tasks, executor, ResultStore(out_dir / "tasks"), desc="RL-ACR study", progress=progress)
+        with runfolder.cleanup_on_failure(folder):
+            runfolder.commit(folder)
+            store = ResultStore(out_dir / runfolder.TASKS)
+            results = run_tasks(tasks, executor, store, desc="RL-ACR study", progress=progress)
     finally:
         executor.close()
     text = _write_report(cfg, results, seeds, out_dir, 0)
     if progress:
         print(text)
         print(f"written to {out_dir} in {time.perf_counter() - t0:.0f} s")
+        if store.set_aside:
+            print(f"{len(store.set_aside)} corrupt task file(s) moved to {store.root / 'corrupt'} and recomputed")
     return out_dir
 
 
@@ -428,13 +440,18 @@ class ACRStudyConfig:
     # start a local Dask cluster with this many worker processes
     workers: int | None = field(default=None, metadata={"group": "executor", "min": 1})
     serial: bool = field(default=False, metadata={"group": "executor"})  # run every task in this process
+    connect_timeout: float = CONNECT_TIMEOUT  # seconds to wait for the --scheduler to answer
     progress: bool = True  # print progress and the summary
+
+    def __post_init__(self) -> None:
+        validation.positive("connect_timeout", self.connect_timeout)
 
 
 def run(config: ACRStudyConfig = ACRStudyConfig()) -> Path:
     """Run the RL-ACR study of ``config`` (:func:`run_acr_study`); returns its folder."""
     return run_acr_study(config.preset, config.out, scheduler=config.scheduler, workers=config.workers,
-                         serial=config.serial, progress=config.progress, force=config.force)
+                         serial=config.serial, progress=config.progress, force=config.force,
+                         connect_timeout=config.connect_timeout)
 
 
 @dataclass(frozen=True)

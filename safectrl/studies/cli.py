@@ -2,11 +2,16 @@
 
 Every command is a study's config dataclass turned into options (:mod:`safectrl.studies.options`), so a
 default is written once, in the config; a handler here only prints what the study's ``run`` returns.
+
+A user's mistake (a bad value, a missing file, a folder that belongs to another run, an unreachable
+scheduler) ends the command with one line on stderr, ``safectrl <command>: <message>``, and exit status 2 for
+a bad value or 1 otherwise — no traceback; ``SAFECTRL_DEBUG=1`` re-raises to show it.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Callable, Sequence
 
@@ -36,11 +41,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
 def _cmd_study(args: argparse.Namespace) -> int:
     from safectrl.studies import study
 
-    try:
-        study.run(options.from_args(study.StudyConfig, args))
-    except study.StudyError as exc:
-        print(f"safectrl study: {exc}", file=sys.stderr)
-        return 2
+    study.run(options.from_args(study.StudyConfig, args))
     return 0
 
 
@@ -54,11 +55,7 @@ def _cmd_acr(args: argparse.Namespace) -> int:
 def _cmd_acr_report(args: argparse.Namespace) -> int:
     from safectrl.studies import acr_study
 
-    try:
-        acr_study.run_report(options.from_args(acr_study.ACRReportConfig, args))
-    except FileNotFoundError as exc:
-        print(f"safectrl study acr report: {exc}", file=sys.stderr)
-        return 1
+    acr_study.run_report(options.from_args(acr_study.ACRReportConfig, args))
     return 0
 
 
@@ -234,9 +231,34 @@ def _version() -> str:
     return safectrl.__version__
 
 
+def _user_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
+    """(usage errors: exit 2, other user errors: exit 1) — what a user can fix from the message alone."""
+    from safectrl.common.checkpoint import CheckpointError
+    from safectrl.studies.executor import CorruptTaskFile, SchedulerUnreachable
+
+    return (ValueError, TypeError), (CheckpointError, CorruptTaskFile, SchedulerUnreachable, FileNotFoundError,
+                                     NotADirectoryError, IsADirectoryError, PermissionError, FileExistsError)
+
+
+def _command_name(args: argparse.Namespace) -> str:
+    words = [args.command]
+    for attr in ("study", "acr_command", "nmpc_command", "safety_command"):
+        if getattr(args, attr, None):
+            words.append(getattr(args, attr))
+    return " ".join(words)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    usage, other = _user_errors()
+    try:
+        return int(args.func(args) or 0)
+    except (*other, *usage) as exc:  # `other` first: CheckpointError and CorruptTaskFile are ValueErrors
+        if os.environ.get("SAFECTRL_DEBUG") == "1":
+            raise
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"safectrl {_command_name(args)}: {message}", file=sys.stderr)
+        return 1 if isinstance(exc, other) else 2
 
 
 if __name__ == "__main__":

@@ -18,7 +18,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
+import warnings
+import zipfile
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -59,16 +62,33 @@ def _call_task(task: Task) -> Any:
     return task()
 
 
+#: The name of a stored result: 24 hex digits of the key's SHA-256.
+TASK_FILE = r"[0-9a-f]{24}\.npz"
+#: Default seconds to wait for a Dask scheduler to answer (``--connect-timeout``).
+CONNECT_TIMEOUT = 10.0
+
+
+class CorruptTaskFile(ValueError):
+    """A stored result that cannot be read back (truncated, not a zip, a pickle, another task's)."""
+
+
+class SchedulerUnreachable(ConnectionError):
+    """A Dask scheduler that did not answer within the connect timeout."""
+
+
 class ResultStore:
     """One ``.npz`` file per finished task under ``root``, written atomically, read back on resume.
 
     A result is a flat dict of NumPy arrays and JSON values (numbers, strings, lists, dicts). Files are
-    read with ``allow_pickle=False``: a run folder from elsewhere cannot execute code.
+    read with ``allow_pickle=False``: a run folder from elsewhere cannot execute code. A file that cannot be
+    read back is moved to ``root/corrupt/`` with a warning naming it, counted in :attr:`set_aside`, and its
+    task runs again (:meth:`stored`), so one damaged file costs one task, not the run.
     """
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self.set_aside: list[Path] = []  # corrupt files moved to root/corrupt/ by this store
 
     def _path(self, key: str) -> Path:
         return self.root / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".npz")
@@ -91,13 +111,41 @@ class ResultStore:
         os.replace(tmp, self._path(key))
 
     def load(self, key: str) -> dict[str, Any]:
-        with np.load(self._path(key), allow_pickle=False) as data:
-            meta = json.loads(str(data["__meta__"]))
-            if meta["key"] != key:
-                raise RuntimeError(f"result file {self._path(key)} holds {meta['key']!r}, not {key!r}")
-            out: dict[str, Any] = dict(meta["values"])
-            out.update({k: data[k] for k in data.files if k != "__meta__"})
+        """The stored result of ``key``; :class:`CorruptTaskFile` names the file if it cannot be read."""
+        path = self._path(key)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                meta = json.loads(str(data["__meta__"]))
+                if meta["key"] != key:
+                    raise ValueError(f"it holds the result of {meta['key']!r}, not of {key!r}")
+                out: dict[str, Any] = dict(meta["values"])
+                out.update({k: data[k] for k in data.files if k != "__meta__"})
+        except FileNotFoundError:
+            raise
+        except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
+            raise CorruptTaskFile(f"task file {path} ({key!r}) cannot be read: {exc}") from None
         return out
+
+    def stored(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The readable stored results among ``keys``; a corrupt file is set aside (warned, counted)."""
+        out = {}
+        for key in keys:
+            if key not in self:
+                continue
+            try:
+                out[key] = self.load(key)
+            except CorruptTaskFile as exc:
+                self._set_aside(key, exc)
+        return out
+
+    def _set_aside(self, key: str, exc: CorruptTaskFile) -> None:
+        corrupt = self.root / "corrupt"
+        corrupt.mkdir(exist_ok=True)
+        src = self._path(key)
+        dest = corrupt / src.name
+        shutil.move(src, dest)
+        self.set_aside.append(dest)
+        warnings.warn(f"{exc}; moved to {dest}, the task runs again", stacklevel=3)
 
 
 class Executor(Protocol):
@@ -205,14 +253,20 @@ class DaskExecutor:
     A task whose worker dies is rescheduled by the scheduler (up to its ``allowed-failures`` setting).
     """
 
-    def __init__(self, address: str | None = None, workers: int | None = None) -> None:
+    def __init__(self, address: str | None = None, workers: int | None = None,
+                 connect_timeout: float = CONNECT_TIMEOUT) -> None:
         from distributed import Client, LocalCluster
 
         if (address is None) == (workers is None):
             raise ValueError("give exactly one of a scheduler address or a number of local workers")
         self._cluster = None
         if address is not None:
-            self.client = Client(address)
+            try:
+                self.client = Client(address, timeout=connect_timeout)
+            except (OSError, TimeoutError) as exc:
+                raise SchedulerUnreachable(
+                    f"no Dask scheduler answered at {address} within {connect_timeout:g} s ({exc}); is it "
+                    "running (`dask scheduler`), or raise --connect-timeout") from None
             self.name = f"Dask cluster at {address}"
         else:
             self._cluster = LocalCluster(
@@ -238,12 +292,19 @@ def _dask_key(key: str) -> str:
     return "safectrl-" + hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def make_executor(scheduler: str | None = None, workers: int | None = None, serial: bool = False) -> Executor:
-    """The executor the command line asks for: ``--scheduler``, ``--workers`` or the local pool."""
+def make_executor(scheduler: str | None = None, workers: int | None = None, serial: bool = False,
+                  connect_timeout: float = CONNECT_TIMEOUT) -> Executor:
+    """The executor the command line asks for: ``--scheduler``, ``--workers`` or the local pool.
+
+    A scheduler is connected to here (:class:`SchedulerUnreachable` after ``connect_timeout`` s), so that a
+    study can make its executor before it writes anything.
+    """
     if scheduler is not None and workers is not None:
         raise ValueError("--scheduler and --workers are exclusive: the first uses a running cluster")
+    if not connect_timeout > 0:
+        raise ValueError(f"--connect-timeout must be positive, got {connect_timeout}")
     if scheduler is not None:
-        return DaskExecutor(address=scheduler)
+        return DaskExecutor(address=scheduler, connect_timeout=connect_timeout)
     if workers is not None:
         if workers < 1:
             raise ValueError(f"--workers must be >= 1, got {workers}")
@@ -258,19 +319,24 @@ def run_tasks(
     desc: str = "tasks",
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Run every task not yet in ``store``; return all results (stored and new) by key."""
+    """Run every task not yet in ``store`` (or whose file is corrupt); return all results by key.
+
+    New results are read back from their files, so a resumed run returns exactly what a clean one does.
+    """
     keys = [t.key for t in tasks]
     if len(set(keys)) != len(keys):
         raise ValueError("task keys must be unique")
-    todo = [t for t in tasks if t.key not in store]
+    results = store.stored(keys)
+    todo = [t for t in tasks if t.key not in results]
     if progress and len(todo) < len(tasks):
         print(f"{desc}: {len(tasks) - len(todo)} of {len(tasks)} already done, resuming")
     if todo:
         with tqdm(total=len(todo), desc=desc, disable=not progress) as bar:
             for task, result in executor.map_unordered(todo):
                 store.save(task.key, result)
+                results[task.key] = store.load(task.key)
                 bar.update()
-    return {k: store.load(k) for k in keys}
+    return {k: results[k] for k in keys}
 
 
 def config_hash(config: dict[str, Any]) -> str:

@@ -30,7 +30,7 @@ from safectrl.models import polycstr as pc
 from safectrl.rl.data import TUNING_SEED_OFFSET, evaluation_seeds, load_episodes
 from safectrl.rl.env import TaskEnv
 from safectrl.rl.rollout import Episode, run_episode
-from safectrl.studies import options, plots, report
+from safectrl.studies import options, plots, report, runfolder
 from safectrl.studies.datasets import generate_dataset
 from safectrl.studies.metrics import EpisodeMetrics, episode_metrics
 
@@ -326,11 +326,12 @@ class EpisodeConfig:
 def run(config: EpisodeConfig = EpisodeConfig()) -> tuple[NMPCRun, Path]:
     """The episode of ``config`` and its figure; writes ``config.json`` and the figure into ``config.out``."""
     variant = "mismatched" if config.mismatch else "oracle"
-    out = options.write_config(config, config.out or options.timestamped("nmpc"))
-    nmpc_run = run_nmpc_episode(config.scenario, variant, config.seed, noise=config.noise)
-    path = out / f"nmpc-{config.scenario}-{variant}-seed{config.seed}.png"
-    plots.prediction_figure(nmpc_run.episode, nmpc_run.solutions, nmpc_run.nmpc.config.horizon, path,
-                            title=f"NMPC ({variant}), {config.scenario}, seed {config.seed}")
+    with runfolder.single_run(config.out or options.timestamped("nmpc"), "nmpc-episode",
+                              runfolder.record(config)) as out:
+        nmpc_run = run_nmpc_episode(config.scenario, variant, config.seed, noise=config.noise)
+        path = out / f"nmpc-{config.scenario}-{variant}-seed{config.seed}.png"
+        plots.prediction_figure(nmpc_run.episode, nmpc_run.solutions, nmpc_run.nmpc.config.horizon, path,
+                                title=f"NMPC ({variant}), {config.scenario}, seed {config.seed}")
     return nmpc_run, path
 
 
@@ -347,9 +348,10 @@ class AcceptanceConfig:
 
 def run_acceptance(config: AcceptanceConfig = AcceptanceConfig()) -> tuple[list[AcceptanceRow], Path]:
     """The acceptance rows; writes ``config.json`` and ``nmpc_acceptance.md`` into ``config.out``."""
-    out = options.write_config(config, config.out or options.timestamped("nmpc-acceptance"))
-    rows = acceptance(config.episodes, config.data_episodes, noise=config.noise, root=config.root)
-    return rows, write_acceptance(rows, out)
+    with runfolder.single_run(config.out or options.timestamped("nmpc-acceptance"), "nmpc-acceptance",
+                              runfolder.record(config)) as out:
+        rows = acceptance(config.episodes, config.data_episodes, noise=config.noise, root=config.root)
+        return rows, write_acceptance(rows, out)
 
 
 @dataclass(frozen=True)
@@ -362,8 +364,9 @@ class BackoffConfig:
 
 def run_backoff(config: BackoffConfig = BackoffConfig()) -> tuple[float, list[list], Path]:
     """The chosen back-off and the table; writes ``config.json`` and ``backoff.md`` into ``config.out``."""
-    out = options.write_config(config, config.out or options.timestamped("nmpc-backoff"))
-    chosen, rows = backoff_study(episodes=config.episodes)
-    (out / "backoff.md").write_text(f"# NMPC temperature back-off\n\n{report.markdown_table(BACKOFF_HEADERS, rows)}\n"
-                                    f"\nchosen back-off: {chosen:g} K\n")
+    with runfolder.single_run(config.out or options.timestamped("nmpc-backoff"), "nmpc-backoff",
+                              runfolder.record(config)) as out:
+        chosen, rows = backoff_study(episodes=config.episodes)
+        (out / "backoff.md").write_text(f"# NMPC temperature back-off\n\n"
+                                        f"{report.markdown_table(BACKOFF_HEADERS, rows)}\n\nchosen back-off: {chosen:g} K\n")
     return chosen, rows, out

@@ -33,7 +33,7 @@ from safectrl.rl.offline_data import Normalisation, OfflineData
 from safectrl.rl.env import TaskEnv
 from safectrl.rl.rollout import Episode, run_episode
 from safectrl.rl.training import AGENTS, make_agent, train
-from safectrl.studies import datasets, options, plots, report
+from safectrl.studies import datasets, plots, report, runfolder
 from safectrl.studies.metrics import EpisodeMetrics, episode_metrics, metric_names
 
 #: Loss curves are written as means over this many blocks of steps (fewer if there are fewer steps).
@@ -317,9 +317,17 @@ def run_evaluate(config: EvaluateConfig) -> tuple[str, list[int]]:
     scenarios = (None if config.scenario is None else list(pc.SCENARIOS) if config.scenario == "all"
                  else [config.scenario])
     seeds = data.tuning_seeds(config.seeds) if config.tuning else data.evaluation_seeds(config.seeds)
-    if config.out:
-        options.write_config(config, config.out, seeds=seeds, safectrl=safectrl.__version__)
-    table = evaluation_report(config.policy, scenarios, seeds, baselines=config.baselines,
-                              merge_seeds=config.merge_seeds, out=config.out, episodes=config.episodes,
-                              dataset_seed=config.dataset_seed, root=config.root)
-    return table, seeds
+    missing = [p for p in config.policy if not Path(p).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"--policy {missing[0]}: no such checkpoint folder (`safectrl train` writes one)")
+
+    def report_to(out: str | None) -> str:
+        return evaluation_report(config.policy, scenarios, seeds, baselines=config.baselines,
+                                 merge_seeds=config.merge_seeds, out=out, episodes=config.episodes,
+                                 dataset_seed=config.dataset_seed, root=config.root)
+
+    if not config.out:
+        return report_to(None), seeds
+    with runfolder.single_run(config.out, "offline-evaluate",
+                              runfolder.record(config, seeds=seeds, safectrl=safectrl.__version__)):
+        return report_to(config.out), seeds

@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
-import json
-import os
 import re
 import time
 import types
@@ -126,14 +124,6 @@ def from_args(cls: type[C], args: argparse.Namespace) -> C:
             continue
         values[f.name] = tuple(value) if isinstance(value, list) else value
     return cls(**values)
-
-
-def write_config(config: Any, folder: str | os.PathLike, **extra: Any) -> Path:
-    """``folder/config.json``: the config's fields and ``extra`` (the folder is created); returns the folder."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps({**dataclasses.asdict(config), **extra}, indent=2, default=str))
-    return folder
 
 
 def timestamped(prefix: str) -> Path:

@@ -17,7 +17,6 @@ around the previous input the observation carries).
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -46,7 +45,7 @@ from safectrl.safety.cost_model import (
 from safectrl.safety.filter import ActionBox, SafetyFilter
 from safectrl.safety.targets import CostTargetConfig, StageCostLayout
 from safectrl.safety import targets
-from safectrl.studies import datasets, options, plots, report
+from safectrl.studies import datasets, options, plots, report, runfolder
 from safectrl.studies.metrics import EpisodeMetrics, episode_metrics
 
 _P, _T = pc.STATES.index("P"), pc.STATES.index("T")
@@ -262,10 +261,6 @@ def write_table(rows: list[list], out: str | os.PathLike, header: str) -> str:
     return table
 
 
-def write_json(obj, path: str | os.PathLike) -> None:
-    Path(path).write_text(json.dumps(obj, indent=2, default=float))
-
-
 def set_torch_threads(n: int = 1) -> None:
     """Long runs share a small machine: one torch thread."""
     torch.set_num_threads(n)
@@ -337,18 +332,21 @@ def evaluate(
     progress: bool = True,
 ) -> str:
     """The closed-loop table on evaluation seeds; writes ``summary.md``, ``episodes.csv`` and ``config.json``."""
+    seeds = data.evaluation_seeds(n_seeds)
+    models = {s: load_scenario_model(models_dir, s) for s in scenarios}  # a missing model fails before writing
+    factories = {POLICY_LABELS[p]: POLICIES[p] for p in policies}
+    config = {"models": str(models_dir), "scenarios": list(scenarios), "policies": list(policies),
+              "methods": list(methods), "eval_seeds": seeds, "settings": asdict(settings),
+              "cost_models": {s: load_cost_model_metadata(checkpoint_dir(models_dir, s)) for s in scenarios}}
+    with runfolder.single_run(out, "safety-eval", config) as out:
+        rows, runs = closed_loop_table(models, factories, seeds, methods, settings, progress)
+        return _write_evaluation(rows, runs, seeds, settings, models_dir, out)
+
+
+def _write_evaluation(rows: list[list], runs: dict, seeds: list[int], settings: FilterSettings,
+                      models_dir: str | os.PathLike, out: Path) -> str:
     import csv
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    seeds = data.evaluation_seeds(n_seeds)
-    models = {s: load_scenario_model(models_dir, s) for s in scenarios}
-    factories = {POLICY_LABELS[p]: POLICIES[p] for p in policies}
-    rows, runs = closed_loop_table(models, factories, seeds, methods, settings, progress)
-    write_json({"models": str(models_dir), "scenarios": list(scenarios), "policies": list(policies),
-                "methods": list(methods), "eval_seeds": seeds, "settings": asdict(settings),
-                "cost_models": {s: load_cost_model_metadata(checkpoint_dir(models_dir, s)) for s in scenarios}},
-               out / "config.json")
     with open(out / "episodes.csv", "w", newline="") as fh:
         writer = None
         for (scenario, name), run in runs.items():
@@ -427,10 +425,10 @@ class TrainConfig:
 def run_train(config: TrainConfig = TrainConfig()) -> dict[str, TrainingReport]:
     """Train and save one cost model per scenario under ``config.out`` (with ``config.json``)."""
     set_torch_threads(1)
-    options.write_config(config, config.out)
     scenarios = list(pc.SCENARIOS) if config.scenario == "all" else [config.scenario]
-    return {s: train_for_scenario(s, checkpoint_dir(config.out, s), config.episodes, config.seed, config.root,
-                                  config.layer_config(), config.progress)[1] for s in scenarios}
+    with runfolder.single_run(config.out, "safety-models", runfolder.record(config)):
+        return {s: train_for_scenario(s, checkpoint_dir(config.out, s), config.episodes, config.seed, config.root,
+                                      config.layer_config(), config.progress)[1] for s in scenarios}
 
 
 @dataclass(frozen=True)
@@ -495,8 +493,9 @@ class TuneConfig:
 def run_tune(config: TuneConfig = TuneConfig()) -> list[list]:
     """The rows of :func:`tune`; with ``out``, written there with ``config.json``."""
     set_torch_threads(1)
-    rows = tune(config.horizons, config.trusts, config.episodes, root=config.root, progress=config.progress)
-    if config.out:
-        out = options.write_config(config, config.out)
+    if not config.out:
+        return tune(config.horizons, config.trusts, config.episodes, root=config.root, progress=config.progress)
+    with runfolder.single_run(config.out, "safety-tune", runfolder.record(config)) as out:
+        rows = tune(config.horizons, config.trusts, config.episodes, root=config.root, progress=config.progress)
         (out / "tune.md").write_text(report.markdown_table(tune_headers(), rows) + "\n")
     return rows

@@ -29,7 +29,6 @@ from __future__ import annotations
 import csv
 import functools
 import importlib
-import json
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field, replace
@@ -39,6 +38,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 import safectrl
+from safectrl.common import validation
 from safectrl.common.protocol import DecisionMaker
 from safectrl.controllers.pi import NOMINAL_TUNING, PIController, PITuning
 from safectrl.models import polycstr as pc
@@ -48,8 +48,8 @@ from safectrl.models.task import Task as PlantTask
 from safectrl.rl import data
 from safectrl.rl.env import SensorFaults, TaskEnv
 from safectrl.rl.rollout import Episode, run_episode
-from safectrl.studies import artifacts, datasets, plots, report
-from safectrl.studies.executor import Executor, ResultStore, Task, make_executor, run_tasks
+from safectrl.studies import artifacts, datasets, plots, report, runfolder
+from safectrl.studies.executor import CONNECT_TIMEOUT, Executor, ResultStore, Task, make_executor, run_tasks
 from safectrl.studies.metrics import FINAL_FRACTION, PER_HOUR, EpisodeMetrics, episode_metrics, metric_names
 
 
@@ -309,6 +309,13 @@ class StudyPreset:
     env_target: str = ""
 
     def __post_init__(self) -> None:
+        validation.positive_int("eval_seeds", self.eval_seeds)
+        validation.positive_int("data_episodes", self.data_episodes)
+        validation.integer("data_seed", self.data_seed, low=0)
+        validation.integer("train_seed", self.train_seed, low=0)
+        for name in ("max_steps", "bc_steps", "iql_steps", "cost_model_epochs"):
+            if getattr(self, name) is not None:
+                validation.positive_int(name, getattr(self, name))
         pairs = self.custom_controllers
         pairs = tuple(pairs.items()) if isinstance(pairs, Mapping) else tuple(tuple(p) for p in pairs)
         object.__setattr__(self, "custom_controllers", pairs)
@@ -659,30 +666,28 @@ def write_outputs(results: StudyResults, out_dir: Path, reference: str) -> str:
     return text
 
 
-def _check_out_dir(out_dir: Path, config: dict[str, Any], force: bool) -> None:
-    cfg_file = out_dir / "config.json"
-    config = json.loads(json.dumps(config))  # tuples become lists, as they come back from the file
-    if cfg_file.exists() and not force:
-        if json.loads(cfg_file.read_text()) != config:
-            raise ValueError(f"{out_dir} holds a run with a different configuration; use another --out "
-                             "or --force to start it afresh")
-    if force and (out_dir / "tasks").exists():
-        for f in (out_dir / "tasks").iterdir():
-            f.unlink()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cfg_file.write_text(json.dumps(config, indent=2))
+#: The kind recorded in this study's run folders (:mod:`safectrl.studies.runfolder`).
+KIND = "comparative"
+
+
+def report_set_aside(store: ResultStore) -> None:
+    """The end-of-run line on corrupt task files that were moved aside and recomputed (if any)."""
+    if store.set_aside:
+        print(f"{len(store.set_aside)} corrupt task file(s) moved to {store.root / 'corrupt'} and recomputed")
 
 
 def run_study(preset: str | StudyPreset = "quick", out: str | Path | None = None, force: bool = False,
               scheduler: str | None = None, workers: int | None = None, serial: bool = False,
-              progress: bool = True, controllers: Mapping[str, str] | None = None) -> Path:
+              progress: bool = True, controllers: Mapping[str, str] | None = None,
+              connect_timeout: float = CONNECT_TIMEOUT) -> Path:
     """Run the study end to end and write its folder; rerunning with the same ``out`` resumes it.
 
     Args:
         preset: a name of :data:`PRESETS` or a :class:`StudyPreset` of your own.
         out: run folder (default ``runs/study-<preset>``).
-        force: retrain the artifacts and rerun every episode.
-        scheduler, workers, serial: the executor (see :func:`~safectrl.studies.executor.make_executor`).
+        force: retrain the artifacts and rerun every episode (a folder of another study is still refused).
+        scheduler, workers, serial, connect_timeout: the executor (see
+            :func:`~safectrl.studies.executor.make_executor`).
         progress: print progress and the summary.
         controllers: your own rows, ``{name: "package.module:factory"}``, added to the preset's
             ``custom_controllers`` (see the module docstring for what the factory receives).
@@ -705,18 +710,20 @@ def run_study(preset: str | StudyPreset = "quick", out: str | Path | None = None
     config = {"preset": asdict(cfg), "eval_seeds": data.evaluation_seeds(cfg.eval_seeds),
               "nominal_pi": NOMINAL_TUNING.as_dict(), "safectrl": safectrl.__version__,
               "artifacts": artifact_ids(cfg)}
-    _check_out_dir(out_dir, config, force)
+    folder = runfolder.check(out_dir, KIND, config, force, resumable=True)
     t0 = time.perf_counter()
-    prepare_datasets(cfg, progress)
-    executor = make_executor(scheduler, workers, serial)
-    if progress:
-        print(f"executor: {executor.name}")
-    store = ResultStore(out_dir / "tasks")
+    executor = make_executor(scheduler, workers, serial, connect_timeout)  # connects: nothing written yet
     try:
-        tasks, index = episode_tasks(cfg)
-        untrained = [t for t in tasks if index[t.key][2] not in _NEEDS]  # PI and NMPC: no artifact to wait for
-        train_artifacts(cfg, executor, store, force, progress, alongside=untrained)
-        results = run_episodes(cfg, executor, store, progress)
+        with runfolder.cleanup_on_failure(folder):
+            runfolder.commit(folder)
+            prepare_datasets(cfg, progress)
+            if progress:
+                print(f"executor: {executor.name}")
+            store = ResultStore(out_dir / runfolder.TASKS)
+            tasks, index = episode_tasks(cfg)
+            untrained = [t for t in tasks if index[t.key][2] not in _NEEDS]  # PI and NMPC: no artifact to wait for
+            train_artifacts(cfg, executor, store, force, progress, alongside=untrained)
+            results = run_episodes(cfg, executor, store, progress)
     finally:
         executor.close()
     reference = cfg.reference if cfg.reference in cfg.rows else cfg.rows[0]
@@ -724,6 +731,7 @@ def run_study(preset: str | StudyPreset = "quick", out: str | Path | None = None
     if progress:
         print(text)
         print(f"\nwritten to {out_dir} in {time.perf_counter() - t0:.0f} s")
+        report_set_aside(store)
     return out_dir
 
 
@@ -745,7 +753,11 @@ class StudyConfig:
     # start a local Dask cluster with this many worker processes
     workers: int | None = field(default=None, metadata={"group": "executor", "min": 1})
     serial: bool = field(default=False, metadata={"group": "executor"})  # run every task in this process
+    connect_timeout: float = CONNECT_TIMEOUT  # seconds to wait for the --scheduler to answer
     progress: bool = True  # print progress and the summary
+
+    def __post_init__(self) -> None:
+        validation.positive("connect_timeout", self.connect_timeout)
 
 
 def run(config: StudyConfig = StudyConfig()) -> Path:
@@ -771,4 +783,4 @@ def run(config: StudyConfig = StudyConfig()) -> Path:
                          controllers=None, scenarios=None, max_steps=None, env_target="")
     return run_study(preset, config.out, force=config.force, scheduler=config.scheduler,
                      workers=config.workers, serial=config.serial, progress=config.progress,
-                     controllers=dict(pairs))
+                     controllers=dict(pairs), connect_timeout=config.connect_timeout)
