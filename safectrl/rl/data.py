@@ -348,10 +348,10 @@ def _check_episode(ep: Any, task: Task | None, noisy: bool) -> str | None:
                                                               task.observations)]
     if "states" in arrays:
         checks.append(("states", arrays["states"], task.states))
-    for where, a, names in checks:
-        if a.ndim != 2 or a.shape[1] != len(names):
-            return f"{where} have shape {a.shape}, the task {task.name} has {len(names)} ({', '.join(names)})"
-        for col, name in enumerate(names):
+    for where, a, columns in checks:
+        if a.ndim != 2 or a.shape[1] != len(columns):
+            return f"{where} have shape {a.shape}, the task {task.name} has {len(columns)} ({', '.join(columns)})"
+        for col, name in enumerate(columns):
             floor = _physical_floor(task.units.get(name, ""))
             if floor is not None and name in task.states and not (noisy and where == "observations"):
                 bound, strict = floor
