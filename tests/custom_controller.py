@@ -41,12 +41,15 @@ class ProportionalHeater:
 
     def __init__(self, gain: float = 3000.0, bias: float = 12e3) -> None:
         self.gain, self.bias = gain, bias
+        self.last = np.array([bias])
 
     def reset(self, seed: int | None = None) -> None:
-        pass
+        self.last = np.array([self.bias])
 
     def act(self, obs: np.ndarray) -> np.ndarray:
-        return np.clip([self.bias + self.gain * obs[1]], 0.0, 30e3)
+        if np.isfinite(obs[1]):  # a lost reading (NaN): hold the last input
+            self.last = np.clip([self.bias + self.gain * obs[1]], 0.0, 30e3)
+        return self.last
 
 
 def tank_p(ctx) -> ProportionalHeater:

@@ -40,13 +40,13 @@ def test_the_new_plant_has_rows_in_the_comparative_study(serial, tmp_path, monke
     from safectrl.studies.study import StudyPreset, run_study
 
     monkeypatch.setenv("SAFECTRL_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
-    preset = StudyPreset("tiny", eval_seeds=2, data_episodes=2, variants=("nominal", "mismatch", "noise"),
+    preset = StudyPreset("tiny", eval_seeds=2, data_episodes=2, variants=("nominal", "mismatch", "noise", "faults"),
                          env=TANK, max_steps=12, custom_controllers={"P": "custom_controller:tank_p"})
     assert preset.controllers == ("NMPC oracle", "NMPC mismatched")
     out = run_study(preset, tmp_path / "run", serial=serial, progress=False)
     rows = list(csv.DictReader(open(out / "episodes.csv")))
     assert {(r["variant"], r["controller"]) for r in rows} == {
-        (v, c) for v in ("nominal", "mismatch", "noise") for c in ("NMPC oracle", "NMPC mismatched", "P")}
+        (v, c) for v in ("nominal", "mismatch", "noise", "faults") for c in ("NMPC oracle", "NMPC mismatched", "P")}
     assert set(rows[0]) >= {"final_abs_eT", "iae_T", "peak_T", "violations", "worst_exceedance"}
     cost = {(r["variant"], r["controller"], r["seed"]): float(r["cost"]) for r in rows}
     assert all(cost[(v, "NMPC oracle", s)] <= cost[(v, "P", s)] for v, _, s in cost)
@@ -76,7 +76,7 @@ def test_the_command_line_runs_the_study_on_a_plant_of_another_package(tmp_path,
                  "--serial", "--out", str(out)]) == 0
     rows = list(csv.DictReader(open(out / "episodes.csv")))
     assert {r["controller"] for r in rows} == {"NMPC oracle", "NMPC mismatched", "P"}
-    assert {r["variant"] for r in rows} == {"nominal", "mismatch"}  # the quick preset's variants
+    assert {r["variant"] for r in rows} == {"nominal", "mismatch", "faults"}  # the quick preset's variants
     capsys.readouterr()  # the run's progress bars
     for bad, message in [("nope/X-v0", "unknown task 'nope/X-v0'"),
                          ("a/B-v0=nomodule:TASK", "No module named 'nomodule'"),
