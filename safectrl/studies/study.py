@@ -655,7 +655,7 @@ def write_outputs(results: StudyResults, out_dir: Path, reference: str) -> str:
         parts.append(f"## Sensor faults\n\n{results.preset.variant_table['faults'].description}: does every "
                      "controller finish every episode, and what do the lost readings cost against the "
                      "fault-free nominal plant (same seeds)?\n")
-        parts.append(report.markdown_table(FAULT_HEADERS, faults))
+        parts.append(report.markdown_table(FAULT_HEADERS, faults) + "\n")
     headline = headline_rows(results)
     if headline:
         parts.append(f"## The paper's headline\n\nIs {HEADLINE_CONTROLLER} at least as good (mean cost) as "
