@@ -162,21 +162,22 @@ def _killed_data(tmp: Path) -> Outcome:
     import subprocess
 
     root = tmp / "minari"
-    code = ("import os, signal, safectrl.rl.data as d\n"
-            "orig = d._hash_folder if hasattr(d, '_hash_folder') else None\n"
+    # the process dies the moment the dataset is complete but not yet hashed and moved into place
+    code = ("import os, signal\n"
+            "import safectrl.rl.data as d\n"
             "from safectrl.studies import datasets\n"
-            "import minari\n"
-            "real = minari.DataCollector.create_dataset\n"
-            "def die(*a, **k):\n"
-            "    out = real(*a, **k)\n"
-            "    os.kill(os.getpid(), signal.SIGKILL)\n"
-            "minari.DataCollector.create_dataset = die\n"
+            "d._write_integrity_record = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
             f"datasets.generate_dataset('grade_up', 2, 0, root={str(root)!r}, progress=False)\n")
-    subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=300)
+    killed = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=300)
     from safectrl.rl import data
     from safectrl.studies import datasets
 
     ds_id = datasets.dataset_id("grade_up", 2, 0)
+    if killed.returncode != -9:
+        return Outcome("crash", f"the write was not interrupted (exit {killed.returncode}): the case is broken",
+                       True)
+    if data.dataset_exists(ds_id, root):
+        return Outcome("silent", "the killed write left a folder that counts as a dataset", False)
     try:
         datasets.generate_dataset("grade_up", 2, 0, root=root, progress=False)
         n = len(data.load_transitions(ds_id, root))
