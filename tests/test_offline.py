@@ -311,7 +311,9 @@ def test_corrupted_or_mismatched_checkpoints_give_clear_errors(checkpoint, tmp_p
         ("obs", {**config, "normalisation": {**norm, "obs_mean": norm["obs_mean"][:5], "obs_std": norm["obs_std"][:5],
                                              "obs_index": [0, 1]}}, "5 observations and 2 actions, but"),
     ]:
-        forged = save_checkpoint(tmp_path / f"forged-{name}", "offline-policy", tensors, bad)
+        trained_on = {**load_checkpoint(folder, "offline-policy").record, "observations": list(pc.OBSERVATIONS),
+                      "inputs": list(pc.INPUTS)}  # what train_policy records: the task's names
+        forged = save_checkpoint(tmp_path / f"forged-{name}", "offline-policy", tensors, bad, trained_on)
         with pytest.raises(CheckpointError, match=message):
             load_policy(forged)
     (folder / "config.json").write_text(json.dumps({**record, "format_version": 99}))

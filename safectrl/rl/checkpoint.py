@@ -102,12 +102,17 @@ def _check_policy_config(config_path: Path, algo: Any, hidden: tuple[int, ...], 
     if not hidden or len(hidden) > MAX_LAYERS or not all(1 <= h <= MAX_WIDTH for h in hidden):
         raise CheckpointError(f"{config_path}: hidden layers {list(hidden)} outside 1..{MAX_WIDTH} units, "
                               f"1..{MAX_LAYERS} layers")
+    if "observations" not in record:  # not trained on a task's env (nothing to compare the bounds with)
+        return
     env_id = record.get("env", "safectrl/PolyCSTR-v0")
     try:
         task = get_task(env_id)
     except ValueError as err:
         raise CheckpointError(f"{config_path}: {err}") from None
     m = task.model
+    if list(record["observations"]) != list(task.observations) or list(record.get("inputs", m.inputs)) != list(m.inputs):
+        raise CheckpointError(f"{config_path}: observations {record['observations']} and inputs "
+                              f"{record.get('inputs')} are not those of {env_id}")
     if normalisation.obs_dim != len(task.observations) or normalisation.act_dim != m.nu:
         raise CheckpointError(f"{config_path}: {normalisation.obs_dim} observations and {normalisation.act_dim} "
                               f"actions, but {env_id} has {len(task.observations)} and {m.nu}")
