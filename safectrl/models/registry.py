@@ -60,10 +60,3 @@ def get_task(env_id: str) -> Task:
     _loaded[env_id] = task
     return task
 
-
-def env_id_of(task: Task) -> str:
-    """The id under which ``task`` is registered (loading the registered tasks if needed)."""
-    for env_id in list(TASKS):
-        if get_task(env_id) is task:
-            return env_id
-    raise ValueError(f"task {task.name} is not registered")

@@ -85,10 +85,6 @@ def variants(task: PlantTask) -> dict[str, Variant]:
     return {v.name: v for v in out}
 
 
-#: The reactor's variants (the default task of the study).
-VARIANTS = variants(pc.TASK)
-
-
 @dataclass(frozen=True)
 class BuildContext:
     """What a controller is built from, inside the worker that runs its episode."""
