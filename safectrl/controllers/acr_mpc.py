@@ -77,13 +77,35 @@ def _risk(G_mg_dl: ca.SX) -> ca.SX:
     return glucose.magni_risk(G_mg_dl, CASADI)
 
 
+def glucose_observer(params: glucose.GlucoseParams = glucose.ESTIMATED) -> MeasuredGlucoseObserver:
+    """The Glucose task's observer predicting with ``params``."""
+    return MeasuredGlucoseObserver(glucose.MODEL, params, np.zeros(1), glucose.initial_state(params), lambda G: G)
+
+
+def biglucose_observer(params: biglucose.BiGlucoseParams = biglucose.ESTIMATED) -> MeasuredGlucoseObserver:
+    """The BiGlucose task's observer predicting with ``params`` (glucose in mg/dL to Q1 with its V_G)."""
+    q1_per_mg_dl = params.V_G / biglucose.MG_DL_PER_MMOL_L
+    return MeasuredGlucoseObserver(biglucose.MODEL, params, np.zeros(2), biglucose.initial_state(params),
+                                   lambda G: G * q1_per_mg_dl)
+
+
+def klatt_engell_observer() -> FullStateObserver:
+    """The CSTR's observer: full state, C_b's reference, the first input at its lower bound."""
+    return FullStateObserver(klatt_engell.MODEL.dt, u_init=np.array([klatt_engell.U_LOW[0], 0.0]),
+                             reference=np.array([klatt_engell.C_B_REF]))
+
+
+def cartpole_observer() -> FullStateObserver:
+    """The cart-pole's observer: full state, reference x = theta = 0."""
+    return FullStateObserver(cartpole.MODEL.dt, u_init=np.zeros(1), reference=np.zeros(2))
+
+
 def glucose_mpc(params: glucose.GlucoseParams = glucose.ESTIMATED, horizon: int = 20) -> NMPC:
     """The Glucose regulariser: 10 risk + 50 u², G in [50, 800] mg/dL hard (the authors' code weighs the
     risk by 10 here, unlike the reward)."""
     config = NMPCConfig(horizon=horizon, collocation_degree=2, collocation_elements=1,
                         state_bounds=(StateBound("G", low=G_SAFE[0], high=G_SAFE[1]),))
-    observer = MeasuredGlucoseObserver(glucose.MODEL, params, np.zeros(1), glucose.initial_state(params),
-                                       lambda G: G)
+    observer = glucose_observer(params)
     return NMPC(glucose.MODEL, params, config, n_ref=0, observer=observer,
                 stage_cost=lambda x, u, r: 10.0 * _risk(x[0]) + 50.0 * u[0] ** 2)
 
@@ -93,8 +115,7 @@ def biglucose_mpc(params: biglucose.BiGlucoseParams = biglucose.ESTIMATED, horiz
     q1_per_mg_dl = params.V_G / biglucose.MG_DL_PER_MMOL_L
     config = NMPCConfig(horizon=horizon, collocation_degree=2, collocation_elements=1, state_bounds=(
         StateBound("Q1", low=G_SAFE[0] * q1_per_mg_dl, high=G_SAFE[1] * q1_per_mg_dl),))
-    observer = MeasuredGlucoseObserver(biglucose.MODEL, params, np.zeros(2), biglucose.initial_state(params),
-                                       lambda G: G * q1_per_mg_dl)
+    observer = biglucose_observer(params)
     return NMPC(biglucose.MODEL, params, config, n_ref=0, observer=observer,
                 stage_cost=lambda x, u, r: biglucose.REWARD_WEIGHT * _risk(x[0] / q1_per_mg_dl)
                 + 100.0 * u[0] ** 2 + u[1] ** 2)
@@ -111,9 +132,7 @@ def klatt_engell_mpc(params: klatt_engell.KlattEngellParams = klatt_engell.ESTIM
     config = NMPCConfig(horizon=horizon, collocation_degree=2, collocation_elements=1, tracked=("C_b",), tracking_weights=(1.0,), du_weights=du,
                         state_bounds=tuple(StateBound(s, low=lo, high=hi)
                                            for s, lo, hi in zip(klatt_engell.STATES, low, high)))
-    observer = FullStateObserver(klatt_engell.MODEL.dt, u_init=np.array([klatt_engell.U_LOW[0], 0.0]),
-                                 reference=np.array([klatt_engell.C_B_REF]))
-    return NMPC(klatt_engell.MODEL, params, config, observer=observer)
+    return NMPC(klatt_engell.MODEL, params, config, observer=klatt_engell_observer())
 
 
 def cartpole_mpc(params: cartpole.CartPoleParams = cartpole.ESTIMATED, horizon: int = 100) -> NMPC:
@@ -125,8 +144,7 @@ def cartpole_mpc(params: cartpole.CartPoleParams = cartpole.ESTIMATED, horizon: 
     config = NMPCConfig(horizon=horizon, discretisation="shooting", tracked=("x", "theta"),
                         tracking_weights=(100.0, 100.0), du_weights=(100.0 * (u_range / 10.0) ** 2,),
                         state_bounds=(StateBound("theta", low=-cartpole.THETA_FAIL, high=cartpole.THETA_FAIL),))
-    observer = FullStateObserver(cartpole.MODEL.dt, u_init=np.zeros(1), reference=np.zeros(2))
-    return NMPC(cartpole.MODEL, params, config, observer=observer)
+    return NMPC(cartpole.MODEL, params, config, observer=cartpole_observer())
 
 
 #: Builders of the regularisers by env id.
@@ -137,3 +155,11 @@ REGULARISERS = {
     "safectrl/CartPoleContinuous-v0": cartpole_mpc,
 }
 
+#: The observers of the four tasks by env id, ``params -> Observer`` (the CSTR and the cart-pole observe their
+#: state and need no parameters).
+OBSERVERS = {
+    "safectrl/Glucose-v0": glucose_observer,
+    "safectrl/BiGlucose-v0": biglucose_observer,
+    "safectrl/KlattEngellCSTR-v0": lambda params: klatt_engell_observer(),
+    "safectrl/CartPoleContinuous-v0": lambda params: cartpole_observer(),
+}

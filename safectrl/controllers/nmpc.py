@@ -76,10 +76,13 @@ import numpy as np
 from safectrl.common import validation
 from safectrl.common.faults import FallbackWarning
 from safectrl.models.core import ODEModel
+from safectrl.models.mathns import CASADI
 
 StageCost = Callable[[ca.SX, ca.SX, ca.SX], ca.SX]
 #: IPOPT return statuses accepted as a solution; anything else is a failed solve.
 CONVERGED = frozenset({"Solve_Succeeded", "Solved_To_Acceptable_Level"})
+#: Terminal conditions of the horizon's last state: none, or a steady state of the model (see the docstring).
+TERMINAL_SETS = ("free", "equilibrium")
 
 
 @dataclass(frozen=True)
@@ -89,12 +92,19 @@ class StateBound:
     ``penalty`` None makes the bound hard (an NLP constraint, which can make the problem infeasible);
     a number makes it soft with an exact L1 penalty of that weight, in objective units per physical unit of
     violation and per interval. It must exceed the bound's Lagrange multiplier to be exact.
+
+    With ``output`` the bound is on a function of the state (e.g. glucose in mg/dL from a mass per volume),
+    written against a math namespace like a right-hand side, with the prediction's parameters.
     """
 
-    state: str  # state name, one of model.states
+    state: str  # state name, one of model.states (with ``output``: the output's name)
     low: float = -math.inf  # physical units
     high: float = math.inf  # physical units
     penalty: float | None = None  # None: hard; else L1 weight (objective units per unit violation)
+    # optional output(x, p, m) of the state columns x, parameters p (by name) and math namespace m bounded
+    # instead of a state (a Task's Limit.output); None: the state called ``state``
+    output: Callable[..., Any] | None = field(default=None, compare=False)
+    scale: float | None = None  # magnitude of an output, scales its slack (None: the largest finite bound)
 
 
 @dataclass(frozen=True)
@@ -116,6 +126,15 @@ class NMPCConfig:
     warm_start: bool = True  # start IPOPT from the shifted previous solution (primal and dual)
     retry_cold: bool = True  # after a failed warm-started attempt, try once more from the cold guess
     hessian: str = "exact"  # "exact" or "limited-memory" (L-BFGS)
+    du_start: int = 0  # first interval k whose move u_k - u_{k-1} is penalised (0: from u_prev on)
+    # per input, pull the first input to a proposal a given per solve, w_j ((u_0j - a_j) / range_j)² (a safety
+    # filter's objective; needs du_start >= 1); None: no proposal
+    proposal_weights: tuple[float, ...] | None = None
+    terminal: str = "free"  # "free" or "equilibrium": x_N is a steady state of the model under u_{N-1}
+    terminal_penalty: float | None = None  # None: the terminal condition hard; else its L1 weight
+    # "equilibrium" within a band: |f(x_N, u_{N-1}) dt / x_scale| <= this, per state (a neighbourhood of the
+    # steady states: the slow modes need not have settled at the horizon's end)
+    terminal_tolerance: float = 0.0
 
     def __post_init__(self) -> None:
         # the names (discretisation, hessian, states) are checked against the model by NMPC
@@ -135,6 +154,16 @@ class NMPCConfig:
         validation.positive("max_cpu_time", self.max_cpu_time)
         validation.boolean("warm_start", self.warm_start)
         validation.boolean("retry_cold", self.retry_cold)
+        validation.integer("du_start", self.du_start, low=0)
+        if self.proposal_weights is not None:
+            validation.reals("proposal_weights", self.proposal_weights, low=0.0)
+            if self.du_start < 1:
+                raise ValueError("proposal_weights need du_start >= 1: the first move is pulled to the proposal")
+        if self.terminal not in TERMINAL_SETS:
+            raise ValueError(f"terminal must be one of {', '.join(TERMINAL_SETS)}, got {self.terminal!r}")
+        if self.terminal_penalty is not None:
+            validation.positive("terminal_penalty", self.terminal_penalty)
+        validation.reals("terminal_tolerance", (self.terminal_tolerance,), low=0.0)
 
 
 class Observed(NamedTuple):
@@ -257,6 +286,7 @@ class NMPCSolution:
     solve_time: float  # s, wall time of the solver calls
     objective: float  # optimal value (NaN on failure)
     max_slack: float  # largest predicted soft-bound violation, physical units (0 if none)
+    terminal_slack: float = 0.0  # largest violation of a soft terminal condition, scaled (0 if none)
 
 
 @dataclass
@@ -404,6 +434,9 @@ class NMPC:
         self.stats = NMPCStats()
         self._last: NMPCSolution | None = None
         self._warm: dict[str, np.ndarray] | None = None
+        self._terminal_slack = 0.0
+        #: The unshifted solution of the last probe (``solve(..., commit=False)``), None if it failed.
+        self.pending: dict[str, Any] | None = None
 
     # -- configuration checks -----------------------------------------------------------------------
 
@@ -422,7 +455,7 @@ class NMPC:
             raise ValueError(f"collocation_elements must be >= 1, got {cfg.collocation_elements}")
         if cfg.hessian not in ("exact", "limited-memory"):
             raise ValueError(f"hessian must be 'exact' or 'limited-memory', got {cfg.hessian!r}")
-        for name in cfg.tracked + tuple(b.state for b in cfg.state_bounds):
+        for name in cfg.tracked + tuple(b.state for b in cfg.state_bounds if b.output is None):
             if name not in m.states:
                 raise ValueError(f"unknown state {name!r}; {m.name} has states {', '.join(m.states)}")
         if stage_cost is None:
@@ -434,6 +467,8 @@ class NMPC:
                 raise ValueError("n_ref is only for a custom stage_cost; the default tracks config.tracked")
         if cfg.du_weights is not None and len(cfg.du_weights) != m.nu:
             raise ValueError(f"{len(cfg.du_weights)} du_weights for {m.nu} inputs")
+        if cfg.proposal_weights is not None and len(cfg.proposal_weights) != m.nu:
+            raise ValueError(f"{len(cfg.proposal_weights)} proposal_weights for {m.nu} inputs")
         finite = np.all(np.isfinite(m.u_low)) and np.all(np.isfinite(m.u_high))
         if not (finite and np.all(m.u_high > m.u_low)):
             raise ValueError(f"{m.name} needs finite input bounds with u_high > u_low")
@@ -490,13 +525,24 @@ class NMPC:
         step = self._interval_dynamics(transition)
         du_w = ca.DM(cfg.du_weights) if cfg.du_weights is not None else None
         track_w = ca.DM(list(cfg.tracking_weights))
+        proposal = ca.SX.sym("proposal", m.nu if cfg.proposal_weights is not None else 0)
+        p_named = m._params_namespace(ca.vertsplit(p))
+
+        def bounded(b: StateBound, x: ca.SX) -> tuple[ca.SX, float]:
+            """The bounded quantity at state ``x`` and its scale."""
+            if b.output is None:
+                i = m.states.index(b.state)
+                return x[i], float(m.x_scale[i])
+            finite = [abs(v) for v in (b.low, b.high) if math.isfinite(v)]
+            scale = b.scale if b.scale is not None else max(finite + [1e-12])
+            return b.output(ca.vertsplit(x), p_named, CASADI), float(scale)
 
         # Decision variables and constraints are laid out per interval in identical blocks, so that the
         # warm start shifts by rolling whole blocks: w_k = [v_k, collocation states, z_{k+1}, slacks_k].
         w, w_lo, w_hi, g, g_lo, g_hi = [], [], [], [], [], []
         objective = 0
         x_k, u_km1 = x0, u_prev
-        self._slack_rows: list[int] = []
+        self._soft_scales = [bounded(b, x0)[1] for b in self._soft]
         for k in range(N):
             block_w, block_lo, block_hi = [], [], []
             v = ca.SX.sym(f"v{k}", m.nu)  # input scaled to [0, 1]
@@ -515,6 +561,8 @@ class NMPC:
             z_lo = np.full(m.nx, -np.inf)
             z_hi = np.full(m.nx, np.inf)
             for b in self._hard:
+                if b.output is not None:
+                    continue  # a constraint row below
                 i = m.states.index(b.state)
                 z_lo[i] = max(z_lo[i], b.low / m.x_scale[i])
                 z_hi[i] = min(z_hi[i], b.high / m.x_scale[i])
@@ -528,27 +576,35 @@ class NMPC:
             g.append((xf - x_next) / s)
             g_lo.append(np.zeros(m.nx))
             g_hi.append(np.zeros(m.nx))
+            for b in self._hard:
+                if b.output is not None:
+                    value, scale = bounded(b, x_next)
+                    g.append(value / scale)
+                    g_lo.append(np.full(1, b.low / scale))
+                    g_hi.append(np.full(1, b.high / scale))
             for b in self._soft:
-                i = m.states.index(b.state)
-                slack = ca.SX.sym(f"s{k}_{b.state}")  # scaled by x_scale[i]
+                value, scale = bounded(b, x_next)
+                slack = ca.SX.sym(f"s{k}_{b.state}")  # in units of the bounded quantity's scale
                 block_w.append(slack)
                 block_lo.append(np.zeros(1))
                 block_hi.append(np.full(1, np.inf))
-                objective += b.penalty * m.x_scale[i] * slack
+                objective += b.penalty * scale * slack
                 if math.isfinite(b.high):
-                    g.append(z[i] - slack)
+                    g.append(value / scale - slack)
                     g_lo.append(np.full(1, -np.inf))
-                    g_hi.append(np.full(1, b.high / m.x_scale[i]))
+                    g_hi.append(np.full(1, b.high / scale))
                 if math.isfinite(b.low):
-                    g.append(z[i] + slack)
-                    g_lo.append(np.full(1, b.low / m.x_scale[i]))
+                    g.append(value / scale + slack)
+                    g_lo.append(np.full(1, b.low / scale))
                     g_hi.append(np.full(1, np.inf))
             if stage_cost is None:
                 err = ref[:, k] - x_next[self._tracked] if self._tracked else ca.SX(0, 1)
                 objective += ca.dot(track_w, err**2)
             else:
                 objective += stage_cost(x_next, u, ref[:, k])
-            if du_w is not None:
+            if cfg.proposal_weights is not None and k == 0:
+                objective += ca.dot(ca.DM(cfg.proposal_weights), ((u - proposal) / u_range) ** 2)
+            if du_w is not None and k >= cfg.du_start:
                 objective += ca.dot(du_w, ((u - u_km1) / u_range) ** 2)
             w.append(ca.vertcat(*block_w))
             w_lo.append(np.concatenate(block_lo))
@@ -557,6 +613,27 @@ class NMPC:
 
         self._nw_block = w[0].shape[0]
         self._ng_block = sum(gi.shape[0] for gi in g) // N
+        # The terminal condition follows the blocks (its slacks are the "tail" of w, its rows of g).
+        self._nw_tail = self._ng_tail = 0
+        if cfg.terminal == "equilibrium":
+            args = [x_k, u_km1, p] + ([t0 + N * m.dt] if m.time_varying else [])
+            drift = m.rhs_function()(*args) * m.dt / s  # change over one interval if x_N were held, scaled
+            band = np.full(m.nx, cfg.terminal_tolerance)
+            if cfg.terminal_penalty is None:
+                g.append(drift)
+                g_lo.append(-band)
+                g_hi.append(band)
+                self._ng_tail = m.nx
+            else:
+                slack = ca.SX.sym("s_terminal", m.nx)
+                w.append(slack)
+                w_lo.append(np.zeros(m.nx))
+                w_hi.append(np.full(m.nx, np.inf))
+                objective += cfg.terminal_penalty * ca.sum1(slack)
+                g.extend([drift - slack, drift + slack])
+                g_lo.extend([np.full(m.nx, -np.inf), -band])
+                g_hi.extend([band, np.full(m.nx, np.inf)])
+                self._nw_tail, self._ng_tail = m.nx, 2 * m.nx
         self._w_lo = np.concatenate(w_lo)
         self._w_hi = np.concatenate(w_hi)
         self._g_lo = np.concatenate(g_lo)
@@ -566,7 +643,7 @@ class NMPC:
         self._slack_offset = self._nw_block - len(self._soft)
         nlp = {
             "x": ca.vertcat(*w),
-            "p": ca.vertcat(x0, u_prev, ca.vec(ref), p, t0),
+            "p": ca.vertcat(x0, u_prev, ca.vec(ref), p, t0, proposal),
             "f": objective,
             "g": ca.vertcat(*g),
         }
@@ -589,7 +666,7 @@ class NMPC:
             })
         self._solver = ca.nlpsol(f"{m.name}_nmpc", "ipopt", nlp, opts)
         self._plan_fn = ca.Function(
-            f"{m.name}_nmpc_plan", [nlp["x"]], [ca.horzcat(*[u_low + wk[: m.nu] * u_range for wk in w])],
+            f"{m.name}_nmpc_plan", [nlp["x"]], [ca.horzcat(*[u_low + wk[: m.nu] * u_range for wk in w[:N]])],
             ["w"], ["u_plan"],
         )
 
@@ -616,12 +693,14 @@ class NMPC:
         block = np.zeros(self._nw_block)
         block[: m.nu] = (u_prev - m.u_low) / (m.u_high - m.u_low)
         block[m.nu : self._slack_offset] = np.tile(x / m.x_scale, (self._slack_offset - m.nu) // m.nx)
-        return np.tile(block, self.config.horizon)
+        return np.concatenate([np.tile(block, self.config.horizon), np.zeros(self._nw_tail)])
 
     def _shift(self, values: np.ndarray, block: int) -> np.ndarray:
-        """Drop the first interval's block and repeat the last one (the warm start for the next step)."""
-        blocks = values.reshape(self.config.horizon, block)
-        return np.concatenate([blocks[1:], blocks[-1:]]).ravel()
+        """Drop the first interval's block and repeat the last one (the warm start for the next step); the
+        terminal condition's entries after the blocks stay."""
+        N = self.config.horizon
+        blocks, tail = values[: N * block].reshape(N, block), values[N * block:]
+        return np.concatenate([blocks[1:].ravel(), blocks[-1], tail])
 
     def solve(
         self,
@@ -630,6 +709,11 @@ class NMPC:
         reference: np.ndarray | None = None,
         t0: float = 0.0,
         params: Any = None,
+        proposal: np.ndarray | None = None,
+        *,
+        first_input: np.ndarray | None = None,
+        commit: bool = True,
+        warm_from: dict[str, np.ndarray] | None = None,
     ) -> NMPCSolution:
         """Solve the NMPC problem from state ``x`` and record the outcome in :attr:`stats`.
 
@@ -641,6 +725,12 @@ class NMPC:
             t0: time at the start of the first interval (time-varying models).
             params: parameters to predict with for this solve (dataclass or vector); default: the ones
                 given at construction.
+            proposal: (nu,) the input the first move is pulled to (``config.proposal_weights``; required
+                then, ignored otherwise), physical units.
+            first_input: (nu,) pins the first input (physical units): is there a plan that starts with it?
+            commit: False leaves the controller as it was (warm start, last plan, :attr:`stats`): a *probe*;
+                its solution waits in :attr:`pending` (None if it failed) for :meth:`commit`.
+            warm_from: start IPOPT from this unshifted solution of the same interval (``pending``).
 
         Returns:
             The solution; on a failed solve (not strict) the shifted previous plan, ``fallback`` True.
@@ -657,17 +747,34 @@ class NMPC:
         if u_prev.shape != (m.nu,) or not np.all(np.isfinite(u_prev)):
             raise ValueError(f"previous input must be finite with shape ({m.nu},), got {u_prev!r}")
         ref = self._reference(reference)
+        if self.config.proposal_weights is not None:
+            a = np.asarray(proposal, dtype=float) if proposal is not None else None
+            if a is None or a.shape != (m.nu,) or not np.all(np.isfinite(a)):
+                raise ValueError(f"proposal must be finite with shape ({m.nu},), got {proposal!r}")
+        else:
+            a = np.zeros(0)
         p = self._p if params is None else (
             params if isinstance(params, np.ndarray) else m.param_vector(params))
+        w_lo, w_hi = self._w_lo, self._w_hi
+        if first_input is not None:
+            v0 = (np.asarray(first_input, dtype=float) - m.u_low) / (m.u_high - m.u_low)
+            if v0.shape != (m.nu,) or not np.all((v0 >= 0.0) & (v0 <= 1.0)):
+                raise ValueError(f"first_input must lie in the input bounds, got {first_input!r}")
+            w_lo, w_hi = w_lo.copy(), w_hi.copy()
+            w_lo[: m.nu] = w_hi[: m.nu] = v0
         args: dict[str, Any] = {
             # Row k of the reference is column k of the NLP's (n_ref, N) parameter.
-            "p": np.concatenate([x, u_prev, ref.ravel(), p, [t0]]),
-            "lbx": self._w_lo, "ubx": self._w_hi, "lbg": self._g_lo, "ubg": self._g_hi,
+            "p": np.concatenate([x, u_prev, ref.ravel(), p, [t0], a]),
+            "lbx": w_lo, "ubx": w_hi, "lbg": self._g_lo, "ubg": self._g_hi,
         }
         cold = {"x0": self._initial_guess(x, np.clip(u_prev, m.u_low, m.u_high))}
-        warm = self._warm is not None and self.config.warm_start
+        start = warm_from if warm_from is not None else self._warm
+        warm = start is not None and self.config.warm_start
         if warm:
-            first = {"x0": self._warm["w"], "lam_x0": self._warm["lam_x"], "lam_g0": self._warm["lam_g"]}
+            first = {"x0": start["w"], "lam_x0": start["lam_x"], "lam_g0": start["lam_g"]}
+            if first_input is not None:
+                first["x0"] = first["x0"].copy()
+                first["x0"][: m.nu] = v0
         else:
             first = cold
         out, status, iterations, solve_time = self._attempt({**args, **first})
@@ -678,21 +785,30 @@ class NMPC:
             solve_time += seconds
         w = np.asarray(out["x"]).ravel()
         success = status in CONVERGED and bool(np.all(np.isfinite(w)))
+        if not commit:
+            self.pending = None
+            if not success:
+                nan = np.full((self.config.horizon, m.nu), np.nan)
+                return NMPCSolution(nan[0], nan, np.full((self.config.horizon + 1, m.nx), np.nan), status,
+                                    False, False, iterations, solve_time, float("nan"), float("nan"),
+                                    float("nan"))
+            u_plan, x_plan, max_slack = self._plan(x, w)
+            self.pending = {"w": w, "lam_x": np.asarray(out["lam_x"]).ravel(),
+                            "lam_g": np.asarray(out["lam_g"]).ravel(),
+                            "record": SolveRecord(status, True, False, iterations, solve_time, retried)}
+            return NMPCSolution(u_plan[0].copy(), u_plan, x_plan, status, True, False, iterations, solve_time,
+                                float(out["f"]), max_slack, self._terminal_slack)
         if success:
             u_plan, x_plan, max_slack = self._plan(x, w)
             objective = float(out["f"])
-            self._warm = {
-                "w": self._shift(w, self._nw_block),
-                "lam_x": self._shift(np.asarray(out["lam_x"]).ravel(), self._nw_block),
-                "lam_g": self._shift(np.asarray(out["lam_g"]).ravel(), self._ng_block),
-            }
+            self._warm = self._shifted_warm(w, out["lam_x"], out["lam_g"])
         else:
             if self.config.strict:
                 self.stats.records.append(SolveRecord(status, False, False, iterations, solve_time, retried))
                 raise NMPCSolveError(
                     f"NMPC solve failed: IPOPT status {status} after {iterations} iterations")
             u_plan, x_plan = self._shifted_plan(x, u_prev)
-            objective = max_slack = float("nan")
+            objective = max_slack = self._terminal_slack = float("nan")
         sol = NMPCSolution(
             u=u_plan[0].copy(),
             u_plan=u_plan,
@@ -704,9 +820,41 @@ class NMPC:
             solve_time=solve_time,
             objective=objective,
             max_slack=max_slack,
+            terminal_slack=self._terminal_slack,
         )
         self.stats.records.append(SolveRecord(status, success, sol.fallback, iterations, solve_time, retried))
         self._last = sol
+        return sol
+
+    def _shifted_warm(self, w: Any, lam_x: Any, lam_g: Any) -> dict[str, np.ndarray]:
+        return {
+            "w": self._shift(np.asarray(w).ravel(), self._nw_block),
+            "lam_x": self._shift(np.asarray(lam_x).ravel(), self._nw_block),
+            "lam_g": self._shift(np.asarray(lam_g).ravel(), self._ng_block),
+        }
+
+    def commit(self, sol: NMPCSolution) -> None:
+        """Make the probe ``sol`` (``solve(..., commit=False)``, successful) this interval's solution: its plan
+        becomes the warm start and the backup, and it is recorded in :attr:`stats`."""
+        if self.pending is None:
+            raise RuntimeError("commit() needs a successful probe: solve(..., commit=False)")
+        raw = self.pending
+        self._warm = self._shifted_warm(raw["w"], raw["lam_x"], raw["lam_g"])
+        self.stats.records.append(raw["record"])
+        self._last = sol
+        self.pending = None
+
+    def backup(self, x: np.ndarray, u_prev: np.ndarray, status: str = "rejected") -> NMPCSolution:
+        """This interval's input from the last plan (shifted by one interval; none: ``u_prev`` held), recorded
+        as a fallback with ``status``: for a caller that rejects a solve's plan (e.g. a safety filter whose
+        check of the plan on the integrator failed)."""
+        x = np.asarray(x, dtype=float)
+        u_plan, x_plan = self._shifted_plan(x, np.asarray(u_prev, dtype=float))
+        nan = float("nan")
+        sol = NMPCSolution(u_plan[0].copy(), u_plan, x_plan, status, False, True, 0, 0.0, nan, nan, nan)
+        self.stats.records.append(SolveRecord(status, False, True, 0, 0.0, False))
+        self._last = sol
+        self.pending = None
         return sol
 
     def _attempt(self, args: dict[str, Any]) -> tuple[dict[str, Any], str, int, float]:
@@ -720,11 +868,12 @@ class NMPC:
     def _plan(self, x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         """Planned inputs (N, nu), predicted states (N+1, nx) and largest slack of an NLP solution ``w``."""
         m, N = self.model, self.config.horizon
-        blocks = w.reshape(N, self._nw_block)
+        blocks = w[: N * self._nw_block].reshape(N, self._nw_block)
         u_plan = np.clip(np.asarray(self._plan_fn(w)).T, m.u_low, m.u_high)
         z = blocks[:, self._z_offset : self._z_offset + m.nx] * m.x_scale
-        soft_scale = np.array([m.x_scale[m.states.index(b.state)] for b in self._soft])
+        soft_scale = np.array(self._soft_scales)
         slack = blocks[:, self._slack_offset :] * soft_scale
+        self._terminal_slack = float(w[N * self._nw_block:].max()) if self._nw_tail else 0.0
         return u_plan, np.vstack([x, z]), float(slack.max()) if slack.size else 0.0
 
     def _shifted_plan(self, x: np.ndarray, u_prev: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -754,6 +903,7 @@ class NMPC:
         self.stats.begin_episode()
         self._last = None
         self._warm = None
+        self.pending = None
         if self.observer is not None:
             self.observer.reset(seed)
 

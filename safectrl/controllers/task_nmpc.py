@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from safectrl.controllers.nmpc import NMPC, FullStateObserver, NMPCConfig, Observed, StateBound
+from safectrl.controllers.nmpc import NMPC, FullStateObserver, NMPCConfig, Observed, Observer, StateBound
 from safectrl.models.mathns import CASADI
 from safectrl.models.task import Scenario, Task
 
@@ -135,3 +135,24 @@ def nmpc_for(env_id: str, params: Any = None) -> NMPC:
     if env_id in acr_mpc.REGULARISERS:
         return acr_mpc.REGULARISERS[env_id](p)
     return task_nmpc(task, p)
+
+
+def observer_for(env_id: str, params: Any = None) -> Observer:
+    """The observer the NMPC of ``env_id`` uses (:func:`nmpc_for`), predicting with ``params`` (default: the
+    task's nominal model): the reactor's EKF, the RL-ACR tasks' observers, else a :class:`TaskObserver`.
+
+    A safety filter that predicts from observations uses the same one, so that it knows what the controller
+    can know and nothing of the plant.
+    """
+    from safectrl.controllers import acr_mpc, polycstr_nmpc
+    from safectrl.models.registry import get_task
+
+    task = get_task(env_id)
+    p = task.plant(params if params is not None else "nominal")
+    if env_id == "safectrl/PolyCSTR-v0":
+        return polycstr_nmpc.PolyCSTRObserver(p, polycstr_nmpc.EKF_CONFIG)
+    if env_id in acr_mpc.OBSERVERS:
+        return acr_mpc.OBSERVERS[env_id](p)
+    sc = task.scenario()
+    _, u0 = sc.initial(np.random.default_rng(0), p)
+    return TaskObserver(task, sc, u_init=u0, params=p)

@@ -1,0 +1,413 @@
+r"""A predictive safety filter: the input closest to a policy's proposal for which the model still has a safe
+continuation (Wabersich & Zeilinger, "A predictive safety filter for learning-based control of constrained
+nonlinear dynamical systems", Automatica 129, 2021).
+
+At every control interval, from the state and parameters estimated by the plant's own observer (the reactor:
+the EKF of its NMPC, which also estimates UA and the propagation factor; the RL-ACR tasks: their estimated
+models), the filter solves, on the shared CasADi model (the NMPC's collocation or shooting, built once,
+warm-started, every status checked)::
+
+    minimise    sum_j ((u_0j - a_j) / range_j)²                          stay close to the proposal a
+                + eps  sum_k l(x_{k+1}, u_k)                              a weak regulariser of the continuation
+                + delta sum_{k>=1} sum_j ((u_kj - u_{k-1,j}) / range_j)²  (the task's stage cost, its setpoint)
+                + rho sum_k sum_b s_{k,b}  +  rho_f sum_i s_f,i           exact L1 penalties
+    subject to  x_0 = x̂, x_{k+1} = Phi(x_k, u_k, p̂)                      the model, estimated parameters p̂
+                u_low <= u_k <= u_high
+                low_b + c_b - s_{k,b} <= y_b(x_{k+1}) <= high_b - c_b + s_{k,b}    every limit, tightened by c_b
+                |f(x_N, u_{N-1}, p̂) dt / x_scale| <= s_f                  terminal set: x_N a steady state
+
+**Terminal set.** The horizon must end at a steady state of the model that satisfies the tightened limits.
+The set of such states is control invariant for the model: holding u_{N-1} keeps x_N where it is, inside
+the limits, for ever. So if the problem is feasible at one step, the previous plan shifted by one interval
+with u_{N-1} appended is feasible at the next (for the model), which is recursive feasibility; no invariant
+set of a backup controller has to be computed, which for the reactor's five stiff states would take a
+sampling or SOS construction of its own. The price is conservatism: a proposal is certified only if the
+plant can still be brought to rest inside the limits within the horizon. With the weak regulariser the
+continuation is well posed (without it, the inputs after the first are free and IPOPT struggles; the issue's
+prototype hit its iteration limit on half of the steps).
+
+**Robustness.** The model is wrong about the plant; the estimated parameters (the reactor's EKF) and the
+tightening ``c_b`` (the reactor: T <= T_max - 1.5 K, the back-off of the reactor's NMPC; the RL-ACR tasks: a
+share of each limit's width, sized on their actual plants) absorb the rest. That is a design margin, not a
+proof: the tests and the study check it on the wrong plant, with noise, behind adversarial policies.
+
+**What is applied.** The proposal is clipped to the input bounds (a non-finite proposal is replaced by the
+last applied input and counted). If the optimal first input equals the proposal (within ``certify_tol`` of
+the input range) and no slack is active, the plan *certifies* the proposal and ``a`` itself is applied
+(recorded as ``certified``); otherwise the minimally changed input ``u_0``. When a solve fails, the next
+input of the last plan (the backup, shifted each failed step) is applied and recorded as ``fallback``;
+``strict=True`` raises instead. Soft state constraints keep the problem feasible, so a solve returns an
+input whenever IPOPT converges; a plan that needs slack is recorded (``soft``).
+
+Usage::
+
+    psf = predictive_safety_filter(policy, "safectrl/PolyCSTR-v0")   # any registered plant
+    psf.reset(seed=0); u = psf.act(obs)
+    psf.record.arrays(), psf.episode_report()   # per step, and the episode's intervention statistics
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
+
+import numpy as np
+
+from safectrl.common import validation
+from safectrl.common.faults import FallbackWarning
+from safectrl.common.protocol import DecisionMaker
+from safectrl.controllers.nmpc import NMPC, NMPCConfig, Observer, StateBound
+from safectrl.controllers.task_nmpc import observer_for
+from safectrl.models.mathns import CASADI
+from safectrl.models.registry import get_task
+from safectrl.models.task import Task
+
+
+@dataclass(frozen=True)
+class PSFConfig:
+    """Horizon, tightening, weights and solver settings of a :class:`PredictiveSafetyFilter`."""
+
+    horizon: int = 20  # intervals predicted
+    tightening: tuple[float, ...] | None = None  # per operating limit of the task, physical units, inward
+    limit_penalty: float = 100.0  # L1 weight of a limit's violation, objective units per unit and interval
+    hold_weight: float = 1e-4  # eps_u: pulls every later input to the proposal, per ((u_k - a) / range)²
+    regularisation: float = 0.0  # eps_x: weight of the task's stage cost over the horizon
+    du_weight: float = 1e-3  # delta: move penalty from the third input on (u_2 - u_1, ...), per (Δu / range)²
+    terminal: str = "equilibrium"  # "equilibrium" (see the module docstring) or "free"
+    terminal_penalty: float = 1e3  # L1 weight of the terminal steady-state residual (scaled)
+    terminal_tolerance: float = 0.01  # |x_N's drift per interval| / x_scale allowed without slack
+    discretisation: str = "collocation"  # as the NMPC: "collocation" or "shooting"
+    collocation_degree: int = 3  # Radau points per element
+    collocation_elements: int = 2  # elements per interval
+    slack_tol: float = 1e-6  # a plan with a larger slack (physical units / scaled) is "soft"
+    check_intervals: int = 20  # intervals of a plan simulated with the model's integrator before it is applied
+    intervention_threshold: float = 0.01  # |u - a| / range above which a step counts as an intervention
+    tol: float = 1e-7  # IPOPT tolerance
+    max_iter: int = 100  # IPOPT iterations per attempt
+    max_cpu_time: float = 10.0  # s per solve
+
+    def __post_init__(self) -> None:
+        validation.positive_int("horizon", self.horizon)
+        if self.tightening is not None:
+            validation.reals("tightening", self.tightening, low=0.0)
+        validation.positive("limit_penalty", self.limit_penalty)
+        validation.reals("hold_weight", (self.hold_weight,), low=0.0)
+        validation.reals("regularisation", (self.regularisation,), low=0.0)
+        validation.reals("du_weight", (self.du_weight,), low=0.0)
+        if self.terminal not in ("equilibrium", "free"):
+            raise ValueError(f"terminal must be 'equilibrium' or 'free', got {self.terminal!r}")
+        validation.positive("terminal_penalty", self.terminal_penalty)
+        validation.reals("terminal_tolerance", (self.terminal_tolerance,), low=0.0)
+        validation.positive("slack_tol", self.slack_tol)
+        validation.positive_int("check_intervals", self.check_intervals)
+        validation.positive("intervention_threshold", self.intervention_threshold)
+        validation.positive("tol", self.tol)
+        validation.positive_int("max_iter", self.max_iter)
+        validation.positive("max_cpu_time", self.max_cpu_time)
+
+
+#: Each shipped plant's filter. The reactor: the NMPC's back-off (1.5 K) and horizon (10 h). The RL-ACR
+#: tasks: the discretisation of their regularisers, limits tightened by a share of their width, the glucose
+#: tasks without a terminal steady state (the meal keeps the model moving over any horizon).
+DEFAULTS: dict[str, PSFConfig] = {
+    "safectrl/PolyCSTR-v0": PSFConfig(tightening=(1.5,)),
+    "safectrl/Glucose-v0": PSFConfig(tightening=(40.0,), terminal="free", collocation_degree=2,
+                                     collocation_elements=1, regularisation=1e-3),
+    "safectrl/BiGlucose-v0": PSFConfig(tightening=(40.0,), terminal="free", collocation_degree=2,
+                                       collocation_elements=1, regularisation=1e-4),
+    "safectrl/KlattEngellCSTR-v0": PSFConfig(tightening=(0.05, 0.05, 5.0, 5.0), collocation_degree=2,
+                                             collocation_elements=1, regularisation=1e-4),
+    "safectrl/CartPoleContinuous-v0": PSFConfig(horizon=50, tightening=(0.2, 0.02), discretisation="shooting",
+                                                regularisation=1e-4),
+}
+
+#: The continuation's regulariser where the task's stage cost is not smooth (IPOPT needs a smooth one):
+#: ``(x, u, setpoint, p, m) -> cost``; the others use the task's own stage cost.
+SMOOTH_COSTS: dict[str, Callable[..., Any]] = {}
+
+
+def _glucose_risk(x, u, sp, p, m):
+    from safectrl.models import glucose
+
+    return glucose.magni_risk(x[0], m)
+
+
+def _biglucose_risk(x, u, sp, p, m):
+    from safectrl.models import biglucose, glucose
+
+    return glucose.magni_risk(biglucose.MG_DL_PER_MMOL_L * x[0] / p.V_G, m)
+
+
+def _cartpole_cost(x, u, sp, p, m):
+    return 100.0 * x[0] ** 2 + 1000.0 * x[2] ** 2
+
+
+SMOOTH_COSTS.update({
+    "safectrl/Glucose-v0": _glucose_risk,
+    "safectrl/BiGlucose-v0": _biglucose_risk,
+    "safectrl/CartPoleContinuous-v0": _cartpole_cost,
+})
+
+
+class PSFError(RuntimeError):
+    """The filter could not give a certified or backup input and is ``strict``."""
+
+
+@dataclass
+class PSFRecord:
+    """What the filter did, one row per ``act`` since the last ``reset`` (physical units)."""
+
+    proposal: list[np.ndarray] = field(default_factory=list)  # the policy's action, as returned
+    applied: list[np.ndarray] = field(default_factory=list)  # the input the filter returned
+    certified: list[bool] = field(default_factory=list)  # the proposal itself was applied
+    fallback: list[bool] = field(default_factory=list)  # the solve failed: the backup plan's next input
+    soft: list[bool] = field(default_factory=list)  # the plan needed slack (limits or terminal set)
+    invalid_proposal: list[bool] = field(default_factory=list)  # non-finite proposal replaced
+    rejected_plans: list[int] = field(default_factory=list)  # converged plans the integrator check refused
+    iterations: list[int] = field(default_factory=list)  # IPOPT iterations
+    status: list[str] = field(default_factory=list)  # IPOPT status of the solve whose input was applied
+    solve_ms: list[float] = field(default_factory=list)  # ms in the solver
+    max_slack: list[float] = field(default_factory=list)  # largest slack of a limit (NaN on fallback)
+    terminal_slack: list[float] = field(default_factory=list)  # terminal residual slack (NaN on fallback)
+    predicted: list[np.ndarray] = field(default_factory=list)  # (horizon + 1, nx) the plan's states
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {k: np.asarray(v) for k, v in self.__dict__.items()}
+
+
+class PredictiveSafetyFilter:
+    """Wrap ``policy`` so that each proposal is applied only if the model can continue safely from it (see
+    the module docstring).
+
+    Args:
+        policy: the decision-maker whose actions are filtered (``reset(seed=None)``, ``act(obs)``).
+        task: the plant.
+        params: the prediction model's parameters (the nominal model; the observer may estimate some).
+        observer: maps observations to the estimated state (and parameters); the NMPC's of the task.
+        config: horizon, tightening, weights.
+        regulariser: ``(x, u, setpoint, p, m) -> cost`` of the continuation; default: the task's stage cost.
+        strict: raise :class:`PSFError` on a failed solve or a non-finite proposal instead of falling back.
+    """
+
+    def __init__(self, policy: DecisionMaker, task: Task, params: Any, observer: Observer,
+                 config: PSFConfig = PSFConfig(), regulariser: Callable[..., Any] | None = None,
+                 strict: bool = False) -> None:
+        if not isinstance(policy, DecisionMaker):
+            raise TypeError(f"policy must have reset(seed=None) and act(obs), got {type(policy).__name__}")
+        self.policy = policy
+        self.task = task
+        self.config = config
+        self.strict = bool(strict)
+        m = task.model
+        self._range = m.u_high - m.u_low
+        self._n_sp = len(task.setpoint_names)
+        tight = config.tightening if config.tightening is not None else (0.0,) * len(task.limits)
+        if len(tight) != len(task.limits):
+            raise ValueError(f"{task.name} has {len(task.limits)} operating limits "
+                             f"({', '.join(lim.name for lim in task.limits)}), tightening gives {len(tight)}")
+        bounds = []
+        for limit, c in zip(task.limits, tight):
+            low = limit.low + c if math.isfinite(limit.low) else -math.inf
+            high = limit.high - c if math.isfinite(limit.high) else math.inf
+            if not low < high:
+                raise ValueError(f"tightening {c} {limit.unit} empties the limit {limit.name} in "
+                                 f"[{limit.low}, {limit.high}]")
+            output = None if limit.output is None else limit.output
+            bounds.append(StateBound(limit.name, low=low, high=high, penalty=config.limit_penalty, output=output))
+        self.bounds = tuple(bounds)
+        self._tight = tuple(float(c) for c in tight)
+        self._p_design = params
+        #: simulated plans of the last act() (one (intervals, nx) array per plan checked)
+        self.checked: list[np.ndarray] = []
+        nmpc_config = NMPCConfig(
+            horizon=config.horizon, discretisation=config.discretisation,
+            collocation_degree=config.collocation_degree, collocation_elements=config.collocation_elements,
+            du_weights=(config.du_weight,) * m.nu, du_start=2, proposal_weights=(1.0,) * m.nu, state_bounds=self.bounds,
+            terminal=config.terminal, terminal_penalty=config.terminal_penalty,
+            terminal_tolerance=config.terminal_tolerance, tol=config.tol,
+            max_iter=config.max_iter, max_cpu_time=config.max_cpu_time, strict=False)
+        cost = regulariser if regulariser is not None else task.stage_cost
+        p_design = params
+        eps_x, eps_u, n_sp, u_range = config.regularisation, config.hold_weight, self._n_sp, self._range
+
+        def stage(x, u, r):  # r = (setpoint, proposal)
+            hold = sum(((u[j] - r[n_sp + j]) / u_range[j]) ** 2 for j in range(m.nu))
+            if eps_x == 0.0:
+                return eps_u * hold
+            sp = [r[i] for i in range(n_sp)]
+            return eps_u * hold + eps_x * cost([x[i] for i in range(m.nx)], [u[i] for i in range(m.nu)], sp,
+                                               p_design, CASADI)
+
+        self.observer = observer
+        # the NMPC solves; the filter drives the observer itself (it must see the applied input)
+        self.nmpc = NMPC(m, params, nmpc_config, stage_cost=stage, n_ref=self._n_sp + m.nu)
+        self.record = PSFRecord()
+        self._last_applied: np.ndarray | None = None
+        self._warned: set[str] = set()
+
+    # -- the decision-maker ---------------------------------------------------------------------------
+
+    def reset(self, seed: int | None = None) -> None:
+        self.policy.reset(seed=seed)
+        self.observer.reset(seed)
+        self.nmpc.reset(seed)
+        self.record = PSFRecord()
+        self._last_applied = None
+
+    def _warn(self, kind: str, message: str) -> None:
+        if kind not in self._warned:
+            warnings.warn(f"PredictiveSafetyFilter: {message} (warned once; counted in record.{kind})",
+                          FallbackWarning, stacklevel=3)
+            self._warned.add(kind)
+
+    def _proposal(self, raw: np.ndarray) -> tuple[np.ndarray, bool]:
+        """The proposal clipped to the input bounds; a non-finite one replaced by the last input applied."""
+        m = self.task.model
+        if raw.shape != (m.nu,):
+            raise ValueError(f"the policy's action must have shape ({m.nu},), got {raw.shape}")
+        if np.all(np.isfinite(raw)):
+            return np.clip(raw, m.u_low, m.u_high), False
+        if self.strict:
+            raise PSFError(f"non-finite proposal {raw}")
+        self._warn("invalid_proposal", f"non-finite proposal {raw} replaced by the last input applied")
+        last = self._last_applied if self._last_applied is not None else (m.u_low + m.u_high) / 2
+        return np.where(np.isfinite(raw), np.clip(raw, m.u_low, m.u_high), last), True
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        obs = np.asarray(obs, dtype=float)
+        self.checked = []
+        raw = np.asarray(self.policy.act(obs), dtype=float)
+        a, invalid = self._proposal(raw)
+        seen = self.observer(obs)
+        sp = np.asarray(seen.reference, dtype=float).ravel()[: self._n_sp] if self._n_sp else np.zeros(0)
+        args = (seen.x, seen.u_prev, np.concatenate([sp, a]), seen.t0, seen.params)
+        cfg = self.config
+        # Is there a safe plan that starts with the proposal? (u_0 pinned to a, nothing committed yet.)
+        probe = self.nmpc.solve(*args, proposal=a, first_input=a, commit=False)
+        iterations, seconds = probe.iterations, probe.solve_time
+        rejected = 0
+        if self._acceptable(probe, seen, strict_slack=True):
+            self.nmpc.commit(probe)
+            sol = probe
+        else:  # the minimally changed input, warm-started from the probe's plan where there is one
+            rejected += probe.success
+            sol = self.nmpc.solve(*args, proposal=a, warm_from=self.nmpc.pending, commit=False)
+            iterations += sol.iterations
+            seconds += sol.solve_time
+            if self._acceptable(sol, seen, strict_slack=False):
+                self.nmpc.commit(sol)
+            else:
+                rejected += sol.success
+                sol = self.nmpc.backup(seen.x, seen.u_prev, sol.status if not sol.success else "rejected")
+        if sol.fallback:
+            if self.strict:
+                raise PSFError(f"the filter's solve failed (IPOPT status {sol.status}) and it is strict")
+            self._warn("fallback", f"no plan to apply (IPOPT status {sol.status}): the backup plan's next "
+                                   "input applied")
+            u = sol.u
+            certified = soft = False
+        else:
+            soft = bool(sol.max_slack > cfg.slack_tol or sol.terminal_slack > cfg.slack_tol)
+            certified = sol is probe
+            u = a.copy() if certified else sol.u
+        self.observer.applied(u)
+        self._last_applied = u.copy()
+        r = self.record
+        r.proposal.append(raw.copy())
+        r.applied.append(u.copy())
+        r.certified.append(certified)
+        r.fallback.append(bool(sol.fallback))
+        r.soft.append(soft)
+        r.invalid_proposal.append(invalid)
+        r.rejected_plans.append(int(rejected))
+        r.iterations.append(int(iterations))
+        r.status.append(sol.status)
+        r.solve_ms.append(1e3 * seconds)
+        r.max_slack.append(float(sol.max_slack))
+        r.terminal_slack.append(float(sol.terminal_slack))
+        r.predicted.append(sol.x_plan.copy())
+        return u
+
+    def _acceptable(self, sol: Any, seen: Any, strict_slack: bool) -> bool:
+        """Whether a solve's plan may be applied: converged, and (``strict_slack``) without slack, and its
+        inputs, simulated from the estimate with the model's own integrator (the env's, not the
+        collocation), keep every limit within half its tightening.
+
+        The check matters: with an implicit discretisation of a runaway reaction the optimiser can pick a
+        spurious root of the collocation equations that predicts cooling where the integrator heats up.
+        """
+        if not sol.success:
+            return False
+        if strict_slack and (sol.max_slack > self.config.slack_tol or sol.terminal_slack > self.config.slack_tol):
+            return False
+        m = self.task.model
+        p = seen.params if seen.params is not None else self.nmpc._p
+        x = np.asarray(seen.x, dtype=float)
+        xs = []
+        for k, u in enumerate(sol.u_plan[: self.config.check_intervals]):
+            x = m.step(x, u, p, seen.t0 + k * m.dt)
+            xs.append(x)
+        xs = np.asarray(xs)
+        if not np.all(np.isfinite(xs)):
+            return False
+        self.checked.append(xs)
+        over = np.zeros(len(xs))
+        for limit, c in zip(self.task.limits, self._tight):
+            v = np.asarray(limit.value(xs, self._p_design, self.task.states), dtype=float)
+            over = np.maximum(over, np.maximum(limit.low + c / 2 - v, v - (limit.high - c / 2)))
+        if strict_slack:
+            return bool(np.all(over <= 0.0))
+        # a soft plan is applied when it does no worse than it predicts
+        return bool(np.all(over <= max(0.0, sol.max_slack) + 1e-9))
+
+    # -- what it did ------------------------------------------------------------------------------------
+
+    def episode_report(self) -> dict[str, float]:
+        """The episode's filter statistics (since the last reset), as study columns.
+
+        ``interventions``: share of steps where |u - a| exceeds ``intervention_threshold`` of the input range
+        in any input (``a`` the proposal clipped to the bounds); ``mean_abs_du_<input>``: mean |u - a| per
+        input, physical units; ``certified``: share of steps that applied the proposal; ``fallbacks``, ``soft``:
+        step counts.
+        """
+        m = self.task.model
+        r = self.record
+        if not r.applied:
+            return {}
+        proposal = np.clip(np.nan_to_num(np.asarray(r.proposal), nan=np.inf), m.u_low, m.u_high)
+        du = np.abs(np.asarray(r.applied) - proposal)
+        out = {"interventions": float(np.mean(np.any(du > self.config.intervention_threshold * self._range,
+                                                     axis=1)))}
+        for j, name in enumerate(m.inputs):
+            out[f"mean_abs_du_{name}"] = float(du[:, j].mean())
+        out["certified"] = float(np.mean(r.certified))
+        out["fallbacks"] = int(np.sum(r.fallback))
+        out["rejected_plans"] = int(np.sum(r.rejected_plans))
+        out["soft"] = int(np.sum(r.soft))
+        return out
+
+
+def predictive_safety_filter(policy: DecisionMaker, env_id: str, params: Any = None,
+                             config: PSFConfig | None = None, strict: bool = False) -> PredictiveSafetyFilter:
+    """The predictive safety filter of the registered plant ``env_id`` around ``policy``.
+
+    Args:
+        policy: the decision-maker to filter.
+        env_id: a registered task id (``safectrl/PolyCSTR-v0``, the RL-ACR tasks, or one of your own).
+        params: the prediction model (a plant name or parameter dataclass); default: the task's nominal
+            model, the one a controller can know. The observer (the reactor's EKF) predicts with it too.
+        config: default: the plant's entry in :data:`DEFAULTS` (else :class:`PSFConfig`'s defaults).
+        strict: raise on a failed solve or a non-finite proposal.
+    """
+    task = get_task(env_id)
+    p = task.plant(params if params is not None else "nominal")
+    cfg = config if config is not None else DEFAULTS.get(env_id, PSFConfig())
+    return PredictiveSafetyFilter(policy, task, p, observer_for(env_id, p), cfg,
+                                  regulariser=SMOOTH_COSTS.get(env_id), strict=strict)
+
+
+def with_config(env_id: str, **changes: Any) -> PSFConfig:
+    """The plant's default configuration with ``changes`` (e.g. ``horizon=10``)."""
+    return replace(DEFAULTS.get(env_id, PSFConfig()), **changes)
