@@ -72,8 +72,8 @@ class PSFConfig:
     horizon: int = 20  # intervals predicted
     tightening: tuple[float, ...] | None = None  # per operating limit of the task, physical units, inward
     limit_penalty: float = 100.0  # L1 weight of a limit's violation, objective units per unit and interval
-    hold_weight: float = 1e-4  # eps_u: pulls every later input to the proposal, per ((u_k - a) / range)²
-    regularisation: float = 0.0  # eps_x: weight of the task's stage cost over the horizon
+    hold_weight: float = 0.0  # eps_u: pulls every later input to the proposal, per ((u_k - a) / range)²
+    regularisation: float = 1e-5  # eps_x: weight of the task's stage cost over the horizon
     du_weight: float = 1e-3  # delta: move penalty from the third input on (u_2 - u_1, ...), per (Δu / range)²
     terminal: str = "equilibrium"  # "equilibrium" (see the module docstring) or "free"
     terminal_penalty: float = 1e3  # L1 weight of the terminal steady-state residual (scaled)
