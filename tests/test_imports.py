@@ -1,4 +1,4 @@
-"""Dependencies point one way (STYLE.md): models <- controllers; models <- rl; safety alone; studies on top;
+"""Dependencies point one way (STYLE.md): models <- controllers <- safety; models <- rl; studies on top;
 and no module of safectrl imports itself back through others (imports inside functions count too)."""
 
 from __future__ import annotations
@@ -15,12 +15,13 @@ ALLOWED = {
     "models": {"common", "models"},
     "controllers": {"common", "models", "controllers"},
     "rl": {"common", "models", "rl"},
-    "safety": {"common", "safety"},
+    "safety": {"common", "models", "controllers", "safety"},  # a safety layer wraps a controller
     "studies": {"common", "models", "controllers", "rl", "safety", "studies"},
 }
-# safety must stand alone: only these third-party roots (plus the standard library)
-# highspy/clarabel/scipy: the exact correction hands cvxpy's compiled data to cvxpy's own LP/QP solvers
-SAFETY_THIRD_PARTY = {"torch", "numpy", "cvxpy", "safetensors", "scipy", "highspy", "clarabel"}
+# the third-party roots safety may import (plus the standard library)
+# highspy/clarabel/scipy: the exact correction hands cvxpy's compiled data to cvxpy's own LP/QP solvers;
+# casadi: the predictive safety filter's model
+SAFETY_THIRD_PARTY = {"torch", "numpy", "cvxpy", "safetensors", "scipy", "highspy", "clarabel", "casadi"}
 
 
 def _imports(path: Path) -> set[str]:

@@ -95,10 +95,28 @@ def _task_nmpc(_):
     return TANK, nmpc_for(TANK)
 
 
+def _psf(env_id, inner):
+    def build(trained):
+        from safectrl.safety.psf import predictive_safety_filter, with_config
+
+        if inner == "iql":
+            from safectrl.rl import load_policy
+
+            policy = load_policy(trained["iql"])
+        else:
+            from safectrl.controllers.task_nmpc import nmpc_for
+
+            policy = nmpc_for(env_id)
+        return env_id, predictive_safety_filter(policy, env_id, config=with_config(env_id, horizon=8))
+
+    return build
+
+
 DECISION_MAKERS = {
     "PI": _pi, "NMPC oracle": _nmpc(False), "NMPC mismatched": _nmpc(True), "BC": _offline("bc"),
     "IQL": _offline("iql"), "SafetyFilter gd": _filtered("gd"), "SafetyFilter exact": _filtered("exact"),
     "SAC": _sac, "RL-ACR": _rlacr, "NMPC of a new plant": _task_nmpc,
+    "IQL+PSF": _psf(REACTOR, "iql"), "PSF around a new plant's NMPC": _psf(TANK, "nmpc"),
 }
 
 

@@ -160,6 +160,7 @@ class PSFRecord:
     """What the filter did, one row per ``act`` since the last ``reset`` (physical units)."""
 
     proposal: list[np.ndarray] = field(default_factory=list)  # the policy's action, as returned
+    target: list[np.ndarray] = field(default_factory=list)  # the proposal clipped to the bounds (NaN replaced)
     applied: list[np.ndarray] = field(default_factory=list)  # the input the filter returned
     certified: list[bool] = field(default_factory=list)  # the proposal itself was applied
     fallback: list[bool] = field(default_factory=list)  # the solve failed: the backup plan's next input
@@ -316,6 +317,7 @@ class PredictiveSafetyFilter:
         self._last_applied = u.copy()
         r = self.record
         r.proposal.append(raw.copy())
+        r.target.append(a.copy())
         r.applied.append(u.copy())
         r.certified.append(certified)
         r.fallback.append(bool(sol.fallback))
@@ -376,8 +378,7 @@ class PredictiveSafetyFilter:
         r = self.record
         if not r.applied:
             return {}
-        proposal = np.clip(np.nan_to_num(np.asarray(r.proposal), nan=np.inf), m.u_low, m.u_high)
-        du = np.abs(np.asarray(r.applied) - proposal)
+        du = np.abs(np.asarray(r.applied) - np.asarray(r.target))
         out = {"interventions": float(np.mean(np.any(du > self.config.intervention_threshold * self._range,
                                                      axis=1)))}
         for j, name in enumerate(m.inputs):

@@ -1,0 +1,214 @@
+"""The predictive safety filter: what it certifies, how little it changes, that it stays feasible, what it does
+when its solver fails, and that adversarial policies behind it keep the reactor below T_max on the wrong plant
+with noisy sensors (short episodes; the long versions are in benchmarks/psf.py)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import safectrl
+from safectrl.common.faults import FallbackWarning
+from safectrl.controllers.pi import NOMINAL_TUNING, PIController
+from safectrl.models import polycstr as pc
+from safectrl.models.registry import TASKS, get_task
+from safectrl.rl.env import TaskEnv
+from safectrl.rl.rollout import run_episode
+from safectrl.safety.psf import PSFConfig, PSFError, predictive_safety_filter, with_config
+
+REACTOR = "safectrl/PolyCSTR-v0"
+TASK = get_task(REACTOR)
+U_LOW, U_HIGH = TASK.model.u_low, TASK.model.u_high
+safectrl.register_task("tests/HeatedTank-v0", "heated_tank:TASK")
+
+
+class Constant:
+    """Always the same input (the most heat: f_I = 2.5 kg/h, T_c = 350 K)."""
+
+    def __init__(self, u) -> None:
+        self.u = np.asarray(u, dtype=float)
+
+    def reset(self, seed=None) -> None:
+        pass
+
+    def act(self, obs):
+        return self.u.copy()
+
+
+class Uniform:
+    """Uniformly random inputs in the bounds."""
+
+    def __init__(self, low, high) -> None:
+        self.low, self.high = np.asarray(low), np.asarray(high)
+
+    def reset(self, seed=None) -> None:
+        self.rng = np.random.default_rng(seed)
+
+    def act(self, obs):
+        return self.rng.uniform(self.low, self.high)
+
+
+class Lossy(Constant):
+    """NaN for every other proposal."""
+
+    def reset(self, seed=None) -> None:
+        self.k = 0
+
+    def act(self, obs):
+        self.k += 1
+        return self.u.copy() if self.k % 2 else np.full_like(self.u, np.nan)
+
+
+def _episode(policy, plant="nominal", noise=False, steps=30, config=None, seed=11, scenario="startup"):
+    psf = predictive_safety_filter(policy, REACTOR, config=config)
+    env = TaskEnv(TASK, scenario=scenario, plant=plant, noise=noise, max_steps=steps)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FallbackWarning)
+        ep = run_episode(env, psf, seed)
+    return psf, ep
+
+
+def test_a_certified_proposal_passes_unchanged():
+    psf, ep = _episode(PIController(NOMINAL_TUNING), steps=12)
+    r = psf.record.arrays()
+    assert r["certified"].all() and not r["fallback"].any()
+    np.testing.assert_array_equal(r["applied"], r["proposal"])  # bit for bit: a itself, not the plan's u_0
+    np.testing.assert_array_equal(ep.actions, r["proposal"])
+    assert psf.episode_report()["interventions"] == 0.0
+
+
+def test_the_correction_is_the_nearest_safe_input_on_a_one_step_problem():
+    """Horizon 1, no terminal set: the filter's input against a brute-force grid of the inputs whose one
+    interval, simulated with the model's integrator, ends at or below the tightened limit."""
+    cfg = with_config(REACTOR, horizon=1, terminal="free", regularisation=0.0, du_weight=0.0, check_intervals=1,
+                      tol=1e-9)
+    psf = predictive_safety_filter(Constant(U_HIGH), REACTOR, config=cfg)
+    p = TASK.nominal
+    env = TaskEnv(TASK, scenario="startup", max_steps=200)  # a hot state: the most heat until T nears the limit
+    env.reset(seed=3)
+    x = None
+    while x is None:
+        info = env.step(U_HIGH)[-1]
+        if info["state"][4] > pc.T_MAX - 4.0:
+            x = np.asarray(info["state"], dtype=float)
+    limit = pc.T_MAX - cfg.tightening[0]
+    a = U_HIGH.copy()
+    assert TASK.model.step(x, a, p)[4] > limit  # the proposal is unsafe
+    sol = psf.nmpc.solve(x, a, np.concatenate([[0.0, 0.0], a]), 0.0, None, proposal=a)
+    assert sol.success and sol.max_slack < 1e-6
+    rng = U_HIGH - U_LOW
+    grid = np.stack(np.meshgrid(np.linspace(U_LOW[0], U_HIGH[0], 61), np.linspace(U_LOW[1], U_HIGH[1], 61)),
+                    -1).reshape(-1, 2)
+    T1 = TASK.model.step_batch(np.tile(x, (len(grid), 1)), grid, TASK.model.param_vector(p))[:, 4]
+    dist = np.sum(((grid - a) / rng) ** 2, axis=1)
+    best = dist[T1 <= limit].min()
+    found = np.sum(((sol.u - a) / rng) ** 2)
+    assert TASK.model.step(x, sol.u, p)[4] <= limit + 1e-3  # safe on the integrator too
+    assert found <= best + 1e-9  # no grid point that is safe is closer to the proposal
+    assert found >= best - 2 * (1 / 60) * np.sqrt(best) - 1e-3  # and it is not far inside the safe set
+
+
+@pytest.mark.parametrize("policy", ["most heat", "random"])
+def test_recursively_feasible_along_episodes(policy):
+    """With the steady-state terminal set, every step after the first has a plan without slack (the
+    previous plan shifted is one, for the model): no soft plan, no solver failure."""
+    pol = Constant(U_HIGH) if policy == "most heat" else Uniform(U_LOW, U_HIGH)
+    psf, ep = _episode(pol, steps=30, config=with_config(REACTOR, horizon=12))
+    r = psf.record.arrays()
+    assert not r["soft"].any()
+    assert all(s in ("Solve_Succeeded", "Solved_To_Acceptable_Level", "rejected") for s in r["status"]), r["status"]
+    assert ep.infos["violation"][1:].sum() == 0
+
+
+@pytest.mark.parametrize("policy", ["most heat", "random"])
+def test_adversarial_policies_stay_below_t_max_on_the_mismatched_plant_with_noise(policy):
+    pol = Constant(U_HIGH) if policy == "most heat" else Uniform(U_LOW, U_HIGH)
+    psf, ep = _episode(pol, plant="actual", noise=True, steps=40, config=with_config(REACTOR, horizon=12))
+    T = np.asarray(ep.infos["state"])[1:, 4]
+    assert ep.infos["violation"][1:].sum() == 0 and T.max() <= pc.T_MAX, T.max()
+    if policy == "most heat":  # the raw policy runs away on this plant within these steps
+        env = TaskEnv(TASK, scenario="startup", plant="actual", noise=True, max_steps=40)
+        raw = run_episode(env, pol, 11)
+        assert raw.infos["violation"][1:].sum() > 0
+        assert psf.episode_report()["interventions"] > 0.3
+
+
+def test_a_failing_solver_applies_the_backup_plan_and_counts_it():
+    psf, ep = _episode(PIController(NOMINAL_TUNING), steps=6, config=with_config(REACTOR, max_iter=1))
+    r = psf.record.arrays()
+    assert r["fallback"].all() and psf.episode_report()["fallbacks"] == 6
+    # first step: no plan yet, the previous input (the observation's) held; then the same, shifted
+    _, u_prev = TASK.scenario("startup").initial(np.random.default_rng(0), TASK.nominal)
+    np.testing.assert_allclose(r["applied"][0], u_prev)
+    assert np.all(np.isfinite(ep.actions))
+    strict = predictive_safety_filter(PIController(NOMINAL_TUNING), REACTOR, config=with_config(REACTOR, max_iter=1),
+                                      strict=True)
+    with pytest.raises(PSFError, match="failed"):
+        run_episode(TaskEnv(TASK, scenario="startup", max_steps=3), strict, 0)
+
+
+def test_the_backup_continues_the_last_certified_plan():
+    psf = predictive_safety_filter(PIController(NOMINAL_TUNING), REACTOR, config=with_config(REACTOR, horizon=8))
+    env = TaskEnv(TASK, scenario="startup", max_steps=10)
+    obs, _ = env.reset(seed=0)
+    psf.reset(seed=0)
+    u = psf.act(obs)
+    plan = psf.nmpc.last_solution.u_plan.copy()
+    assert psf.record.certified[-1]
+    # from now on every IPOPT call "fails": the filter must continue the certified plan
+    psf.nmpc._attempt = lambda args: ({"x": np.full(psf.nmpc._w_lo.shape, np.nan), "f": np.nan,
+                                       "lam_x": np.zeros(psf.nmpc._w_lo.shape),
+                                       "lam_g": np.zeros(psf.nmpc._g_lo.shape)}, "Invalid_Number_Detected", 0, 0.0)
+    for k in (1, 2):
+        obs, *_ = env.step(u)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FallbackWarning)
+            u = psf.act(obs)
+        np.testing.assert_allclose(u, plan[k])
+        assert psf.record.fallback[-1]
+
+
+def test_a_non_finite_proposal_is_replaced_and_counted():
+    psf, ep = _episode(Lossy(U_LOW + 0.3 * (U_HIGH - U_LOW)), steps=6, config=with_config(REACTOR, horizon=8))
+    r = psf.record.arrays()
+    assert r["invalid_proposal"].tolist() == [False, True] * 3
+    assert np.all(np.isfinite(ep.actions))
+    np.testing.assert_array_equal(r["target"][1::2], r["applied"][0::2])  # the filter works on the last input
+
+
+def test_it_predicts_with_the_model_not_the_plant():
+    """The filter's parameters are the nominal model's whatever the env runs; the EKF estimates UA."""
+    psf = predictive_safety_filter(Constant(U_HIGH), REACTOR)
+    assert psf.nmpc._p.tolist() == TASK.model.param_vector(TASK.nominal).tolist()
+    assert psf.observer.ekf.config.estimated_params == ("UA", "k0_p")
+
+
+@pytest.mark.parametrize("env_id", [e for e in TASKS if e != REACTOR] + ["tests/HeatedTank-v0"])
+def test_every_registered_plant_has_a_filter(env_id):
+    task = get_task(env_id)
+    m = task.model
+    psf = predictive_safety_filter(Uniform(m.u_low, m.u_high), env_id, config=with_config(env_id, horizon=10))
+    env = TaskEnv(env_id, plant="actual", max_steps=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FallbackWarning)
+        ep = run_episode(env, psf, 1000)
+    assert np.all(np.isfinite(ep.actions))
+    assert np.all(ep.actions >= m.u_low - 1e-9) and np.all(ep.actions <= m.u_high + 1e-9)
+    rep = psf.episode_report()
+    assert set(rep) >= {"interventions", "certified", "fallbacks"} | {f"mean_abs_du_{u}" for u in m.inputs}
+
+
+def test_bad_configurations_are_one_clear_error():
+    with pytest.raises(ValueError, match="horizon"):
+        PSFConfig(horizon=0)
+    with pytest.raises(ValueError, match="terminal"):
+        PSFConfig(terminal="box")
+    with pytest.raises(ValueError, match="tightening gives 2"):
+        predictive_safety_filter(Constant(U_HIGH), REACTOR, config=PSFConfig(tightening=(1.0, 2.0)))
+    with pytest.raises(ValueError, match="empties the limit"):
+        predictive_safety_filter(Constant(U_HIGH), "safectrl/CartPoleContinuous-v0",
+                                 config=with_config("safectrl/CartPoleContinuous-v0", tightening=(5.0, 0.01)))
+    with pytest.raises(TypeError, match="reset"):
+        predictive_safety_filter(object(), REACTOR)
