@@ -1,0 +1,130 @@
+"""The predictive safety filter on the reactor: its latency against the NMPC's in the same run, whether it
+stays out of the way behind a safe controller, and whether adversarial policies behind it stay below T_max
+over whole episodes on the nominal plant, the mismatched one, and the mismatched one with noisy sensors.
+
+Run::
+
+    python benchmarks/psf.py [--seeds 3] [--steps 200] [--markdown docs/psf.md]
+
+Seeds are 5000 + k (disjoint from the study's evaluation and tuning seeds). Every number is measured in this
+process; the latency ratio is the filter's median time per decision over the NMPC's, both on the same
+episodes (the nominal PI's, and the NMPC's own).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+
+import numpy as np
+from tqdm import tqdm
+
+from safectrl.common.faults import FallbackWarning
+from safectrl.controllers.pi import NOMINAL_TUNING, PIController
+from safectrl.controllers.polycstr_nmpc import polycstr_nmpc
+from safectrl.models import polycstr as pc
+from safectrl.models.registry import get_task
+from safectrl.rl.env import TaskEnv
+from safectrl.rl.rollout import run_episode
+from safectrl.safety.psf import predictive_safety_filter
+from safectrl.studies import report
+
+ENV = "safectrl/PolyCSTR-v0"
+TASK = get_task(ENV)
+PLANTS = {"nominal": ("nominal", False), "mismatch": ("actual", False), "mismatch+noise": ("actual", True)}
+
+
+class MostHeat:
+    """Always the most heat: f_I = 2.5 kg/h, T_c = 350 K."""
+
+    def reset(self, seed=None):
+        pass
+
+    def act(self, obs):
+        return TASK.model.u_high.copy()
+
+
+class Uniform:
+    """Uniformly random inputs in the bounds, seeded."""
+
+    def reset(self, seed=None):
+        self.rng = np.random.default_rng(seed)
+
+    def act(self, obs):
+        return self.rng.uniform(TASK.model.u_low, TASK.model.u_high)
+
+
+POLICIES = {"most heat": MostHeat, "random": Uniform, "PI nominal": lambda: PIController(NOMINAL_TUNING)}
+
+
+def episode(policy, scenario: str, plant: str, seed: int, steps: int, filtered: bool):
+    name, noise = PLANTS[plant]
+    env = TaskEnv(TASK, scenario=scenario, plant=name, noise=noise, max_steps=steps)
+    decider = predictive_safety_filter(policy, ENV) if filtered else policy
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FallbackWarning)
+        ep = run_episode(env, decider, seed)
+    T = np.asarray(ep.infos["state"])[1:, 4]
+    row = {"violations": int(np.sum(ep.infos["violation"][1:])), "peak_T": float(np.nanmax(T)),
+           "cost": float(-ep.rewards.sum()), "ms": float(np.median(ep.decision_time) * 1e3)}
+    if filtered:
+        row.update(decider.episode_report())
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, default=3, help="episodes per policy, scenario and plant")
+    parser.add_argument("--steps", type=int, default=TASK.episode_steps, help="intervals per episode")
+    parser.add_argument("--markdown", help="also write the tables to this file")
+    args = parser.parse_args()
+    seeds = [5000 + k for k in range(args.seeds)]
+    scenarios = list(TASK.scenarios)
+    out = [f"# Predictive safety filter on the reactor (`python benchmarks/psf.py --seeds {args.seeds} "
+           f"--steps {args.steps}`)\n"]
+
+    # 1. latency and staying out of the way: PI nominal raw vs filtered, and the NMPC, same episodes
+    rows, lat = [], {"NMPC": [], "PSF": []}
+    jobs = [(sc, s) for sc in scenarios for s in seeds]
+    for sc, seed in tqdm(jobs, desc="PI, PI+PSF, NMPC (nominal plant)"):
+        raw = episode(PIController(NOMINAL_TUNING), sc, "nominal", seed, args.steps, False)
+        psf = episode(PIController(NOMINAL_TUNING), sc, "nominal", seed, args.steps, True)
+        nmpc = episode(polycstr_nmpc(), sc, "nominal", seed, args.steps, False)
+        lat["NMPC"].append(nmpc["ms"])
+        lat["PSF"].append(psf["ms"])
+        rows.append([sc, seed, report.fmt(raw["cost"]), report.fmt(psf["cost"]),
+                     f"{100 * (psf['cost'] / raw['cost'] - 1):+.2f} %", f"{100 * psf['interventions']:.1f} %",
+                     report.fmt(psf["ms"], 3), report.fmt(nmpc["ms"], 3)])
+    out.append("## Behind a safe controller (PI nominal, nominal plant)\n")
+    out.append(report.markdown_table(("scenario", "seed", "cost PI", "cost PI+PSF", "Δ cost", "interventions",
+                                      "ms/decision PSF", "ms/decision NMPC"), rows))
+    ratio = np.median(lat["PSF"]) / np.median(lat["NMPC"])
+    out.append(f"\nLatency: PSF {np.median(lat['PSF']):.1f} ms vs NMPC {np.median(lat['NMPC']):.1f} ms per decision "
+               f"(medians over episodes), ratio **{ratio:.2f}** (target <= 1.5).\n")
+
+    # 2. adversarial policies over whole episodes
+    rows = []
+    jobs = [(p, pl, sc, s) for p in ("most heat", "random") for pl in PLANTS for sc in scenarios for s in seeds]
+    results: dict[tuple[str, str], list[dict]] = {}
+    for pol, plant, sc, seed in tqdm(jobs, desc="adversarial policies behind the filter"):
+        results.setdefault((pol, plant), []).append(episode(POLICIES[pol](), sc, plant, seed, args.steps, True))
+    for (pol, plant), eps in results.items():
+        rows.append([pol, plant, len(eps), sum(e["violations"] for e in eps), report.fmt(max(e["peak_T"] for e in eps)),
+                     report.mean_std([100 * e["interventions"] for e in eps], 3),
+                     sum(e["fallbacks"] for e in eps), sum(e["rejected_plans"] for e in eps),
+                     report.mean_std([e["ms"] for e in eps], 3)])
+    out.append(f"## Adversarial policies behind the filter (T_max = {pc.T_MAX} K)\n")
+    out.append(report.markdown_table(("policy", "plant", "episodes", "intervals above T_max", "peak T [K]",
+                                      "interventions [%]", "fallbacks", "rejected plans", "ms/decision"), rows))
+    text = "\n".join(out) + "\n"
+    print(text)
+    if args.markdown:
+        with open(args.markdown, "w") as fh:
+            fh.write(text)
+
+
+if __name__ == "__main__":
+    t0 = time.perf_counter()
+    main()
+    print(f"({time.perf_counter() - t0:.0f} s)")
