@@ -11,7 +11,16 @@ inputs held over each interval (the plant's zero-order hold)::
                 low_b - s_{k,b} <= x_{k+1,b} <= high_b + s_{k,b}, s >= 0  soft state bounds
                 low_b <= x_{k+1,b} <= high_b                              hard state bounds
 
-with ``range_j = u_high_j - u_low_j``.
+with ``range_j = u_high_j - u_low_j``. Options a safety filter uses (:mod:`safectrl.safety.psf`), off by default:
+
+* ``proposal_weights``: ``+ sum_j w_j ((u_0j - a_j) / range_j)²`` for a proposal ``a`` given per solve; the
+  move penalty then starts at ``du_start`` (the first moves are left to the proposal);
+* ``terminal="equilibrium"``: ``|f(x_N, u_{N-1}) dt / x_scale| <= terminal_tolerance`` (x_N a steady state of
+  the model, within a band), hard or soft with an L1 penalty;
+* a bound on an output of the state (``StateBound.output``, a task's limit on e.g. glucose in mg/dL);
+* probes: ``solve(..., first_input=a, commit=False)`` asks whether a plan starting with ``a`` exists without
+  changing the controller; :meth:`NMPC.commit` adopts it, :meth:`NMPC.backup` applies the last plan's next
+  input instead of a rejected solve.
 
 The default stage cost is ``l = sum_i w_i (r_{k,i} - x_{k+1,i})²`` over the ``tracked`` states, so the
 reference ``r`` is a *trajectory* over the horizon (one row per interval end); a constant setpoint is the
