@@ -215,8 +215,8 @@ class PredictiveSafetyFilter:
             if not low < high:
                 raise ValueError(f"tightening {c} {limit.unit} empties the limit {limit.name} in "
                                  f"[{limit.low}, {limit.high}]")
-            output = None if limit.output is None else limit.output
-            bounds.append(StateBound(limit.name, low=low, high=high, penalty=config.limit_penalty, output=output))
+            bounds.append(StateBound(limit.name, low=low, high=high, penalty=config.limit_penalty,
+                                     output=limit.output))
         self.bounds = tuple(bounds)
         self._tight = tuple(float(c) for c in tight)
         self._p_design = params
@@ -225,7 +225,8 @@ class PredictiveSafetyFilter:
         nmpc_config = NMPCConfig(
             horizon=config.horizon, discretisation=config.discretisation,
             collocation_degree=config.collocation_degree, collocation_elements=config.collocation_elements,
-            du_weights=(config.du_weight,) * m.nu, du_start=2, proposal_weights=(1.0,) * m.nu, state_bounds=self.bounds,
+            du_weights=(config.du_weight,) * m.nu, du_start=2, proposal_weights=(1.0,) * m.nu,
+            state_bounds=self.bounds,
             terminal=config.terminal, terminal_penalty=config.terminal_penalty,
             terminal_tolerance=config.terminal_tolerance, tol=config.tol,
             max_iter=config.max_iter, max_cpu_time=config.max_cpu_time, strict=False)
