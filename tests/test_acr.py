@@ -284,7 +284,8 @@ def test_biglucose_regulariser_keeps_the_actual_plant_safe():
 
 
 def test_tiny_acr_study_writes_its_outputs(tmp_path):
-    preset = ACRPreset("tiny", seeds=1, episodes=1, pretrain_episodes=1, envs=(CARTPOLE,))
+    preset = ACRPreset("tiny", seeds=1, episodes=1, pretrain_episodes=1, envs=(CARTPOLE,),
+                       methods=("RL-ACR", "SAC", "SAC-pt", "MPC"))
     out = run_acr_study(preset, tmp_path / "run", serial=True, progress=False)
     for name in ("config.json", "episodes.csv", "summary.md", "returns.png"):
         assert (out / name).stat().st_size > 0
@@ -410,7 +411,8 @@ def test_a_shielded_learner_stores_the_action_the_env_received(kind):
         agent = SAC(env.observation_space, env.action_space, cfg, seed=0)
         buffer = agent.buffer
     else:
-        agent = RLACR(env.observation_space, env.action_space, _ConstantPrior([6.0]), RLACRConfig(sac=cfg), seed=0)
+        agent = RLACR(env.observation_space, env.action_space, _ConstantPrior([6.0]), RLACRConfig(sac=cfg),
+                      seed=0)
         buffer = agent.sac.buffer
     shields = []
 

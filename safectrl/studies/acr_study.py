@@ -17,9 +17,10 @@ For every environment and seed (each a task for the executor, stored as soon as 
 
 After training, RL-ACR, SAC and SAC-pt run one evaluation episode on the actual plant without exploration
 (the actor's mean); SAC+PSF and RL-ACR+PSF run it behind their filter (the method as deployed) and once more
-without it (``eval_unfiltered_*``). Outputs: failures in the first training episodes (mean ± std over seeds) beside the
-paper's Table 1, per-step-normalised return curves, final returns beside the authors' validation runs,
-and the wall time per training step (acting incl. the MPC solve, env step, updates).
+without it (``eval_unfiltered_*``). Outputs: failures in the first training episodes (mean ± std over seeds)
+beside the paper's Table 1, the filter's interventions, per-step-normalised return curves, final returns
+beside the authors' validation runs, and the wall time per training step (acting incl. the MPC solve, env
+step, updates).
 """
 
 from __future__ import annotations
@@ -144,12 +145,21 @@ def make_prior(env_id: str) -> Any:
 
 
 def make_shield(env_id: str) -> Shield:
-    """The predictive safety filter of ``env_id`` (:data:`safectrl.safety.psf.DEFAULTS`) around a decision-maker,
-    predicting with the estimated model (the regulariser's: the filter knows nothing of the actual plant)."""
-    from safectrl.safety.psf import predictive_safety_filter
+    """The predictive safety filter of ``env_id`` (its entry in :data:`safectrl.safety.psf.DEFAULTS`) around a
+    decision-maker, predicting with the estimated model (the regulariser's: it knows nothing of the actual
+    plant)."""
+    from safectrl.safety.psf import DEFAULTS, PSFConfig, predictive_safety_filter
 
     estimated = plant_params(env_id, "estimated")
-    return lambda policy: predictive_safety_filter(policy, env_id, params=estimated)
+    config = DEFAULTS.get(env_id, PSFConfig())
+    return lambda policy: predictive_safety_filter(policy, env_id, params=estimated, config=config)
+
+
+def _psf_fingerprint(env_id: str) -> str:
+    """The first 12 hex digits of the SHA-256 of ``env_id``'s filter configuration (a task key's part)."""
+    from safectrl.safety.psf import DEFAULTS, PSFConfig
+
+    return runfolder.fingerprint(asdict(DEFAULTS.get(env_id, PSFConfig())))[:12]
 
 
 def _evaluate(env: gym.Env, decider: DecisionMaker, seed: int) -> tuple[float, bool, int]:
@@ -224,7 +234,10 @@ def run_method(env_id: str, method: str, seed: int, episodes: int, pretrain_epis
 
 
 def _key(env_id: str, method: str, seed: int, cfg: ACRPreset) -> str:
-    return f"acr|{env_id}|{method}|seed={seed}|episodes={cfg.episodes}|pt={cfg.pretrain_episodes}"
+    """The task's key; a filtered method's names its filter's configuration, so that results of another
+    filter (a changed :data:`safectrl.safety.psf.DEFAULTS` entry) are never read back as this one's."""
+    key = f"acr|{env_id}|{method}|seed={seed}|episodes={cfg.episodes}|pt={cfg.pretrain_episodes}"
+    return key + f"|psf={_psf_fingerprint(env_id)}" if method in FILTERED else key
 
 
 def _cell(values: list[float], n_seeds: int) -> str:
@@ -479,8 +492,9 @@ def run_acr_study(preset: str | ACRPreset = "quick", out: str | Path | None = No
     out_dir = Path(out) if out is not None else Path("runs") / f"acr-{cfg.name}"
     seeds = list(range(cfg.seeds))
     recorded = {k: v for k, v in asdict(cfg).items() if k != "methods"}  # see ACRPreset.methods
-    folder = runfolder.check(out_dir, KIND, {"preset": recorded, "seeds": seeds, "rl_acr": asdict(RLACRConfig()),
-                                             "safectrl": safectrl.__version__}, force, resumable=True)
+    folder = runfolder.check(out_dir, KIND, {"preset": recorded, "seeds": seeds,
+                                             "rl_acr": asdict(RLACRConfig()), "safectrl": safectrl.__version__},
+                             force, resumable=True)
     # Env by env in the preset's order (an interrupted run has whole envs done); within an env the longest
     # tasks first (the filtered methods solve one or two NLPs every step, RL-ACR one), so that the workers
     # finish together.
