@@ -305,7 +305,7 @@ def _summaries(cfg: ACRPreset, results: dict[str, dict[str, Any]], seeds: list[i
         "returns": report.markdown_table(["method", *heads], ret_rows),
         "times": report.markdown_table(
             ["env", "s per training step (RL-ACR)", "s per MPC solve", "failed MPC solves", "steps", "seeds"],
-            time_rows),
+            time_rows) if time_rows else "",
     }
 
 
@@ -428,8 +428,10 @@ def _write_report(cfg: ACRPreset, results: dict[str, dict[str, Any]], seeds: lis
                f" (the reactor: T > T_max; failures count too)\n\n{tables['violations']}\n\n"
                if tables["violations"] else "")
             + f"## Final per-step return on the actual plant (no exploration; +PSF: behind the filter)\n\n"
-            f"{tables['returns']}\n\n## Time per RL-ACR training step (acting incl. MPC, env step, updates)\n\n"
-            f"{tables['times']}\n\n![returns](returns.png)\n")
+            f"{tables['returns']}\n\n"
+            + (f"## Time per RL-ACR training step (acting incl. MPC, env step, updates)\n\n{tables['times']}\n\n"
+               if tables["times"] else "")
+            + "![returns](returns.png)\n")
     (out_dir / "summary.md").write_text(text)
     return text
 
