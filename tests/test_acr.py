@@ -284,7 +284,8 @@ def test_biglucose_regulariser_keeps_the_actual_plant_safe():
 
 
 def test_tiny_acr_study_writes_its_outputs(tmp_path):
-    preset = ACRPreset("tiny", seeds=1, episodes=1, pretrain_episodes=1, envs=(CARTPOLE,))
+    preset = ACRPreset("tiny", seeds=1, episodes=1, pretrain_episodes=1, envs=(CARTPOLE,),
+                       methods=("RL-ACR", "SAC", "SAC-pt", "MPC"))
     out = run_acr_study(preset, tmp_path / "run", serial=True, progress=False)
     for name in ("config.json", "episodes.csv", "summary.md", "returns.png"):
         assert (out / name).stat().st_size > 0
@@ -356,3 +357,165 @@ def test_training_logs_count_the_reactors_violations():
     logs = train(TaskEnv(pc.TASK, "grade_up", max_steps=60), _HotLearner(), episodes=1, progress=False)
     assert logs[0].extras["violations"] >= 1
     assert logs[0].failed  # a runaway ends the episode; its intervals above T_max are still counted
+
+
+class _ActionLog(gym.Wrapper):
+    """Records every action the env's step receives, as given."""
+
+    def __init__(self, env):
+        super().__init__(env)
+        self.received = []
+
+    def step(self, action):
+        self.received.append(np.array(action, copy=True))
+        return self.env.step(action)
+
+
+class _Halving:
+    """A shield that applies half of each proposal and keeps what it did (proposals and applied actions)."""
+
+    def __init__(self, policy):
+        self.policy = policy
+        self.proposals, self.applied, self.resets = [], [], 0
+
+    def reset(self, seed=None):
+        self.resets += 1
+        self.policy.reset(seed=seed)
+
+    def act(self, obs):
+        a = np.asarray(self.policy.act(obs), dtype=float)
+        self.proposals.append(a.copy())
+        u = 0.5 * a
+        self.applied.append(u)
+        return u
+
+    def episode_report(self):
+        return {"interventions": 1.0, "fallbacks": 0}
+
+
+def _stored_actions(buffer):
+    return buffer._arrays["action"][: buffer.size]
+
+
+def _short_cartpole(max_steps=40):
+    from safectrl.rl.env import TaskEnv
+
+    return TaskEnv(CARTPOLE, max_steps=max_steps)
+
+
+@pytest.mark.parametrize("kind", ["sac", "rlacr"])
+def test_a_shielded_learner_stores_the_action_the_env_received(kind):
+    env = _ActionLog(_short_cartpole())
+    cfg = SACConfig(learning_starts=16, batch_size=8)
+    if kind == "sac":
+        agent = SAC(env.observation_space, env.action_space, cfg, seed=0)
+        buffer = agent.buffer
+    else:
+        agent = RLACR(env.observation_space, env.action_space, _ConstantPrior([6.0]), RLACRConfig(sac=cfg),
+                      seed=0)
+        buffer = agent.sac.buffer
+    shields = []
+
+    def shield(policy):
+        shields.append(_Halving(policy))
+        return shields[-1]
+
+    logs = train(env, agent, 3, seed=0, progress=False, shield=shield)
+    (halving,) = shields  # built once, before the first episode
+    assert halving.resets == 3 and buffer.size == len(env.received) == sum(lg.length for lg in logs) > 16
+    np.testing.assert_array_equal(np.asarray(halving.applied), np.asarray(env.received))
+    # the buffer holds what the env got (in its float32), not the learner's proposal
+    np.testing.assert_array_equal(_stored_actions(buffer), np.asarray(env.received, dtype=np.float32))
+    assert not np.allclose(_stored_actions(buffer), np.asarray(halving.proposals, dtype=np.float32))
+    if kind == "rlacr":  # the shield wrapped the combined action: before learning, beta * a_prior, halved
+        assert halving.proposals[0][0] == pytest.approx(0.999 * 6.0, rel=1e-3)
+        assert np.all(buffer._arrays["prior_action"][: buffer.size] == 6.0)
+    assert [lg.extras["shield_interventions"] for lg in logs] == [1.0] * 3
+    assert all(lg.extras["shield_decision_time"] > 0 for lg in logs)
+
+
+def test_training_without_a_shield_is_unchanged_by_the_shield_argument():
+    env = _short_cartpole()
+    cfg = SACConfig(learning_starts=16, batch_size=8)
+    runs = []
+    for shield in (None, lambda policy: policy):  # the identity shield: the same actions, the same learning
+        agent = SAC(env.observation_space, env.action_space, cfg, seed=4)
+        logs = train(env, agent, 3, seed=4, progress=False, shield=shield)
+        runs.append(([lg.return_ for lg in logs], _stored_actions(agent.buffer).copy(), logs[0].extras))
+    assert runs[0][0] == runs[1][0]
+    np.testing.assert_array_equal(runs[0][1], runs[1][1])
+    assert "shield_decision_time" not in runs[0][2] and "shield_decision_time" in runs[1][2]
+    with pytest.raises(TypeError, match="shield must return a decision-maker"):
+        train(env, SAC(env.observation_space, env.action_space, cfg, seed=4), 1, progress=False,
+              shield=lambda policy: object())
+
+
+def test_sac_trains_behind_the_predictive_safety_filter():
+    """SAC+PSF on an RL-ACR plant, a few steps: the env gets the filter's input, the buffer keeps it, and the
+    log has the filter's statistics per episode."""
+    from safectrl.rl.env import TaskEnv
+    from safectrl.studies.acr_study import make_shield, plant_params
+
+    env = _ActionLog(TaskEnv(CARTPOLE, plant=plant_params(CARTPOLE, "actual"), max_steps=12))
+    agent = SAC(env.observation_space, env.action_space, SACConfig(learning_starts=8, batch_size=4), seed=0)
+    filters = []
+
+    def shield(policy):
+        filters.append(make_shield(CARTPOLE)(policy))
+        return filters[-1]
+
+    logs = train(env, agent, 2, seed=1000, progress=False, shield=shield)
+    record = filters[0].record.arrays()  # the last episode's
+    n = logs[-1].length
+    np.testing.assert_array_equal(record["applied"], np.asarray(env.received[-n:]))
+    np.testing.assert_array_equal(_stored_actions(agent.buffer), np.asarray(env.received, dtype=np.float32))
+    assert agent.updates > 0
+    for lg in logs:
+        assert {"shield_interventions", "shield_certified", "shield_fallbacks", "shield_rejected_plans",
+                "shield_soft", "shield_mean_abs_du_F"} <= set(lg.extras)
+        assert 0.0 <= lg.extras["shield_interventions"] <= 1.0
+    threshold = filters[0].config.intervention_threshold * 20.0  # CartPole's force range: 20 N
+    assert logs[-1].extras["shield_interventions"] == pytest.approx(
+        np.mean(np.abs(record["applied"] - np.clip(record["proposal"], -10, 10))[:, 0] > threshold))
+
+
+def test_tiny_acr_study_with_the_filtered_methods(tmp_path, monkeypatch):
+    """SAC+PSF and RL-ACR+PSF through the study (episodes cut to a few intervals): failures and the filter's
+    statistics per seed in the results and the summary; a run resumes with methods added (they are not part
+    of its fingerprint), its finished task read back."""
+    from safectrl.rl.env import TaskEnv
+    from safectrl.studies import acr_study
+    from safectrl.studies.executor import ResultStore
+
+    monkeypatch.setattr(acr_study, "make_env", lambda env_id, plant: TaskEnv(
+        env_id, plant=acr_study.plant_params(env_id, plant), max_steps=8))
+    sac_only = ACRPreset("tiny", seeds=1, episodes=2, pretrain_episodes=1, envs=(CARTPOLE,), methods=("SAC",))
+    out = run_acr_study(sac_only, tmp_path / "run", serial=True, progress=False)
+    store = ResultStore(out / "tasks")
+    sac_key = acr_study._key(CARTPOLE, "SAC", 0, sac_only)
+    first = store.stored([sac_key])[sac_key]["wall_time"]
+    preset = replace(sac_only, methods=("RL-ACR+PSF", "SAC+PSF", "SAC"))
+    assert preset.methods == ("SAC", "SAC+PSF", "RL-ACR+PSF")  # METHODS' order
+    run_acr_study(preset, out, serial=True, progress=False)
+    assert store.stored([sac_key])[sac_key]["wall_time"] == first  # resumed, not recomputed
+    for method in ("SAC+PSF", "RL-ACR+PSF"):
+        key = acr_study._key(CARTPOLE, method, 0, preset)
+        r = store.stored([key])[key]
+        assert r["failed"].shape == (2,) and np.all(r["length"] <= 8)
+        for stat in ("interventions", "certified", "fallbacks", "rejected_plans", "soft", "decision_time"):
+            assert r[f"shield_{stat}"].shape == (2,) and np.all(np.isfinite(r[f"shield_{stat}"]))
+        assert {"eval_shield_interventions", "eval_unfiltered_return", "eval_unfiltered_failed"} <= set(r)
+    summary = (out / "summary.md").read_text()
+    assert "| SAC+PSF" in summary and "| RL-ACR+PSF" in summary and "predictive safety filter" in summary
+    filter_rows = [line for line in summary.splitlines() if line.startswith("| CartPole | ")]
+    assert [row.split("|")[2].strip() for row in filter_rows] == ["SAC+PSF", "RL-ACR+PSF"]
+    assert "Time per RL-ACR training step" not in summary  # RL-ACR itself did not run
+    header = (out / "episodes.csv").read_text().splitlines()[0].split(",")
+    assert {"shield_interventions", "shield_fallbacks", "shield_rejected_plans"} <= set(header)
+
+
+def test_acr_preset_checks_its_methods():
+    with pytest.raises(ValueError, match="unknown methods \\['PPO'\\]"):
+        ACRPreset("x", seeds=1, episodes=1, pretrain_episodes=0, envs=(CARTPOLE,), methods=("SAC", "PPO"))
+    with pytest.raises(ValueError, match="at least one method"):
+        ACRPreset("x", seeds=1, episodes=1, pretrain_episodes=0, envs=(CARTPOLE,), methods=())

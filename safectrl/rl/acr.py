@@ -8,7 +8,9 @@ mixes them per action dimension::
 
 * beta is an MLP 128-32 with a sigmoid output, pretrained to output 0.999 on observations drawn uniformly
   from the observation box (until the MSE is below 1e-8), so that the prior acts first everywhere;
-* the replay buffer stores a_prior with every transition, and the critics learn on the executed action a;
+* the replay buffer stores a_prior with every transition, and the critics learn on the executed action a
+  (behind a safety layer, ``train(..., shield=...)``, the layer filters the combined action and a is its
+  output, the input the plant received);
 * after each SAC update, beta takes one Adam step (lr 5e-6) that *maximises*
   ``min(Q1, Q2)(s, beta(s) a_prior + (1 - beta(s)) a_RL(s))`` over a batch, with the freshly updated critics
   held fixed and a_RL sampled from the current actor (Tian et al., eq. 12, and their code);

@@ -8,7 +8,9 @@ second step (delayed updates, TD3 style), entropy weight 0.2, learning after 256
 can carry one extra action per transition (RL-ACR stores its regulariser's action there).
 
 The online training loop shared by SAC and RL-ACR is :func:`train` (one env, whole episodes, per-episode
-logs of return, length, failure and time per step).
+logs of return, length, failure and time per step). Its ``shield`` wraps the exploring decision-maker in a
+safety layer (a predictive safety filter, "SAC+PSF"): the env then receives the layer's action, and the
+replay buffer and the critics learn on that applied action, not on the learner's proposal.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import gymnasium as gym
 import numpy as np
@@ -27,6 +29,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from safectrl.common import validation
+from safectrl.common.protocol import DecisionMaker
 from safectrl.common.checkpoint import (
     RETRAIN,
     CheckpointError,
@@ -290,6 +293,12 @@ class Learner(Protocol):
     def end_episode(self) -> dict[str, float]: ...
 
 
+#: A safety layer for training: ``shield(explorer) -> decision-maker`` wraps the learner's exploration (e.g.
+#: ``lambda policy: predictive_safety_filter(policy, env_id)``). If the wrapper has ``episode_report()``
+#: (``{name: number}``, since its last ``reset``), :func:`train` logs it per episode as ``shield_<name>``.
+Shield = Callable[[DecisionMaker], DecisionMaker]
+
+
 class _Exploring:
     """A learner's exploration as a decision-maker (``reset`` = ``begin_episode``, ``act`` = ``explore``)."""
 
@@ -331,16 +340,39 @@ def normalised_return(rewards: np.ndarray, failed: bool) -> float:
 
 
 def train(env: gym.Env, learner: Learner, episodes: int, seed: int = 0, progress: bool = True,
-          desc: str = "training") -> list[EpisodeLog]:
+          desc: str = "training", shield: Shield | None = None) -> list[EpisodeLog]:
     """Run ``episodes`` whole training episodes of ``learner`` on ``env``; one update per env step.
 
     Each episode is one :func:`~safectrl.rl.rollout.run_episode` of the learner's exploration with its
     ``observe`` as the step callback. The env is reset with ``seed`` for the first episode and without a seed
     afterwards (one random stream); the learner's ``begin_episode`` gets ``seed + k`` in episode k.
+
+    Args:
+        env: the plant the learner trains on.
+        learner: SAC, RL-ACR (:class:`Learner`).
+        episodes: whole episodes to run.
+        seed: the first episode's env seed, and ``begin_episode``'s in episode 0.
+        progress: show a progress bar.
+        desc: the progress bar's label.
+        shield: wraps the exploration once, before the first episode (:data:`Shield`); ``observe`` then gets
+            the action the env received (the filtered one). The wrapper's ``episode_report()``, if it has
+            one, is logged as ``shield_<name>`` extras, and its mean time per decision (the learner's
+            proposal included) as ``shield_decision_time`` (s).
+
+    Raises:
+        ValueError: ``episodes`` < 1.
+        TypeError: ``shield`` returned something that is not a decision-maker.
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
-    explorer = _Exploring(learner)
+    explorer: DecisionMaker = _Exploring(learner)
+    report = None
+    if shield is not None:
+        explorer = shield(explorer)
+        if not isinstance(explorer, DecisionMaker):
+            raise TypeError(f"shield must return a decision-maker (reset(seed=None), act(obs)), got "
+                            f"{type(explorer).__name__}")
+        report = getattr(explorer, "episode_report", None)
     logs = []
     for k in tqdm(range(episodes), desc=desc, disable=not progress, leave=False):
         violations = 0  # intervals an env flags in info["violation"] (e.g. the reactor's T > T_max)
@@ -348,6 +380,7 @@ def train(env: gym.Env, learner: Learner, episodes: int, seed: int = 0, progress
 
         def on_step(obs, action, reward, next_obs, terminated, truncated, info) -> None:
             nonlocal violations, flagged
+            # ``action`` is what env.step received (run_episode passes the same array to both)
             learner.observe(obs, action, reward, next_obs, terminated)
             violations += bool(info.get("violation", False))
             flagged = "violation" in info
@@ -357,6 +390,10 @@ def train(env: gym.Env, learner: Learner, episodes: int, seed: int = 0, progress
         extras = learner.end_episode()
         if flagged:
             extras = {**extras, "violations": float(violations)}
+        if shield is not None:
+            extras = {**extras, "shield_decision_time": float(ep.decision_time.mean())}
+            if report is not None:
+                extras.update({f"shield_{name}": float(v) for name, v in report().items()})
         logs.append(EpisodeLog(k, float(np.sum(ep.rewards)), ep.length, failed,
                                normalised_return(ep.rewards, failed), float(ep.step_time.mean()), extras))
     return logs

@@ -9,12 +9,18 @@ For every environment and seed (each a task for the executor, stored as soon as 
 * **SAC** trains from scratch on the actual plant for ``episodes`` episodes;
 * **SAC-pt** first trains ``pretrain_episodes`` episodes on the estimated model as a simulator (failures there
   are free), then ``episodes`` episodes on the actual plant with the same networks and a fresh buffer;
-* **MPC** runs one episode on the actual plant (the regulariser alone).
+* **MPC** runs one episode on the actual plant (the regulariser alone);
+* **SAC+PSF** and **RL-ACR+PSF** train like SAC and RL-ACR, but every exploring action (RL-ACR's: the combined
+  action) passes the predictive safety filter of :mod:`safectrl.safety.psf` on the estimated model before it
+  reaches the actual plant; the replay buffer and the critics learn on the filtered action. The filter's
+  statistics (interventions, fallbacks, rejected plans, ...) are logged per training episode.
 
 After training, RL-ACR, SAC and SAC-pt run one evaluation episode on the actual plant without exploration
-(the actor's mean). Outputs: failures in the first training episodes (mean ± std over seeds) beside the
-paper's Table 1, per-step-normalised return curves, final returns beside the authors' validation runs,
-and the wall time per training step (acting incl. the MPC solve, env step, updates).
+(the actor's mean); SAC+PSF and RL-ACR+PSF run it behind their filter (the method as deployed) and once more
+without it (``eval_unfiltered_*``). Outputs: failures in the first training episodes (mean ± std over seeds)
+beside the paper's Table 1, the filter's interventions, per-step-normalised return curves, final returns
+beside the authors' validation runs, and the wall time per training step (acting incl. the MPC solve, env
+step, updates).
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from safectrl.models.registry import get_task
 from safectrl.rl.acr import RLACR, RLACRConfig
 from safectrl.rl.env import TaskEnv
 from safectrl.rl.rollout import run_episode
-from safectrl.rl.sac import SAC, EpisodeLog, ReplayBuffer, normalised_return, train
+from safectrl.rl.sac import SAC, EpisodeLog, ReplayBuffer, Shield, normalised_return, train
 from safectrl.studies import report, runfolder
 from safectrl.studies.executor import CONNECT_TIMEOUT, ResultStore, Task, make_executor, run_tasks
 
@@ -47,7 +53,13 @@ ENV_LABELS = {
     "safectrl/CartPoleContinuous-v0": "CartPole",
     POLYCSTR: "PolyCSTR",
 }
-METHODS = ("RL-ACR", "SAC", "SAC-pt", "MPC")
+METHODS = ("RL-ACR", "SAC", "SAC-pt", "MPC", "SAC+PSF", "RL-ACR+PSF")
+#: The methods that train behind the predictive safety filter, and the method each one filters.
+FILTERED = {"SAC+PSF": "SAC", "RL-ACR+PSF": "RL-ACR"}
+#: The methods that train (the others run one episode).
+TRAINED = ("RL-ACR", "SAC", "SAC-pt", "SAC+PSF", "RL-ACR+PSF")
+#: The filter's per-episode statistics in the results (:meth:`PredictiveSafetyFilter.episode_report`).
+SHIELD_PREFIX = "shield_"
 #: The kind recorded in this study's run folders (:mod:`safectrl.studies.runfolder`).
 KIND = "acr"
 
@@ -76,6 +88,9 @@ class ACRPreset:
     pretrain_episodes: int  # SAC-pt's episodes on the estimated model
     envs: tuple[str, ...]  # environment ids
     failure_window: int = 100  # failures are counted in the first this-many training episodes
+    # the methods run (a subset of METHODS); not part of the run folder's fingerprint: it chooses tasks,
+    # each task's key names its method, so a finished run resumes with methods added
+    methods: tuple[str, ...] = METHODS
 
     def __post_init__(self) -> None:
         validation.positive_int("seeds", self.seeds)
@@ -83,11 +98,20 @@ class ACRPreset:
         validation.integer("pretrain_episodes", self.pretrain_episodes, low=0)
         validation.names("envs", self.envs)
         validation.positive_int("failure_window", self.failure_window)
+        object.__setattr__(self, "methods", validation.names("methods", self.methods))
+        if not self.methods:
+            raise ValueError("methods must name at least one method")
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown methods {unknown}; valid methods: {', '.join(METHODS)}")
+        # the table rows follow METHODS, whatever order the preset lists them in
+        object.__setattr__(self, "methods", tuple(m for m in METHODS if m in self.methods))
 
 
 PRESETS = {
     "quick": ACRPreset("quick", seeds=3, episodes=3, pretrain_episodes=3,
-                       envs=("safectrl/CartPoleContinuous-v0", "safectrl/KlattEngellCSTR-v0")),
+                       envs=("safectrl/CartPoleContinuous-v0", "safectrl/KlattEngellCSTR-v0"),
+                       methods=("RL-ACR", "SAC", "SAC-pt", "MPC")),
     "full": ACRPreset("full", seeds=5, episodes=100, pretrain_episodes=100, envs=tuple(ENV_LABELS)),
 }
 
@@ -118,6 +142,24 @@ def make_prior(env_id: str) -> Any:
     from safectrl.controllers.task_nmpc import nmpc_for
 
     return nmpc_for(env_id, plant_params(env_id, "estimated"))
+
+
+def make_shield(env_id: str) -> Shield:
+    """The predictive safety filter of ``env_id`` (its entry in :data:`safectrl.safety.psf.DEFAULTS`) around a
+    decision-maker, predicting with the estimated model (the regulariser's: it knows nothing of the actual
+    plant)."""
+    from safectrl.safety.psf import DEFAULTS, PSFConfig, predictive_safety_filter
+
+    estimated = plant_params(env_id, "estimated")
+    config = DEFAULTS.get(env_id, PSFConfig())
+    return lambda policy: predictive_safety_filter(policy, env_id, params=estimated, config=config)
+
+
+def _psf_fingerprint(env_id: str) -> str:
+    """The first 12 hex digits of the SHA-256 of ``env_id``'s filter configuration (a task key's part)."""
+    from safectrl.safety.psf import DEFAULTS, PSFConfig
+
+    return runfolder.fingerprint(asdict(DEFAULTS.get(env_id, PSFConfig())))[:12]
 
 
 def _evaluate(env: gym.Env, decider: DecisionMaker, seed: int) -> tuple[float, bool, int]:
@@ -152,26 +194,38 @@ def run_method(env_id: str, method: str, seed: int, episodes: int, pretrain_epis
                 "prior_failures": prior.stats.failures, "wall_time": time.perf_counter() - t0}
     label = f"{ENV_LABELS[env_id]} {method} seed {seed}"
     result: dict[str, Any] = {}
-    if method == "RL-ACR":
+    shield = make_shield(env_id) if method in FILTERED else None
+    base = FILTERED.get(method, method)
+    if base == "RL-ACR":
         prior = make_prior(env_id)
         agent = RLACR(env.observation_space, env.action_space, prior, RLACRConfig(), seed=seed)
         result["focus_pretrain_steps"] = agent.pretrain_steps
-        logs = train(env, agent, episodes, seed, progress, label)
+        logs = train(env, agent, episodes, seed, progress, label, shield=shield)
         result["prior_failures"] = prior.stats.failures  # during training (the evaluation follows)
-    elif method in ("SAC", "SAC-pt"):
+    elif base == "SAC":
         agent = SAC(env.observation_space, env.action_space, seed=seed)
-        if method == "SAC-pt":
-            sim = make_env(env_id, "estimated")
-            pre = train(sim, agent, pretrain_episodes, seed, progress, label + " (pretraining)")
-            result["pretrain_failures"] = int(sum(lg.failed for lg in pre))
-            agent.buffer = ReplayBuffer(env.observation_space.shape[0], env.action_space.shape[0],
-                                        agent.config.buffer_size)  # the actual plant's data only
-            agent.steps, agent.pretrained = 0, True
+        logs = train(env, agent, episodes, seed, progress, label, shield=shield)
+    elif method == "SAC-pt":
+        agent = SAC(env.observation_space, env.action_space, seed=seed)
+        sim = make_env(env_id, "estimated")
+        pre = train(sim, agent, pretrain_episodes, seed, progress, label + " (pretraining)")
+        result["pretrain_failures"] = int(sum(lg.failed for lg in pre))
+        agent.buffer = ReplayBuffer(env.observation_space.shape[0], env.action_space.shape[0],
+                                    agent.config.buffer_size)  # the actual plant's data only
+        agent.steps, agent.pretrained = 0, True
         logs = train(env, agent, episodes, seed, progress, label)
     else:
         raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
     result.update(_logs_to_result(logs))
-    ret, failed, length = _evaluate(env, agent, seed)
+    if shield is not None:  # the method as deployed: the trained policy behind a fresh filter
+        filtered = shield(agent)
+        ret, failed, length = _evaluate(env, filtered, seed)
+        result.update({f"eval_{SHIELD_PREFIX}{k}": float(v) for k, v in filtered.episode_report().items()})
+        u_ret, u_failed, u_length = _evaluate(env, agent, seed)
+        result.update(eval_unfiltered_return=u_ret, eval_unfiltered_failed=u_failed,
+                      eval_unfiltered_length=u_length)
+    else:
+        ret, failed, length = _evaluate(env, agent, seed)
     result.update(eval_return=ret, eval_failed=failed, eval_length=length, wall_time=time.perf_counter() - t0)
     return result
 
@@ -180,7 +234,10 @@ def run_method(env_id: str, method: str, seed: int, episodes: int, pretrain_epis
 
 
 def _key(env_id: str, method: str, seed: int, cfg: ACRPreset) -> str:
-    return f"acr|{env_id}|{method}|seed={seed}|episodes={cfg.episodes}|pt={cfg.pretrain_episodes}"
+    """The task's key; a filtered method's names its filter's configuration, so that results of another
+    filter (a changed :data:`safectrl.safety.psf.DEFAULTS` entry) are never read back as this one's."""
+    key = f"acr|{env_id}|{method}|seed={seed}|episodes={cfg.episodes}|pt={cfg.pretrain_episodes}"
+    return key + f"|psf={_psf_fingerprint(env_id)}" if method in FILTERED else key
 
 
 def _cell(values: list[float], n_seeds: int) -> str:
@@ -206,7 +263,7 @@ def _summaries(cfg: ACRPreset, results: dict[str, dict[str, Any]], seeds: list[i
     labels = [ENV_LABELS[e] for e in cfg.envs]
     n = len(seeds)
     fail_rows, seed_rows, ret_rows, time_rows = [], [], [], []
-    for method in METHODS:
+    for method in cfg.methods:
         fails, per_seed, rets = [], [], []
         for env_id in cfg.envs:
             res = _finished(results, cfg, env_id, method, seeds)
@@ -236,8 +293,9 @@ def _summaries(cfg: ACRPreset, results: dict[str, dict[str, Any]], seeds: list[i
     viol_rows = [[m, *(_cell([float(np.sum(r["violations"][:window] > 0))
                               for r in _finished(results, cfg, e, m, seeds) if "violations" in r], n)
                        for e in flagged)]
-                 for m in METHODS if m != "MPC"]
+                 for m in cfg.methods if m in TRAINED]
     return {
+        "filter": _filter_table(cfg, results, seeds, window),
         "violations": report.markdown_table(["method", *(ENV_LABELS[e] for e in flagged)], viol_rows)
         if flagged else "",
         "failures": report.markdown_table(["method", *heads], fail_rows),
@@ -247,8 +305,38 @@ def _summaries(cfg: ACRPreset, results: dict[str, dict[str, Any]], seeds: list[i
         "returns": report.markdown_table(["method", *heads], ret_rows),
         "times": report.markdown_table(
             ["env", "s per training step (RL-ACR)", "s per MPC solve", "failed MPC solves", "steps", "seeds"],
-            time_rows),
+            time_rows) if time_rows else "",
     }
+
+
+def _filter_table(cfg: ACRPreset, results: dict[str, dict[str, Any]], seeds: list[int], window: int) -> str:
+    """Per env and filtered method: the filter's work over the first ``window`` training episodes, summed over
+    the finished seeds (steps, intervened and certified steps as shares of all steps, fallbacks, rejected
+    plans, soft plans), and the time per filtered decision and per training step."""
+    rows = []
+    for env_id in cfg.envs:
+        for method in (m for m in cfg.methods if m in FILTERED):
+            res = _finished(results, cfg, env_id, method, seeds)
+            if not res:
+                continue
+            length = np.concatenate([r["length"][:window] for r in res]).astype(float)
+            steps = float(np.sum(length))
+
+            def share(key: str) -> float:  # a per-episode share, weighted by the episodes' steps
+                return float(np.sum(np.concatenate([r[key][:window] for r in res]) * length) / steps)
+
+            def total(key: str) -> int:
+                return int(sum(np.sum(r[key][:window]) for r in res))
+
+            p = SHIELD_PREFIX
+            rows.append([ENV_LABELS[env_id], method, len(res), int(steps), share(p + "interventions"),
+                         share(p + "certified"), total(p + "fallbacks"), total(p + "rejected_plans"),
+                         total(p + "soft"), 1e3 * share(p + "decision_time"), 1e3 * share("step_time")])
+    if not rows:
+        return ""
+    return report.markdown_table(["env", "method", "seeds", "steps", "interventions (share of steps)",
+                                  "certified (share)", "fallbacks", "rejected plans", "soft plans",
+                                  "ms per filtered decision", "ms per training step"], rows)
 
 
 def _write_curves(cfg: ACRPreset, results: dict[str, dict[str, Any]], seeds: list[int], path: Path) -> None:
@@ -264,7 +352,9 @@ def _write_curves(cfg: ACRPreset, results: dict[str, dict[str, Any]], seeds: lis
     for col, env_id in enumerate(cfg.envs):
         ax, ax_beta = axes[0, col], axes[1, col]
         top = -np.inf  # the highest value drawn (returns are costs here: all negative)
-        for j, method in enumerate(("RL-ACR", "SAC", "SAC-pt")):
+        for j, method in enumerate(TRAINED):
+            if method not in cfg.methods:
+                continue
             res = _finished(results, cfg, env_id, method, seeds)
             if not res:
                 continue
@@ -308,7 +398,7 @@ def _write_curves(cfg: ACRPreset, results: dict[str, dict[str, Any]], seeds: lis
 def _write_report(cfg: ACRPreset, results: dict[str, dict[str, Any]], seeds: list[int], out_dir: Path,
                   missing: int) -> str:
     """``episodes.csv``, ``summary.md`` and ``returns.png`` from the finished tasks; the summary's text."""
-    keys = [(e, m, s) for e in cfg.envs for m in ("RL-ACR", "SAC", "SAC-pt") for s in seeds
+    keys = [(e, m, s) for e in cfg.envs for m in cfg.methods if m in TRAINED for s in seeds
             if _key(e, m, s, cfg) in results]
     extras = sorted({k for e, m, s in keys for k, v in results[_key(e, m, s, cfg)].items()
                      if np.ndim(v) == 1 and k not in _LOG_COLUMNS})
@@ -323,7 +413,7 @@ def _write_report(cfg: ACRPreset, results: dict[str, dict[str, Any]], seeds: lis
     tables = _summaries(cfg, results, seeds)
     _write_curves(cfg, results, seeds, out_dir / "returns.png")
     window = min(cfg.episodes, cfg.failure_window)
-    n_tasks = len(cfg.envs) * len(METHODS) * len(seeds)
+    n_tasks = len(cfg.envs) * len(cfg.methods) * len(seeds)
     status = ("" if not missing else
               f"**Partial: {n_tasks - missing} of {n_tasks} tasks finished.** A cell over fewer seeds than "
               f"the preset's says so (n=k); the per-seed table marks unfinished tasks '-'.\n\n")
@@ -332,12 +422,16 @@ def _write_report(cfg: ACRPreset, results: dict[str, dict[str, Any]], seeds: lis
             + status
             + f"## {tables['failures_what'].capitalize()} (mean ± std over seeds; MPC: its evaluation episode)\n\n"
             f"{tables['failures']}\n\nPer seed:\n\n{tables['failures_per_seed']}\n\n"
+            + (f"## The predictive safety filter during training, first {window} episodes (summed over seeds)"
+               f"\n\n{tables['filter']}\n\n" if tables["filter"] else "")
             + (f"## Training episodes with an interval above the constraint, first {window}"
                f" (the reactor: T > T_max; failures count too)\n\n{tables['violations']}\n\n"
                if tables["violations"] else "")
-            + f"## Final per-step return on the actual plant (no exploration)\n\n"
-            f"{tables['returns']}\n\n## Time per RL-ACR training step (acting incl. MPC, env step, updates)\n\n"
-            f"{tables['times']}\n\n![returns](returns.png)\n")
+            + f"## Final per-step return on the actual plant (no exploration; +PSF: behind the filter)\n\n"
+            f"{tables['returns']}\n\n"
+            + (f"## Time per RL-ACR training step (acting incl. MPC, env step, updates)\n\n{tables['times']}\n\n"
+               if tables["times"] else "")
+            + "![returns](returns.png)\n")
     (out_dir / "summary.md").write_text(text)
     return text
 
@@ -377,7 +471,7 @@ def report_acr_study(preset: str | ACRPreset = "quick", out: str | Path | None =
         raise runfolder.RunFolderError(f"{out_dir} holds a {kind!r} run, not an {KIND!r} run")
     store = ResultStore(out_dir / "tasks")
     seeds = list(range(cfg.seeds))
-    keys = [_key(e, m, s, cfg) for e in cfg.envs for m in METHODS for s in seeds]
+    keys = [_key(e, m, s, cfg) for e in cfg.envs for m in cfg.methods for s in seeds]
     results = store.stored(keys)  # a corrupt file is set aside (and counted missing)
     if not results:
         raise FileNotFoundError(f"no finished task of the {cfg.name!r} preset in {out_dir / 'tasks'}")
@@ -399,12 +493,16 @@ def run_acr_study(preset: str | ACRPreset = "quick", out: str | Path | None = No
     cfg = _preset(preset)
     out_dir = Path(out) if out is not None else Path("runs") / f"acr-{cfg.name}"
     seeds = list(range(cfg.seeds))
-    folder = runfolder.check(out_dir, KIND, {"preset": asdict(cfg), "seeds": seeds, "rl_acr": asdict(RLACRConfig()),
-                                             "safectrl": safectrl.__version__}, force, resumable=True)
+    recorded = {k: v for k, v in asdict(cfg).items() if k != "methods"}  # see ACRPreset.methods
+    folder = runfolder.check(out_dir, KIND, {"preset": recorded, "seeds": seeds,
+                                             "rl_acr": asdict(RLACRConfig()), "safectrl": safectrl.__version__},
+                             force, resumable=True)
     # Env by env in the preset's order (an interrupted run has whole envs done); within an env the longest
-    # tasks first (RL-ACR solves an NLP every step), so that the workers finish together.
+    # tasks first (the filtered methods solve one or two NLPs every step, RL-ACR one), so that the workers
+    # finish together.
+    order = ("RL-ACR+PSF", "SAC+PSF", "RL-ACR", "SAC-pt", "SAC", "MPC")
     tasks = [Task(_key(e, m, s, cfg), run_method, (e, m, s, cfg.episodes, cfg.pretrain_episodes))
-             for e in cfg.envs for m in ("RL-ACR", "SAC-pt", "SAC", "MPC") for s in seeds]
+             for e in cfg.envs for m in order if m in cfg.methods for s in seeds]
     executor = make_executor(scheduler, workers, serial, connect_timeout)  # connects: nothing written yet
     t0 = time.perf_counter()
     try:
