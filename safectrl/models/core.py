@@ -11,6 +11,8 @@ builds, once and cached:
   Being a plain SX expression it can be compiled to C, mapped over many reactors, or embedded in an NLP;
 * ``step(x, u, params)`` and ``step_batch(x, u, p)`` — the same function evaluated as compiled C when a C
   compiler is present (see :mod:`safectrl.models.compiled`), one reactor or N reactors per call.
+* ``dae(algebraic)`` — the same model with some states made algebraic, ``0 = (their rhs rows)``: a
+  :class:`DAEModel`, integrated over one interval by IDAS or by CasADi's collocation integrator.
 
 Why RODAS4 with fixed substeps: the models are stiff, and an L-stable Rosenbrock method has a fixed cost
 (one factorisation per substep, no Newton iterations) and is a plain SX expression, which an adaptive
@@ -224,6 +226,7 @@ class ODEModel:
         self._adaptive_fn: ca.Function | None = None
         self._mapped: dict[int, ca.Function] = {}
         self._direct: compiled.DirectCall | None = None
+        self._dae: dict[tuple[str, ...], DAEModel] = {}
         #: Largest accepted RODAS4 error estimate per interval; above it CVODES recomputes the interval.
         self.err_tol = float(err_tol)
         #: Intervals recomputed by CVODES since construction (visible, never silent).
@@ -408,3 +411,245 @@ class ODEModel:
         """Advance one reactor by one interval; ``params`` is the dataclass or its vector. Shape (nx,)."""
         p = params if isinstance(params, np.ndarray) else self.param_vector(params)
         return self.step_batch(np.asarray(x, dtype=float)[None, :], u, p, t0)[0]
+
+    # -- the same model with some states algebraic ----------------------------------------------------
+
+    def dae(self, algebraic: Sequence[str]) -> DAEModel:
+        """This model with the states named in ``algebraic`` made algebraic (their rhs rows set to 0).
+
+        Built once per tuple of names; see :class:`DAEModel`.
+        """
+        key = tuple(algebraic) if not isinstance(algebraic, str) else (algebraic,)
+        dae = self._dae.get(key)
+        if dae is None:
+            dae = DAEModel(self, key)
+            self._dae[key] = dae
+        return dae
+
+
+#: Integrators of :meth:`DAEModel.interval_function`.
+DAE_METHODS = ("idas", "collocation")
+
+
+class DAEModel:
+    """An :class:`ODEModel` with some states made algebraic: a semi-explicit DAE from the same rhs.
+
+    With ``x`` the differential and ``z`` the algebraic states (each in the model's state order)::
+
+        dx/dt = rhs_x(x, z, u, p)        the rhs rows of the differential states
+        0     = rhs_z(x, z, u, p)        the rhs rows of the algebraic states
+
+    which is the quasi-steady-state reduction of the fast states named in ``algebraic``; it is index 1
+    wherever d rhs_z / dz is nonsingular. No equation is written here: both parts are rows of the model's
+    one :meth:`ODEModel.rhs_function`. A reduction, not another integrator of the same model: the
+    differential states differ from the ODE's by the effect of the fast states' lag, small only where
+    those relax fast against the interval (the reactor: ``docs/decisions.md#reactor-dae``).
+
+    The interval function keeps the ODE's signature, full state in and out, so the two forms are
+    interchangeable: the algebraic entries of ``x0`` are only the initial guess of the Newton iteration
+    that makes the algebraic states consistent with the differential ones, and those of ``xf`` are the
+    consistent values at the interval end. They differ from the ODE's values there (the ODE's fast states
+    lag their quasi-steady state); compare the two forms on the differential states.
+
+    Args:
+        model: the ODE model whose rhs is used.
+        algebraic: names of the states made algebraic, at least one, not all.
+        reltol, abstol: IDAS tolerances, on states scaled by ``model.x_scale``.
+        collocation_elements: finite elements per interval of the collocation integrator.
+        collocation_degree: Radau points per finite element of the collocation integrator.
+
+    Raises:
+        ValueError: if a name is not a state of ``model``, is repeated, or no differential state is left.
+    """
+
+    def __init__(
+        self,
+        model: ODEModel,
+        algebraic: Sequence[str],
+        *,
+        reltol: float = 1e-8,
+        abstol: float = 1e-10,
+        collocation_elements: int = 2,
+        collocation_degree: int = 3,
+    ) -> None:
+        algebraic = (algebraic,) if isinstance(algebraic, str) else tuple(algebraic)
+        unknown = [a for a in algebraic if a not in model.states]
+        if unknown:
+            raise ValueError(
+                f"{model.name}: algebraic states {unknown!r} are not states of the model; "
+                f"its states are {', '.join(model.states)}"
+            )
+        if not algebraic or len(set(algebraic)) != len(algebraic) or len(algebraic) == model.nx:
+            raise ValueError(
+                f"{model.name}: algebraic must name distinct states, at least one and not all "
+                f"({model.nx}), got {algebraic!r}"
+            )
+        if collocation_elements < 1 or collocation_degree < 1:
+            raise ValueError(
+                f"collocation_elements and collocation_degree must be >= 1, got "
+                f"{collocation_elements} and {collocation_degree}"
+            )
+        self.model = model
+        self.name = f"{model.name}_dae"
+        # In the model's state order, whatever the order of ``algebraic``.
+        self.algebraic = tuple(s for s in model.states if s in algebraic)
+        self.differential = tuple(s for s in model.states if s not in algebraic)
+        self.alg_index = np.array([model.states.index(s) for s in self.algebraic])
+        self.diff_index = np.array([model.states.index(s) for s in self.differential])
+        self.reltol = float(reltol)
+        self.abstol = float(abstol)
+        self.collocation_elements = int(collocation_elements)
+        self.collocation_degree = int(collocation_degree)
+        self._dae_fn: ca.Function | None = None
+        self._consistent_fn: ca.Function | None = None
+        self._interval_fns: dict[str, ca.Function] = {}
+
+    @property
+    def nx(self) -> int:
+        """Number of differential states."""
+        return len(self.differential)
+
+    @property
+    def nz(self) -> int:
+        """Number of algebraic states."""
+        return len(self.algebraic)
+
+    def _merge(self, x: Any, z: Any) -> list:
+        """The full state, model order, from the differential and algebraic entries (lists of scalars)."""
+        full = [None] * self.model.nx
+        for k, i in enumerate(self.diff_index):
+            full[i] = x[k]
+        for k, i in enumerate(self.alg_index):
+            full[i] = z[k]
+        return full
+
+    def _time_args(self, t: Any) -> list:
+        return [t] if self.model.time_varying else []
+
+    def dae_function(self) -> ca.Function:
+        """CasADi Function ``dae(x[nx], z[nz], u, p(, t)) -> (ode[nx], alg[nz])``, physical units, built once.
+
+        ``ode`` are the rhs rows of the differential states, ``alg`` those of the algebraic ones (the
+        algebraic residual, in the unit of the algebraic states' derivatives).
+        """
+        if self._dae_fn is None:
+            m = self.model
+            x = ca.SX.sym("x", self.nx)
+            z = ca.SX.sym("z", self.nz)
+            u = ca.SX.sym("u", m.nu)
+            p = ca.SX.sym("p", m.n_params)
+            t = ca.SX.sym("t")
+            full = ca.vertcat(*self._merge(ca.vertsplit(x), ca.vertsplit(z)))
+            xdot = m.rhs_function()(full, u, p, *self._time_args(t))
+            ins, names = [x, z, u, p], ["x", "z", "u", "p"]
+            if m.time_varying:
+                ins, names = ins + [t], names + ["t"]
+            self._dae_fn = ca.Function(
+                self.name, ins, [xdot[self.diff_index.tolist()], xdot[self.alg_index.tolist()]], names,
+                ["ode", "alg"],
+            )
+        return self._dae_fn
+
+    def _scaled(self, xs: ca.MX, zs: ca.MX, u: ca.MX, p: ca.MX, t: Any) -> tuple[ca.MX, ca.MX]:
+        """The DAE in states scaled by ``x_scale``: (ode, alg), each divided by its state's scale."""
+        s = self.model.x_scale
+        sx, sz = ca.DM(s[self.diff_index]), ca.DM(s[self.alg_index])
+        ode, alg = self.dae_function()(xs * sx, zs * sz, u, p, *self._time_args(t))
+        return ode / sx, alg / sz
+
+    def consistent_function(self) -> ca.Function:
+        """CasADi Function ``consistent(x[nx_full], u, p(, t)) -> z[nz]``: the algebraic states with alg = 0.
+
+        Newton's method on the scaled algebraic residual, started from the algebraic entries of the full
+        state ``x`` (the differential entries are held); raises a RuntimeError if it does not converge.
+        """
+        if self._consistent_fn is None:
+            m = self.model
+            s = ca.DM(m.x_scale)
+            zs = ca.MX.sym("zs", self.nz)
+            xs = ca.MX.sym("xs", self.nx)
+            u = ca.MX.sym("u", m.nu)
+            p = ca.MX.sym("p", m.n_params)
+            t = ca.MX.sym("t")
+            _, alg = self._scaled(xs, zs, u, p, t)
+            held = ca.vertcat(xs, u, p, *self._time_args(t))
+            newton = ca.rootfinder(
+                f"{self.name}_newton", "newton",
+                {"x": zs, "p": held, "g": alg},
+                {"abstol": 1e-14, "max_iter": 100, "error_on_fail": True},
+            )
+            x = ca.MX.sym("x", m.nx)
+            x_scaled = x / s
+            held_value = ca.vertcat(x_scaled[self.diff_index.tolist()], u, p, *self._time_args(t))
+            z = newton(x_scaled[self.alg_index.tolist()], held_value)
+            z = z * s[self.alg_index.tolist()]
+            ins, names = [x, u, p], ["x", "u", "p"]
+            if m.time_varying:
+                ins, names = ins + [t], names + ["t"]
+            self._consistent_fn = ca.Function(f"{self.name}_consistent", ins, [z], names, ["z"])
+        return self._consistent_fn
+
+    def interval_function(self, method: str = "idas") -> ca.Function:
+        """CasADi Function ``F(x0[nx_full], u, p(, t0)) -> xf[nx_full]``: one interval with ``u`` held.
+
+        Same signature as :meth:`ODEModel.interval_function` (without its ``err``): the algebraic entries
+        of ``x0`` are the Newton guess of :meth:`consistent_function`, which makes them consistent before
+        the integrator starts; those of ``xf`` are the integrator's consistent end values. An MX Function
+        around a CasADi integrator: ``"idas"`` (adaptive BDF, ``reltol``/``abstol`` on scaled states) or
+        ``"collocation"`` (Radau, ``collocation_degree`` points on ``collocation_elements`` elements,
+        solved by Newton's method). Built once per method; an integrator failure raises a RuntimeError.
+        """
+        if method not in DAE_METHODS:
+            raise ValueError(f"method must be one of {DAE_METHODS}, got {method!r}")
+        fn = self._interval_fns.get(method)
+        if fn is not None:
+            return fn
+        m = self.model
+        s = m.x_scale
+        xs = ca.MX.sym("xs", self.nx)
+        zs = ca.MX.sym("zs", self.nz)
+        q = ca.MX.sym("q", m.nu + m.n_params + 1)  # u, p, t0: constant over the interval
+        tau = ca.MX.sym("tau")
+        u_q, p_q, t0_q = q[: m.nu], q[m.nu : m.nu + m.n_params], q[-1]
+        ode, alg = self._scaled(xs, zs, u_q, p_q, t0_q + tau)
+        dae = {"x": xs, "z": zs, "p": q, "t": tau, "ode": ode, "alg": alg}
+        if method == "idas":
+            # The rootfinder below makes z0 consistent; IDAS's own initial-condition search would hide a
+            # failure of it.
+            opts = {"reltol": self.reltol, "abstol": self.abstol, "max_num_steps": 100000, "calc_ic": False}
+        else:
+            opts = {
+                "number_of_finite_elements": self.collocation_elements,
+                "interpolation_order": self.collocation_degree,
+                "collocation_scheme": "radau",
+                "rootfinder": "newton",
+                "rootfinder_options": {"abstol": 1e-12, "max_iter": 50, "error_on_fail": True},
+            }
+        integ = ca.integrator(f"{self.name}_{method}", method, dae, 0.0, m.dt, opts)
+        x0 = ca.MX.sym("x0", m.nx)
+        u = ca.MX.sym("u", m.nu)
+        p = ca.MX.sym("p", m.n_params)
+        t0 = ca.MX.sym("t0")
+        t0_used = t0 if m.time_varying else ca.MX(0.0)
+        z0 = self.consistent_function()(x0, u, p, *self._time_args(t0))
+        sol = integ(x0=x0[self.diff_index.tolist()] / ca.DM(s[self.diff_index]),
+                    z0=z0 / ca.DM(s[self.alg_index]), p=ca.vertcat(u, p, t0_used))
+        xf_d = sol["xf"] * ca.DM(s[self.diff_index])
+        xf_z = sol["zf"] * ca.DM(s[self.alg_index])
+        xf = ca.vertcat(*self._merge(ca.vertsplit(xf_d), ca.vertsplit(xf_z)))
+        ins, names = [x0, u, p], ["x0", "u", "p"]
+        if m.time_varying:
+            ins, names = ins + [t0], names + ["t0"]
+        fn = ca.Function(f"{self.name}_{method}_interval", ins, [xf], names, ["xf"])
+        self._interval_fns[method] = fn
+        return fn
+
+    def step(
+        self, x: np.ndarray, u: np.ndarray, params: Any, t0: float = 0.0, method: str = "idas"
+    ) -> np.ndarray:
+        """One interval of :meth:`interval_function`; ``params`` the dataclass or its vector. (nx_full,)."""
+        p = params if isinstance(params, np.ndarray) else self.model.param_vector(params)
+        args = [np.asarray(x, dtype=float), np.asarray(u, dtype=float), p]
+        if self.model.time_varying:
+            args.append(float(t0))
+        return np.asarray(self.interval_function(method)(*args)).ravel()

@@ -18,8 +18,20 @@ outflow term -D R. SI units, time in seconds::
     dP/dt = MW_A r_p - D P
     dT/dt = (dH r_p V - UA (T - T_c) + rho c_p F (T_feed - T)) / (rho c_p V)
 
-Inputs are held over a control interval of 1800 s; F uses the input applied during the interval. The
-operating scenarios (startup, grade changes between P = 100 and 70 kg/m³ at T = 350 K) and the operating
+Inputs are held over a control interval of 1800 s; F uses the input applied during the interval.
+
+The radicals are the stiff mode (they relax in 1/(4 k_t R + D), ~30 s at the operating point). Their
+quasi-steady-state form, :data:`DAE`, keeps these lines and makes R algebraic, an index-1 DAE::
+
+    0 = 2 r_d - 2 r_t - D R                           R algebraic; A, I, P, T differential
+
+Its one positive root is what Newton's method reaches from any R >= 0 (the residual is concave and
+decreasing in R >= 0). The reduction is accurate only while R relaxes fast against the changes of its
+quasi-steady value: through a grade change it is 1e-3 off on P; in a startup from an empty reactor (R = 0,
+so the relaxation time starts at 1/D ~ 5.5 h) it over-predicts the radicals of the first hours and with
+them P, by 22 % after the first interval (``docs/decisions.md#reactor-dae``).
+
+The operating scenarios (startup, grade changes between P = 100 and 70 kg/m³ at T = 350 K) and the operating
 limits (T <= 365 K, runaway at 400 K) are defined at the end of this module.
 """
 
@@ -106,6 +118,11 @@ MODEL = ODEModel(
     u_high=U_HIGH,
     substeps=16,
 )
+
+#: The reactor with the radicals in quasi-steady state (R algebraic): a
+#: :class:`~safectrl.models.core.DAEModel` of :data:`MODEL`'s rhs, integrated by IDAS or collocation.
+#: The env, vector env and NMPC use :data:`MODEL`; ODE against DAE: ``docs/decisions.md#reactor-dae``.
+DAE = MODEL.dae(("R",))
 
 
 def mismatched(plant: PolyCSTRParams = PolyCSTRParams(), UA: float = 0.8, dH: float = 1.1) -> PolyCSTRParams:
