@@ -30,7 +30,9 @@ def test_psf_rows_need_their_inner_rows_artifacts_and_run_on_the_reactor_only():
     assert _NEEDS["BC+PSF"] == _NEEDS["BC"] and _NEEDS["IQL+PSF"] == _NEEDS["IQL"]
     assert _NEEDS["IQL+PICNN (exact)+PSF"] == _NEEDS["IQL+PICNN (exact)"]
     assert all(CONTROLLERS[r].envs == ("safectrl/PolyCSTR-v0",) for r in PSF_ROWS)
-    assert set(PSF_ROWS) <= set(PRESETS["quick"].controllers)
+    quick = PRESETS["quick"].controllers
+    assert "IQL+PSF" in quick and "BC+PSF" not in quick and "IQL+PICNN (exact)+PSF" not in quick
+    assert set(PRESETS["full"].controllers) == set(CONTROLLERS)
 
 
 def test_a_tiny_study_reports_filter_statistics_for_the_psf_rows_only(tmp_path, monkeypatch, minari_root):

@@ -8,8 +8,8 @@ Evaluation seeds are disjoint from data and tuning seeds (:mod:`safectrl.rl.data
 Controllers (:data:`CONTROLLERS`): nominal and dataset PI, oracle and mismatched NMPC, BC and IQL trained on
 the scenario's PI dataset, the PICNN safety layer around them, and the predictive safety filter
 (:mod:`safectrl.safety.psf`, predicting with the task's nominal model) around BC, IQL and the exact PICNN
-layer (the ``+PSF`` rows). Training runs (one task per artifact and
-scenario) go through the same executor before the episodes; their results are cached artifacts.
+layer (the ``+PSF`` rows). Training runs (one task per artifact and scenario) go through the same executor
+before the episodes; their results are cached artifacts.
 
 Your own controllers (``StudyPreset.custom_controllers``, ``safectrl study --controller NAME=pkg.mod:factory``)
 are rows beside the built-in ones. Episodes run in spawned worker processes, so a controller travels as an
@@ -19,8 +19,8 @@ import string and the worker imports it: ``factory(ctx)`` is called once per epi
 
 Plant variants: ``nominal`` (plant = model), ``mismatch`` (UA -20 %, dH +10 % in the plant only),
 ``noise`` (measurement noise on A, P, T), ``mismatch+noise`` (both) and ``faults`` (lost readings). Every
-controller is designed or trained on the nominal model and
-data; only the oracle NMPC is given the variant's true plant.
+controller is designed or trained on the nominal model and data; only the oracle NMPC is given the variant's
+true plant.
 
 A decision-maker with a callable ``episode_report()`` (the safety filters) has its report's entries added to
 the episode's metrics after the episode (extra ``episodes.csv`` columns, a filter table per variant); one
@@ -392,9 +392,13 @@ class StudyPreset:
         return any(c in _NEEDS or c == "PI dataset" for c in self.controllers)
 
 
+#: The +PSF rows the quick preset leaves out: at 40-250 ms per decision, all three made it take over 20 min.
+QUICK_WITHOUT = ("BC+PSF", "IQL+PICNN (exact)+PSF")
+
 PRESETS = {
     "quick": StudyPreset(
         "quick", eval_seeds=3, data_episodes=30, variants=("nominal", "mismatch", "faults"),
+        controllers=tuple(c for c in CONTROLLERS if c not in QUICK_WITHOUT),
         bc_steps=3000, iql_steps=4000, cost_model_epochs=60,
     ),
     "full": StudyPreset("full", eval_seeds=10, data_episodes=100,
