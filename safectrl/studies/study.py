@@ -865,7 +865,7 @@ def run_study(preset: str | StudyPreset = "quick", out: str | Path | None = None
 class StudyConfig:
     """What ``safectrl study`` runs: a preset, your own rows, the run folder and the executor."""
 
-    # quick: about a quarter of an hour on 2 cores; full: the published numbers
+    # quick: minutes on 2 cores (README); full: the published numbers
     preset: str = field(default="quick", metadata={"choices": tuple(PRESETS)})
     # the plant: a registered id, or ID=package.module:TASK for a plant defined in another package
     env: str = field(default="safectrl/PolyCSTR-v0", metadata={"metavar": "ID[=package.module:TASK]"})
