@@ -114,6 +114,74 @@ def trajectory_figure(panels: dict[str, Sequence[Trace]], path: str | os.PathLik
     plt.close(fig)
 
 
+def filter_figure(episode: Episode, trace: dict[str, np.ndarray], task: Task | None = None, instants: int = 4,
+                  title: str = "") -> plt.Figure:
+    """One episode behind a predictive safety filter: the output of the task's first operating limit (the
+    reactor: T, with T_max) and the filter's predictions of it at ``instants`` evenly spaced steps (top),
+    and per input the policy's proposal against the applied input.
+
+    Args:
+        episode: the closed-loop episode (``infos["state"]``: (steps + 1, nx)).
+        trace: ``proposal``, ``applied`` ((steps, nu), physical units) and ``predicted`` ((steps, horizon + 1),
+            the limit's output along each step's plan), as the comparative study stores them.
+        task: the task of the episode (default: the polymerisation CSTR); it needs an operating limit.
+        instants: steps whose predictions are drawn.
+        title: figure title.
+
+    Returns:
+        The figure (the caller saves and closes it, e.g. with :func:`save_figure`).
+    """
+    task = pc.TASK if task is None else task
+    if not task.limits:
+        raise ValueError(f"{task.name} has no operating limit whose predictions could be drawn")
+    m = task.model
+    limit = task.limits[0]
+    proposal, applied = np.asarray(trace["proposal"], float), np.asarray(trace["applied"], float)
+    predicted = np.asarray(trace["predicted"], float)
+    if proposal.shape != applied.shape or proposal.shape[0] != predicted.shape[0]:
+        raise ValueError(f"trace shapes disagree: proposal {proposal.shape}, applied {applied.shape}, "
+                         f"predicted {predicted.shape}")
+    hours = m.dt / PER_HOUR[task.time_unit]
+    x = np.asarray(episode.infos["state"], float)
+    t = np.arange(len(x)) * hours
+    y = np.asarray(limit.value(x, task.nominal, task.states), float)
+    fig, axes = plt.subplots(1 + m.nu, 1, figsize=(9.0, 2.6 * (1 + m.nu) + 0.4), sharex=True)
+    ax = axes[0]
+    ax.plot(t, y, color="C0", lw=1.8, label="plant")
+    unit = f" {limit.unit}".rstrip() if limit.unit else ""
+    for edge, word in ((limit.high, "max"), (limit.low, "min")):
+        if np.isfinite(edge):
+            ax.axhline(edge, color="tab:red", lw=1.2, label=f"{limit.name}_{word} = {edge:g}{unit}")
+    n = len(predicted)
+    picks = np.unique(np.linspace(0, n - 1, instants).round().astype(int)) if n else np.zeros(0, int)
+    for j, k in enumerate(picks):
+        tk = (k + np.arange(predicted.shape[1])) * hours
+        ax.plot(tk, predicted[k], color=f"C{j + 1}", ls="--", lw=1.2, label=f"predicted at {k * hours:g} h")
+    ax.set_ylabel(f"{limit.name} [{limit.unit or '-'}]")
+    ax.legend(loc="best", fontsize=8, ncol=2)
+    for i, name in enumerate(m.inputs):
+        ax = axes[1 + i]
+        ax.step(t[:len(proposal)], np.clip(proposal[:, i], m.u_low[i], m.u_high[i]), where="post", color="C7",
+                lw=1.2, ls="--", label="proposal (policy)")
+        ax.step(t[:len(applied)], applied[:, i], where="post", color="C0", lw=1.6, label="applied (filter)")
+        ax.set_ylabel(f"{name} [{task.units.get(name, '-')}]")
+        if i == 0:
+            ax.legend(loc="best", fontsize=8)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[-1].set_xlabel("time [h]")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig: plt.Figure, path: str | os.PathLike, dpi: int = 110) -> None:
+    """Write ``fig`` to ``path`` (PNG or PDF by extension) and close it."""
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+
+
 def distribution_figure(
     metrics: dict,
     variants: Sequence[str],

@@ -90,6 +90,25 @@ def controller_rows(scenario: str, by_controller: dict[str, list[EpisodeMetrics]
     return rows
 
 
+def filter_headers(task: "Task | None" = None) -> tuple[str, ...]:
+    """Columns of :func:`filter_rows` for ``task`` (default: the polymerisation CSTR)."""
+    task = _default(task)
+    du = tuple(f"mean |u - a| {u} {task.units.get(u, '')}".rstrip() for u in task.model.inputs)
+    return ("scenario", "controller", "episodes", "interventions (share of steps)", *du, "fallbacks / episode",
+            "ms / decision")
+
+
+def filter_rows(scenario: str, by_controller: dict[str, list[EpisodeMetrics]],
+                task: "Task | None" = None) -> list[list[Any]]:
+    """Rows (see :func:`filter_headers`) of one scenario's safety filters: episodes whose metrics carry a
+    filter's ``episode_report()`` entries (``interventions``, ``mean_abs_du_<input>``, ``fallbacks``)."""
+    task = _default(task)
+    return [[scenario, controller, len(ms), mean_std([m.interventions for m in ms]),
+             *(mean_std([m[f"mean_abs_du_{u}"] for m in ms]) for u in task.model.inputs),
+             mean_std([m.fallbacks for m in ms]), mean_std([m.decision_ms for m in ms], 2)]
+            for controller, ms in by_controller.items()]
+
+
 def _default(task: "Task | None") -> "Task":
     if task is not None:
         return task

@@ -6,8 +6,10 @@ task run by the chosen executor and stored the moment it finishes (see :mod:`saf
 Evaluation seeds are disjoint from data and tuning seeds (:mod:`safectrl.rl.data`).
 
 Controllers (:data:`CONTROLLERS`): nominal and dataset PI, oracle and mismatched NMPC, BC and IQL trained on
-the scenario's PI dataset, and the PICNN safety layer around them. Training runs (one task per artifact and
-scenario) go through the same executor before the episodes; their results are cached artifacts.
+the scenario's PI dataset, the PICNN safety layer around them, and the predictive safety filter
+(:mod:`safectrl.safety.psf`, predicting with the task's nominal model) around BC, IQL and the exact PICNN
+layer (the ``+PSF`` rows). Training runs (one task per artifact and scenario) go through the same executor
+before the episodes; their results are cached artifacts.
 
 Your own controllers (``StudyPreset.custom_controllers``, ``safectrl study --controller NAME=pkg.mod:factory``)
 are rows beside the built-in ones. Episodes run in spawned worker processes, so a controller travels as an
@@ -15,13 +17,19 @@ import string and the worker imports it: ``factory(ctx)`` is called once per epi
 :class:`BuildContext` (scenario, variant with its plant and noise flag, seed) and returns any object with
 ``reset(seed=None)`` and ``act(obs)`` (:class:`safectrl.common.protocol.DecisionMaker`).
 
-Plant variants: ``nominal`` (plant = model), ``mismatch`` (UA -20 %, dH +10 % in the plant only) and
-``noise`` (measurement noise on A, P, T). Every controller is designed or trained on the nominal model and
-data; only the oracle NMPC is given the variant's true plant.
+Plant variants: ``nominal`` (plant = model), ``mismatch`` (UA -20 %, dH +10 % in the plant only),
+``noise`` (measurement noise on A, P, T), ``mismatch+noise`` (both) and ``faults`` (lost readings). Every
+controller is designed or trained on the nominal model and data; only the oracle NMPC is given the variant's
+true plant.
+
+A decision-maker with a callable ``episode_report()`` (the safety filters) has its report's entries added to
+the episode's metrics after the episode (extra ``episodes.csv`` columns, a filter table per variant); one
+whose ``record`` has ``proposal``, ``applied`` and ``predicted`` (the predictive safety filter) has these
+stored with the episode, the plans reduced to the first operating limit's output (the reactor: T).
 
 Output folder: ``config.json``, ``episodes.csv`` (one row per episode), ``summary.md`` (tables per variant),
-figures (trajectories per variant, cost and offset distributions, violations) and ``tasks/`` (the stored
-per-episode results that make a run resumable).
+figures (trajectories per variant, cost and offset distributions, violations, ``psf_mismatch.png``: a +PSF row
+on the mismatched plant) and ``tasks/`` (the stored per-episode results that make a run resumable).
 """
 
 from __future__ import annotations
@@ -70,8 +78,9 @@ FAULT_RATE = 0.02
 
 def variants(task: PlantTask) -> dict[str, Variant]:
     """The plant variants of ``task``: ``nominal`` (plant = model), ``mismatch`` (the task's actual plant;
-    controllers keep the nominal model), ``noise`` if the task defines sensor noise, and ``faults`` (the
-    nominal plant with 2 % of the measured values lost)."""
+    controllers keep the nominal model), ``noise`` and ``mismatch+noise`` (the actual plant behind the noisy
+    sensors) if the task defines sensor noise, and ``faults`` (the nominal plant with 2 % of the measured
+    values lost)."""
     described = {"PolyCSTR": ("plant UA -20 %, dH +10 % (controllers keep the nominal model)",
                               "measurement noise, sigma A 2, P 0.5 kg/m³, T 0.2 K")}
     mismatch, noise = described.get(task.name, ("the task's actual plant (controllers keep the nominal model)",
@@ -80,6 +89,7 @@ def variants(task: PlantTask) -> dict[str, Variant]:
            Variant("mismatch", task.actual, False, mismatch)]
     if task.measurement_std is not None:
         out.append(Variant("noise", task.nominal, True, noise))
+        out.append(Variant("mismatch+noise", task.actual, True, f"{mismatch}; {noise}"))
     out.append(Variant("faults", task.nominal, False, f"{FAULT_RATE:.0%} of the measured values lost (NaN), "
                        "independently per value and interval", SensorFaults(nan_rate=FAULT_RATE)))
     return {v.name: v for v in out}
@@ -165,6 +175,17 @@ def _filtered(algo: str, method: str) -> Callable[[BuildContext], DecisionMaker]
     return build
 
 
+def _psf(inner: Callable[[BuildContext], DecisionMaker]) -> Callable[[BuildContext], DecisionMaker]:
+    """The predictive safety filter around the row ``inner``; it predicts with the task's nominal model (the
+    one a controller can know), never with the variant's plant."""
+    def build(ctx: BuildContext) -> DecisionMaker:
+        from safectrl.safety.psf import predictive_safety_filter
+
+        return predictive_safety_filter(inner(ctx), ctx.env)
+
+    return build
+
+
 def _torch_threads() -> None:
     import torch
 
@@ -192,12 +213,19 @@ CONTROLLERS: dict[str, ControllerSpec] = {
                        "IQL corrected by the PICNN cost model, projected gradient descent", _REACTOR),
         ControllerSpec("IQL+PICNN (exact)", _filtered("iql", "exact"),
                        "IQL corrected by the PICNN cost model, exact convex program (cvxpy)", _REACTOR),
+        ControllerSpec("BC+PSF", _psf(_offline("bc")), "BC behind the predictive safety filter (nominal model)",
+                       _REACTOR),
+        ControllerSpec("IQL+PSF", _psf(_offline("iql")), "IQL behind the predictive safety filter (nominal model)",
+                       _REACTOR),
+        ControllerSpec("IQL+PICNN (exact)+PSF", _psf(_filtered("iql", "exact")),
+                       "IQL+PICNN (exact) behind the predictive safety filter (nominal model)", _REACTOR),
     )
 }
 
 #: Controllers that need trained artifacts: name -> (policy algorithm or None, needs the cost model).
 _NEEDS = {"BC": ("bc", False), "IQL": ("iql", False), "BC+PICNN (GD)": ("bc", True),
-          "IQL+PICNN (GD)": ("iql", True), "IQL+PICNN (exact)": ("iql", True)}
+          "IQL+PICNN (GD)": ("iql", True), "IQL+PICNN (exact)": ("iql", True), "BC+PSF": ("bc", False),
+          "IQL+PSF": ("iql", False), "IQL+PICNN (exact)+PSF": ("iql", True)}
 
 ALL_CONTROLLERS = tuple(CONTROLLERS)
 
@@ -364,13 +392,17 @@ class StudyPreset:
         return any(c in _NEEDS or c == "PI dataset" for c in self.controllers)
 
 
+#: The +PSF rows the quick preset leaves out: at 40-250 ms per decision, all three made it take over 20 min.
+QUICK_WITHOUT = ("BC+PSF", "IQL+PICNN (exact)+PSF")
+
 PRESETS = {
     "quick": StudyPreset(
         "quick", eval_seeds=3, data_episodes=30, variants=("nominal", "mismatch", "faults"),
+        controllers=tuple(c for c in CONTROLLERS if c not in QUICK_WITHOUT),
         bc_steps=3000, iql_steps=4000, cost_model_epochs=60,
     ),
     "full": StudyPreset("full", eval_seeds=10, data_episodes=100,
-                        variants=("nominal", "mismatch", "noise", "faults")),
+                        variants=("nominal", "mismatch", "noise", "mismatch+noise", "faults")),
 }
 
 
@@ -493,15 +525,56 @@ def _episode_task(controller: str, scenario: str, variant: str, seed: int, seed_
     env = TaskEnv(preset.task, scenario=scenario, plant=var.plant, noise=var.noise, max_steps=preset.max_steps,
                   faults=var.faults)
     ep = run_episode(env, policy, seed)
+    metrics = episode_metrics(ep, preset.task).as_dict()
+    metrics.update(_filter_statistics(controller, policy, metrics))
     return {
-        "metrics": episode_metrics(ep, preset.task).as_dict(),
+        "metrics": metrics,
         "actions": ep.actions,
         "rewards": ep.rewards,
         "terminations": ep.terminations,
         "truncations": ep.truncations,
         "decision_time": ep.decision_time,
         **{f"info_{k}": np.asarray(ep.infos[k]) for k in ("state", "setpoint", "violation", "failure")},
+        **_filter_trace(policy, preset.task),
     }
+
+
+def _filter_statistics(controller: str, policy: Any, metrics: Mapping[str, Any]) -> dict[str, float | int]:
+    """The entries of ``policy.episode_report()`` if it has one (the safety filters), else none."""
+    report_fn = getattr(policy, "episode_report", None)
+    if not callable(report_fn):
+        return {}
+    out: dict[str, float | int] = {}
+    for name, value in dict(report_fn()).items():
+        if name in metrics:
+            raise StudyError(f"controller {controller!r}: its episode_report() entry {name!r} is also an "
+                             "episode metric")
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise StudyError(f"controller {controller!r}: episode_report()[{name!r}] is a "
+                             f"{type(value).__name__}, not a number")
+        out[name] = int(value) if isinstance(value, (int, np.integer)) else float(value)
+    return out
+
+
+#: Prefix of the record entries of a filter's proposal, applied input and predicted limit output.
+FILTER_TRACE = "filter_"
+
+
+def _filter_trace(policy: Any, task: PlantTask) -> dict[str, np.ndarray]:
+    """``filter_proposal``, ``filter_applied`` ((steps, nu), physical units) and ``filter_predicted``
+    ((steps, horizon + 1), the first operating limit's output along each step's plan, with the nominal
+    model's parameters) of a policy whose ``record`` has ``proposal``, ``applied`` and ``predicted`` (the
+    predictive safety filter); none for the others or a task without limits. Only the limit's output of the
+    plans is kept, to keep the stored episode small."""
+    record = getattr(policy, "record", None)
+    if not task.limits or not all(hasattr(record, k) for k in ("proposal", "applied", "predicted")):
+        return {}
+    limit = task.limits[0]
+    predicted = [np.asarray(limit.value(np.asarray(x, dtype=float), task.nominal, task.states), dtype=float)
+                 for x in record.predicted]
+    return {f"{FILTER_TRACE}proposal": np.asarray(record.proposal, dtype=float),
+            f"{FILTER_TRACE}applied": np.asarray(record.applied, dtype=float),
+            f"{FILTER_TRACE}predicted": np.asarray(predicted, dtype=float)}
 
 
 def _episode_from_record(record: dict[str, Any], seed: int) -> Episode:
@@ -519,6 +592,8 @@ class StudyResults:
     seeds: list[int]
     metrics: dict[tuple[str, str, str], list[EpisodeMetrics]]
     episodes: dict[tuple[str, str, str], list[Episode]]
+    # (variant, scenario, controller) -> per seed, the filter's stored trace (see _filter_trace); rows with one
+    filter_traces: dict[tuple[str, str, str], list[dict[str, np.ndarray]]] = field(default_factory=dict)
 
 
 def prepare_datasets(preset: StudyPreset, progress: bool = True) -> list[str]:
@@ -549,11 +624,15 @@ def run_episodes(preset: StudyPreset, executor: Executor, store: ResultStore, pr
     records = run_tasks(tasks, executor, store, desc="episodes", progress=progress)
     metrics: dict[tuple[str, str, str], list[EpisodeMetrics]] = defaultdict(list)
     episodes: dict[tuple[str, str, str], list[Episode]] = defaultdict(list)
+    traces: dict[tuple[str, str, str], list[dict[str, np.ndarray]]] = defaultdict(list)
     for key in (t.key for t in tasks):
         variant, scenario, controller, seed = index[key]
         metrics[(variant, scenario, controller)].append(EpisodeMetrics(**records[key]["metrics"]))
         episodes[(variant, scenario, controller)].append(_episode_from_record(records[key], seed))
-    return StudyResults(preset, seeds, dict(metrics), dict(episodes))
+        trace = {k[len(FILTER_TRACE):]: v for k, v in records[key].items() if k.startswith(FILTER_TRACE)}
+        if trace:
+            traces[(variant, scenario, controller)].append(trace)
+    return StudyResults(preset, seeds, dict(metrics), dict(episodes), dict(traces))
 
 
 def summary_rows(results: StudyResults, variant: str, reference: str) -> list[list[Any]]:
@@ -592,6 +671,39 @@ def headline_rows(results: StudyResults) -> list[list[Any]]:
     return rows
 
 
+def extra_metric_names(results: StudyResults) -> list[str]:
+    """Metric names beyond the task's (a filter's ``episode_report()`` entries), in order of appearance."""
+    known = set(metric_names(results.preset.task))
+    extra: dict[str, None] = {}
+    for ms in results.metrics.values():
+        for m in ms:
+            extra.update((k, None) for k in m if k not in known)
+    return list(extra)
+
+
+def filter_rows(results: StudyResults, variant: str) -> list[list[Any]]:
+    """Rows of :func:`~safectrl.studies.report.filter_headers` of one variant: the rows whose every episode
+    reported filter statistics (``interventions``); empty without any."""
+    rows = []
+    for scenario in results.preset.scenarios:
+        by_controller = {c: results.metrics[(variant, scenario, c)] for c in results.preset.rows}
+        rows += report.filter_rows(scenario, {c: ms for c, ms in by_controller.items()
+                                              if ms and all("interventions" in m for m in ms)},
+                                   results.preset.task)
+    return rows
+
+
+def psf_figure_row(results: StudyResults) -> tuple[str, str] | None:
+    """(first scenario, first row with a stored filter trace) on the ``mismatch`` variant, if there is one."""
+    if "mismatch" not in results.preset.variants or not results.preset.task.limits:
+        return None
+    scenario = results.preset.scenarios[0]
+    for controller in results.preset.rows:
+        if results.filter_traces.get(("mismatch", scenario, controller)):
+            return scenario, controller
+    return None
+
+
 FAULT_HEADERS = ("scenario", "controller", "episodes finished", "failures", "cost without faults",
                  "cost with faults", "cost ratio (per seed)")
 
@@ -618,10 +730,12 @@ def write_outputs(results: StudyResults, out_dir: Path, reference: str) -> str:
     with open(out_dir / "episodes.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
         fields = list(metric_names(results.preset.task))
-        writer.writerow(["variant", "scenario", "controller", "seed", *fields])
+        extra = extra_metric_names(results)
+        writer.writerow(["variant", "scenario", "controller", "seed", *fields, *extra])
         for (variant, scenario, controller), ms in results.metrics.items():
             for seed, m in zip(results.seeds, ms):
-                writer.writerow([variant, scenario, controller, seed, *(m[f] for f in fields)])
+                writer.writerow([variant, scenario, controller, seed, *(m[f] for f in fields),
+                                 *(m.get(f, "") for f in extra)])
     task = results.preset.task
     window = max(1, round(FINAL_FRACTION * task.episode_steps))
     span = window * task.model.dt / PER_HOUR[task.time_unit]
@@ -636,6 +750,12 @@ def write_outputs(results: StudyResults, out_dir: Path, reference: str) -> str:
         parts.append(f"## {variant}: {results.preset.variant_table[variant].description}\n")
         rows = summary_rows(results, variant, reference)
         parts.append(report.markdown_table(report.summary_headers(reference, results.preset.task), rows))
+        filtered = filter_rows(results, variant)
+        if filtered:
+            parts.append(f"\nSafety filters on {variant}: share of steps whose applied input differs from the "
+                         "policy's proposal (the filter's own threshold), mean |u - a| per input, fallbacks "
+                         "per episode; mean ± std over seeds.\n")
+            parts.append(report.markdown_table(report.filter_headers(task), filtered))
         parts.append(f"\n![trajectories](trajectories_{variant}.png)\n")
         plots.trajectory_figure(
             {s: [plots.Trace(results.episodes[(variant, s, c)][0], c, color=f"C{i}", width=1.6)
@@ -646,6 +766,16 @@ def write_outputs(results: StudyResults, out_dir: Path, reference: str) -> str:
     plots.distribution_figure(results.metrics, results.preset.variants, results.preset.scenarios,
                               results.preset.rows, out_dir / "distributions.png", task=task)
     parts.append("## Distributions over seeds\n\n![distributions](distributions.png)\n")
+    psf_row = psf_figure_row(results)
+    if psf_row is not None:
+        scenario, controller = psf_row
+        fig = plots.filter_figure(results.episodes[("mismatch", scenario, controller)][0],
+                                  results.filter_traces[("mismatch", scenario, controller)][0], task=task,
+                                  title=f"{controller} on the mismatched plant, {scenario}, seed {results.seeds[0]}")
+        plots.save_figure(fig, out_dir / "psf_mismatch.png")
+        parts.append(f"## Predictive safety filter on the mismatched plant\n\n{controller}, {scenario}, first "
+                     "evaluation seed: the policy's proposal and the applied input, and the filter's predicted "
+                     f"{task.limits[0].name} at four steps.\n\n![psf](psf_mismatch.png)\n")
     faults = fault_rows(results)
     if faults:
         parts.append(f"## Sensor faults\n\n{results.preset.variant_table['faults'].description}: does every "
@@ -735,7 +865,7 @@ def run_study(preset: str | StudyPreset = "quick", out: str | Path | None = None
 class StudyConfig:
     """What ``safectrl study`` runs: a preset, your own rows, the run folder and the executor."""
 
-    # quick: a few minutes on 2 cores; full: the published numbers
+    # quick: minutes on 2 cores (README); full: the published numbers
     preset: str = field(default="quick", metadata={"choices": tuple(PRESETS)})
     # the plant: a registered id, or ID=package.module:TASK for a plant defined in another package
     env: str = field(default="safectrl/PolyCSTR-v0", metadata={"metavar": "ID[=package.module:TASK]"})

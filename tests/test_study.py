@@ -1,0 +1,135 @@
+"""The comparative study's predictive-safety-filter rows, the mismatch+noise variant and the filter columns."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+import pytest
+
+from safectrl.models import polycstr as pc
+
+PSF_ROWS = ("BC+PSF", "IQL+PSF", "IQL+PICNN (exact)+PSF")
+#: The columns a predictive safety filter's episode_report() adds to episodes.csv on the reactor.
+FILTER_COLUMNS = ("interventions", "mean_abs_du_f_I", "mean_abs_du_T_c", "certified", "fallbacks",
+                  "rejected_plans", "soft")
+
+
+def test_mismatch_noise_is_the_actual_plant_behind_noisy_sensors_and_only_in_the_full_preset():
+    from safectrl.studies.study import PRESETS, variants
+
+    v = variants(pc.TASK)["mismatch+noise"]
+    assert v.plant == pc.TASK.actual != pc.TASK.nominal and v.noise and v.faults is None
+    assert "mismatch+noise" in PRESETS["full"].variants and "mismatch+noise" not in PRESETS["quick"].variants
+
+
+def test_psf_rows_need_their_inner_rows_artifacts_and_run_on_the_reactor_only():
+    from safectrl.studies.study import _NEEDS, CONTROLLERS, PRESETS
+
+    assert _NEEDS["BC+PSF"] == _NEEDS["BC"] and _NEEDS["IQL+PSF"] == _NEEDS["IQL"]
+    assert _NEEDS["IQL+PICNN (exact)+PSF"] == _NEEDS["IQL+PICNN (exact)"]
+    assert all(CONTROLLERS[r].envs == ("safectrl/PolyCSTR-v0",) for r in PSF_ROWS)
+    quick = PRESETS["quick"].controllers
+    assert "IQL+PSF" in quick and "BC+PSF" not in quick and "IQL+PICNN (exact)+PSF" not in quick
+    assert set(PRESETS["full"].controllers) == set(CONTROLLERS)
+
+
+def test_a_tiny_study_reports_filter_statistics_for_the_psf_rows_only(tmp_path, monkeypatch, minari_root):
+    """Every new row on the mismatch and mismatch+noise plants, a few intervals each, in this process."""
+    from safectrl.studies.study import StudyPreset, run_study
+
+    monkeypatch.setenv("SAFECTRL_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
+    controllers = ("PI nominal", "IQL", "IQL+PICNN (exact)", *PSF_ROWS)
+    preset = StudyPreset("tiny", eval_seeds=1, data_episodes=2, variants=("mismatch", "mismatch+noise"),
+                         controllers=controllers, scenarios=("grade_up",), max_steps=6, bc_steps=30, iql_steps=30,
+                         cost_model_epochs=2)
+    out = run_study(preset, tmp_path / "run", serial=True, progress=False)
+    with open(out / "episodes.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {(r["variant"], r["controller"]) for r in rows} == {
+        (v, c) for v in ("mismatch", "mismatch+noise") for c in controllers}
+    assert set(FILTER_COLUMNS) <= set(rows[0])
+    for r in rows:
+        if r["controller"] in PSF_ROWS:
+            values = {c: float(r[c]) for c in FILTER_COLUMNS}
+            assert all(math.isfinite(v) for v in values.values()), r
+            assert 0.0 <= values["interventions"] <= 1.0 and 0.0 <= values["certified"] <= 1.0
+            assert values["mean_abs_du_f_I"] >= 0.0 and values["mean_abs_du_T_c"] >= 0.0
+        else:
+            assert all(r[c] == "" for c in FILTER_COLUMNS), r
+            assert r["cost"] != "" and r["violations"] != ""
+    summary = (out / "summary.md").read_text()
+    filter_table = summary.split("Safety filters on mismatch:")[1].split("![trajectories]")[0]
+    assert "mean |u - a| f_I kg/h" in filter_table and "fallbacks / episode" in filter_table
+    assert [line.split("|")[2].strip() for line in filter_table.splitlines() if line.startswith("| grade_up")] \
+        == list(PSF_ROWS)
+    assert "Safety filters on mismatch+noise:" in summary
+    assert (out / "psf_mismatch.png").stat().st_size > 0 and "![psf](psf_mismatch.png)" in summary
+
+
+class _Constant:
+    """A policy that always proposes the same input (physical units)."""
+
+    def __init__(self, action) -> None:
+        self.action = np.asarray(action, dtype=float)
+
+    def reset(self, seed=None) -> None:
+        pass
+
+    def act(self, obs):
+        return self.action.copy()
+
+
+def test_the_filter_trace_and_figure_show_proposal_applied_and_predicted_T():
+    import matplotlib.pyplot as plt
+
+    from safectrl.controllers.pi import NOMINAL_TUNING, PIController
+    from safectrl.rl.env import TaskEnv
+    from safectrl.rl.rollout import run_episode
+    from safectrl.safety.psf import predictive_safety_filter, with_config
+    from safectrl.studies import plots
+    from safectrl.studies.study import _filter_statistics, _filter_trace
+
+    env_id, steps, horizon = "safectrl/PolyCSTR-v0", 4, 8
+    psf = predictive_safety_filter(_Constant(pc.U_HIGH), env_id, config=with_config(env_id, horizon=horizon))
+    env = TaskEnv(pc.TASK, scenario="grade_up", plant=pc.TASK.actual, max_steps=steps)
+    ep = run_episode(env, psf, seed=3)
+    trace = _filter_trace(psf, pc.TASK)
+    assert trace["filter_proposal"].shape == trace["filter_applied"].shape == (steps, 2)
+    assert np.all(trace["filter_proposal"] == pc.U_HIGH)
+    predicted = trace["filter_predicted"]
+    assert predicted.shape == (steps, horizon + 1)
+    assert np.allclose(predicted, [x[:, pc.TASK.states.index("T")] for x in psf.record.predicted])
+    assert _filter_trace(PIController(NOMINAL_TUNING), pc.TASK) == {}
+    stats = _filter_statistics("x", psf, {"cost": 1.0})
+    assert stats == psf.episode_report() and isinstance(stats["fallbacks"], int)
+    assert _filter_statistics("x", PIController(NOMINAL_TUNING), {}) == {}
+    fig = plots.filter_figure(ep, {k[len("filter_"):]: v for k, v in trace.items()}, task=pc.TASK)
+    top, f_I, T_c = fig.axes
+    assert len(top.lines) == 1 + 1 + steps  # plant, T_max, one prediction per step (4 instants, 4 steps)
+    assert top.lines[1].get_ydata()[0] == pc.TASK.limits[0].high
+    assert np.allclose(top.lines[2].get_ydata(), predicted[0])
+    assert np.allclose(T_c.lines[1].get_ydata()[:steps], trace["filter_applied"][:, 1])
+    plt.close(fig)
+
+
+class _Reporting(_Constant):
+    def __init__(self, report) -> None:
+        super().__init__(pc.U_LOW)
+        self.report = report
+
+    def episode_report(self):
+        return self.report
+
+
+@pytest.mark.parametrize("report, message", [
+    ({"cost": 1.0}, "entry 'cost' is also an episode metric"),
+    ({"mode": "safe"}, r"episode_report\(\)\['mode'\] is a str, not a number"),
+    ({"ok": True}, "is a bool, not a number"),
+])
+def test_a_filter_report_that_cannot_be_a_column_is_refused(report, message):
+    from safectrl.studies.study import StudyError, _filter_statistics
+
+    with pytest.raises(StudyError, match=message):
+        _filter_statistics("mine", _Reporting(report), {"cost": 2.0})
