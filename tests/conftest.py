@@ -24,3 +24,16 @@ def nominal_params() -> pc.PolyCSTRParams:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(12345)
+
+
+@pytest.fixture
+def reactor_points(rng):
+    """``draw(n) -> (x (n, 5), u (n, 2))``: random reactor states and inputs over and around the operating region."""
+    def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
+        x = np.column_stack([rng.uniform(0, 600, n), rng.uniform(0, 15, n), rng.uniform(0, 5e-6, n),
+                             rng.uniform(0, 200, n), rng.uniform(320, 400, n)])
+        u = np.column_stack([rng.uniform(0, 2.5, n), rng.uniform(300, 350, n)])
+        return x, u
+
+    return draw
+

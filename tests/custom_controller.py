@@ -54,3 +54,17 @@ class ProportionalHeater:
 
 def tank_p(ctx) -> ProportionalHeater:
     return ProportionalHeater()
+
+
+class Constant:
+    """Always the same input, physical units (e.g. the reactor's most heat: f_I = 2.5 kg/h, T_c = 350 K)."""
+
+    def __init__(self, u) -> None:
+        self.u = np.asarray(u, dtype=float)
+
+    def reset(self, seed: int | None = None) -> None:
+        pass
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        return self.u.copy()
+

@@ -44,11 +44,9 @@ def _residual(x: np.ndarray, u: np.ndarray, p: np.ndarray) -> np.ndarray:
     return np.asarray(alg).ravel() / pc.X_SCALE[_R]
 
 
-def test_dae_rows_are_the_rhs_rows(rng, nominal_params):
+def test_dae_rows_are_the_rhs_rows(reactor_points, nominal_params):
     n = 50
-    x = np.column_stack([rng.uniform(0, 600, n), rng.uniform(0, 15, n), rng.uniform(0, 5e-6, n),
-                         rng.uniform(0, 200, n), rng.uniform(320, 400, n)])
-    u = np.column_stack([rng.uniform(0, 2.5, n), rng.uniform(300, 350, n)])
+    x, u = reactor_points(n)
     p = pc.MODEL.param_vector(nominal_params)
     ode, alg = pc.DAE.dae_function()(x[:, _DIFF].T, x[:, _R][None, :], u.T, np.tile(p, (n, 1)).T)
     xdot = pc.MODEL.rhs_numpy(x, u, nominal_params)

@@ -45,11 +45,9 @@ def test_open_loop_settles_where_spec_says(nominal_params):
     assert abs(x[3] - 109.0) < 1.5 and abs(x[4] - 355.0) < 0.5
 
 
-def test_rhs_numpy_equals_casadi(rng, nominal_params):
+def test_rhs_numpy_equals_casadi(reactor_points, nominal_params):
     n = 200
-    x = np.column_stack([rng.uniform(0, 600, n), rng.uniform(0, 15, n), rng.uniform(0, 5e-6, n),
-                         rng.uniform(0, 200, n), rng.uniform(320, 400, n)])
-    u = np.column_stack([rng.uniform(0, 2.5, n), rng.uniform(300, 350, n)])
+    x, u = reactor_points(n)
     p = pc.MODEL.param_vector(nominal_params)
     f = pc.MODEL.rhs_function()
     cas = np.asarray(f.map(n)(x.T, u.T, np.tile(p, (n, 1)).T)).T

@@ -18,23 +18,12 @@ from safectrl.rl.env import TaskEnv
 from safectrl.rl.rollout import run_episode
 from safectrl.safety.psf import PSFConfig, PSFError, predictive_safety_filter, with_config
 
+from custom_controller import Constant  # noqa: E402  (the test tree's controllers)
+
 REACTOR = "safectrl/PolyCSTR-v0"
 TASK = get_task(REACTOR)
 U_LOW, U_HIGH = TASK.model.u_low, TASK.model.u_high
 safectrl.register_task("tests/HeatedTank-v0", "heated_tank:TASK")
-
-
-class Constant:
-    """Always the same input (the most heat: f_I = 2.5 kg/h, T_c = 350 K)."""
-
-    def __init__(self, u) -> None:
-        self.u = np.asarray(u, dtype=float)
-
-    def reset(self, seed=None) -> None:
-        pass
-
-    def act(self, obs):
-        return self.u.copy()
 
 
 class Uniform:

@@ -10,6 +10,8 @@ import pytest
 
 from safectrl.models import polycstr as pc
 
+from custom_controller import Constant  # the test tree's controllers
+
 PSF_ROWS = ("BC+PSF", "IQL+PSF", "IQL+PICNN (exact)+PSF")
 #: The columns a predictive safety filter's episode_report() adds to episodes.csv on the reactor.
 FILTER_COLUMNS = ("interventions", "mean_abs_du_f_I", "mean_abs_du_T_c", "certified", "fallbacks",
@@ -68,19 +70,6 @@ def test_a_tiny_study_reports_filter_statistics_for_the_psf_rows_only(tmp_path, 
     assert (out / "psf_mismatch.png").stat().st_size > 0 and "![psf](psf_mismatch.png)" in summary
 
 
-class _Constant:
-    """A policy that always proposes the same input (physical units)."""
-
-    def __init__(self, action) -> None:
-        self.action = np.asarray(action, dtype=float)
-
-    def reset(self, seed=None) -> None:
-        pass
-
-    def act(self, obs):
-        return self.action.copy()
-
-
 def test_the_filter_trace_and_figure_show_proposal_applied_and_predicted_T():
     import matplotlib.pyplot as plt
 
@@ -92,7 +81,7 @@ def test_the_filter_trace_and_figure_show_proposal_applied_and_predicted_T():
     from safectrl.studies.study import _filter_statistics, _filter_trace
 
     env_id, steps, horizon = "safectrl/PolyCSTR-v0", 4, 8
-    psf = predictive_safety_filter(_Constant(pc.U_HIGH), env_id, config=with_config(env_id, horizon=horizon))
+    psf = predictive_safety_filter(Constant(pc.U_HIGH), env_id, config=with_config(env_id, horizon=horizon))
     env = TaskEnv(pc.TASK, scenario="grade_up", plant=pc.TASK.actual, max_steps=steps)
     ep = run_episode(env, psf, seed=3)
     trace = _filter_trace(psf, pc.TASK)
@@ -114,7 +103,7 @@ def test_the_filter_trace_and_figure_show_proposal_applied_and_predicted_T():
     plt.close(fig)
 
 
-class _Reporting(_Constant):
+class _Reporting(Constant):
     def __init__(self, report) -> None:
         super().__init__(pc.U_LOW)
         self.report = report

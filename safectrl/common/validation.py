@@ -69,6 +69,13 @@ def non_negative(name: str, value: Any) -> float:
     return real(name, value, low=0.0)
 
 
+def solver_limits(tol: Any, max_iter: Any, max_cpu_time: Any) -> None:
+    """An NLP solver's tolerance (> 0), iteration limit (>= 1) and time limit per solve (> 0, s)."""
+    positive("tol", tol)
+    positive_int("max_iter", max_iter)
+    positive("max_cpu_time", max_cpu_time)
+
+
 def reals(name: str, values: Any, length: int | None = None, low: float | None = None,
           allow_inf: bool = False) -> tuple[float, ...]:
     """A sequence of finite numbers (each ``>= low``), of ``length`` entries if given; a tuple."""

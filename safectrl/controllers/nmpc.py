@@ -158,9 +158,7 @@ class NMPCConfig:
             if not isinstance(bound, StateBound):
                 raise TypeError(f"state_bounds[{i}] must be a StateBound, got {bound!r}")
         validation.boolean("strict", self.strict)
-        validation.positive("tol", self.tol)
-        validation.positive_int("max_iter", self.max_iter)
-        validation.positive("max_cpu_time", self.max_cpu_time)
+        validation.solver_limits(self.tol, self.max_iter, self.max_cpu_time)
         validation.boolean("warm_start", self.warm_start)
         validation.boolean("retry_cold", self.retry_cold)
         validation.integer("du_start", self.du_start, low=0)

@@ -103,9 +103,7 @@ class PSFConfig:
         validation.positive("slack_tol", self.slack_tol)
         validation.positive_int("check_intervals", self.check_intervals)
         validation.positive("intervention_threshold", self.intervention_threshold)
-        validation.positive("tol", self.tol)
-        validation.positive_int("max_iter", self.max_iter)
-        validation.positive("max_cpu_time", self.max_cpu_time)
+        validation.solver_limits(self.tol, self.max_iter, self.max_cpu_time)
 
 
 #: Each shipped plant's filter. The reactor: the NMPC's back-off (1.5 K) and horizon (10 h). The RL-ACR
