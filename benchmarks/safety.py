@@ -1,12 +1,14 @@
 """Latency of the PICNN action correction: gradient descent vs the exact program, single and batched, and
-the exact program (built once, DPP, re-solved) vs a naive cvxpy formulation rebuilt for every state.
+the exact program (built once, DPP, re-solved) vs a naive cvxpy formulation rebuilt for every state, and
+the QP's built-once backends (DAQP, the default, and Clarabel) against each other.
 
 Run: ``python benchmarks/safety.py [--models DIR] [--scenario grade_up] [--states 200]``. With ``--models``
 the checkpoint ``DIR/<scenario>`` (``safectrl safety train``) is used; otherwise a cost model is trained
 for 20 epochs on the scenario's PI dataset first. States and policy actions are the dataset's. Every time
 is measured in this process; the ratios compare methods on the same states, with the same objective
-(λ = FilterSettings().trust) and solver. "Built once, batched" corrects the same states in one call (one
-export, then one re-solve per state); the rebuilt baseline has no batched form.
+(λ = FilterSettings().trust). The rebuilt baseline is solved by HiGHS (LP) or Clarabel (QP) with the
+options ExactCorrector gives them, for every built-once solver. "Built once, batched" corrects the same
+states in one call (one export, then one re-solve per state); the rebuilt baseline has no batched form.
 """
 
 from __future__ import annotations
@@ -48,44 +50,50 @@ def naive_solve(layers, k: int, y_ref: np.ndarray, lo: np.ndarray, hi: np.ndarra
     return problem.value, problem.solver_stats.solve_time, problem.solver_stats.num_iters or 0
 
 
-def compare_with_rebuild(model, box, obs: np.ndarray, raw: np.ndarray, trust: float) -> tuple:
-    """Built-once exact correction vs :func:`naive_solve`, one state per call, states in the given order.
+def compare_with_rebuild(model, box, obs: np.ndarray, raw: np.ndarray, trust: float, solver: str | None = None
+                         ) -> tuple[tuple, np.ndarray, np.ndarray]:
+    """Built-once exact correction (``solver``, None for the default) vs :func:`naive_solve` (HiGHS for the
+    LP, Clarabel for the QP), one state per call, states in the given order.
 
-    Returns (trust, solver, ms per state, solver ms per state, iterations per state — built once; the same
-    three for the rebuilt program; max |difference| of the optimal values; ms per state of the built-once
-    program correcting all states in one call).
+    Returns the row (trust, solver, ms per state, solver ms per state, iterations per state — built once;
+    the same three for the rebuilt program; max |difference| of the optimal values; ms per state of the
+    built-once program correcting all states in one call), and the built-once optimal values (N,) and
+    actions (N, act_dim).
     """
     lo, hi = box.bounds(obs)
     x = model.state_features(obs)
     y_lo, y_hi, y_ref = model.scale_action(lo), model.scale_action(hi), model.scale_action(np.clip(raw, lo, hi))
     n = len(x)
-    exact = ExactCorrector(model.picnn, trust)
+    exact = ExactCorrector(model.picnn, trust, solver=solver)
+    baseline = ExactCorrector(model.picnn, trust, solver=cp.HIGHS if trust == 0 else cp.CLARABEL)
     layers = exact.net.export(torch.as_tensor(x))
     exact.correct(x[-1:], y_ref[-1:], y_lo[-1:], y_hi[-1:])  # the one-off compilation (and a solve elsewhere)
     values = {"exact": np.empty(n), "naive": np.empty(n)}
+    actions = np.empty_like(y_ref)
     stats = {"exact": [], "naive": []}  # per timed run: (solver ms, iterations) per state, as reported
 
     def run_exact():
         ms = its = 0.0
         for k in range(n):
             res = exact.correct(x[k : k + 1], y_ref[k : k + 1], y_lo[k : k + 1], y_hi[k : k + 1])
-            values["exact"][k] = res.objective[0]
+            values["exact"][k], actions[k] = res.objective[0], res.action[0]
             ms, its = ms + res.solver_time[0] * 1e3 / n, its + res.iterations[0] / n
         stats["exact"].append((ms, its))
 
     def run_naive():
         ms = its = 0.0
         for k in range(n):
-            values["naive"][k], t, it = naive_solve(layers, k, y_ref[k], y_lo[k], y_hi[k], trust, exact.solver,
-                                                    exact.solver_options)
+            values["naive"][k], t, it = naive_solve(layers, k, y_ref[k], y_lo[k], y_hi[k], trust,
+                                                    baseline.solver, baseline.solver_options)
             ms, its = ms + t * 1e3 / n, its + it / n
         stats["naive"].append((ms, its))
 
     (t_exact, i_exact), (t_naive, i_naive) = timed_runs(run_exact, n), timed_runs(run_naive, n)
     t_batched = per_action(lambda: exact.correct(x, y_ref, y_lo, y_hi), n)
     agree = float(np.max(np.abs(values["exact"] - values["naive"])))
-    return (trust, exact.solver, t_exact, *stats["exact"][i_exact], t_naive, *stats["naive"][i_naive], agree,
-            t_batched)
+    row = (trust, exact.solver, t_exact, *stats["exact"][i_exact], t_naive, *stats["naive"][i_naive], agree,
+           t_batched)
+    return row, values["exact"].copy(), actions
 
 
 def per_action(fn, n_actions: int, repeats: int = 3) -> float:
@@ -142,10 +150,24 @@ def main() -> None:
     box = sl.action_box(settings.rate)
     first = np.flatnonzero(tr.episode == tr.episode[0])
     state_sets = {"random": (obs[:50], raw[:50]), "episode": (tr.obs[first], tr.action[first])}
-    rebuild_rows = []
+    rebuild_rows, backend_lines = [], []
     for label, (o, a) in state_sets.items():
-        for trust in (0.0, settings.trust):
-            rebuild_rows.append((label, len(o), *compare_with_rebuild(model, box, o, a, trust)))
+        row, _, _ = compare_with_rebuild(model, box, o, a, 0.0)
+        rebuild_rows.append((label, len(o), *row))
+        qp = []
+        for solver in (None, cp.CLARABEL):  # the default (DAQP), then Clarabel, on the same states
+            row, value, action = compare_with_rebuild(model, box, o, a, settings.trust, solver)
+            rebuild_rows.append((label, len(o), *row))
+            qp.append((row, value, action))
+        (new, v_new, a_new), (old, v_old, a_old) = qp
+        backend_lines.append(
+            f"{label} ({len(o)}), λ = {settings.trust:g}, built once: {new[1]} vs {old[1]}: "
+            f"{old[2] / new[2]:.1f}x faster per state ({new[2]:.2f} vs {old[2]:.2f} ms; "
+            f"solver {new[3]:.2f} vs {old[3]:.2f} ms, {_ratio(old[3], new[3])}; "
+            f"iterations {new[4]:.1f} vs {old[4]:.1f}); against the same rebuilt baseline "
+            f"{new[5] / new[2]:.1f}x vs {old[5] / old[2]:.1f}x; optimal values agree to "
+            f"{np.max(np.abs(v_new - v_old)):.1e}, actions to {np.max(np.abs(a_new - a_old)):.1e} "
+            "(network units)")
     gd = filters["gd"].correct(obs, raw)[0]
     ex = filters["exact"].correct(obs, raw)[0]
     print(f"correction through SafetyFilter.correct (export, solve, unit conversions), λ = {settings.trust}:\n")
@@ -162,7 +184,8 @@ def main() -> None:
           f"T_c {np.max(np.abs(gd - ex)[:, 1]):.1e} K\n")
     print("exact program built once (DPP, Parameters) vs the same program rebuilt from constants per state, "
           "one state per call; states: 50 random dataset states, or the consecutive states of the dataset's "
-          "first episode in order (closed loop: HiGHS restarts from the previous state's basis):\n")
+          "first episode in order (closed loop: HiGHS restarts from the previous state's basis, DAQP from "
+          "the previous working set); rebuilt: solved by HiGHS (λ = 0) or Clarabel (λ > 0):\n")
     print("| states | λ | solver | built once: ms per state (solver ms) | iterations | rebuilt: ms per state "
           "(solver ms) | iterations | speed-up | speed-up of the cvxpy part | built once, batched: ms per state | "
           "speed-up batched | optimal values agree to |")
@@ -170,6 +193,9 @@ def main() -> None:
     for label, n_states, trust, solver, te, se, ie, tn, sn, i_n, agree, tb in rebuild_rows:
         print(f"| {label} ({n_states}) | {trust:g} | {solver} | {te:.2f} ({se:.2f}) | {ie:.1f} | {tn:.2f} ({sn:.2f}) "
               f"| {i_n:.1f} | {tn / te:.1f}x | {_ratio(tn - sn, te - se)} | {tb:.2f} | {tn / tb:.1f}x | {agree:.1e} |")
+    print("\nQP backends of the built-once program, same run, same states:\n")
+    for line in backend_lines:
+        print(line)
 
 
 def _ratio(num: float, den: float) -> str:

@@ -19,9 +19,9 @@ ALLOWED = {
     "studies": {"common", "models", "controllers", "rl", "safety", "studies"},
 }
 # the third-party roots safety may import (plus the standard library)
-# highspy/clarabel/scipy: the exact correction hands cvxpy's compiled data to cvxpy's own LP/QP solvers;
+# highspy/daqp/clarabel/scipy: the exact correction hands cvxpy's compiled data to LP/QP solvers directly;
 # casadi: the predictive safety filter's model
-SAFETY_THIRD_PARTY = {"torch", "numpy", "cvxpy", "safetensors", "scipy", "highspy", "clarabel", "casadi"}
+SAFETY_THIRD_PARTY = {"torch", "numpy", "cvxpy", "safetensors", "scipy", "highspy", "daqp", "clarabel", "casadi"}
 
 
 def _imports(path: Path) -> set[str]:

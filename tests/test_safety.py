@@ -149,7 +149,7 @@ def problems(net: PICNN, n: int, seed: int, half_width: float = 2.0):
     return x, y_ref, lo, hi
 
 
-@pytest.mark.parametrize("trust, solver", [(0.0, "HIGHS"), (0.5, "HIGHS"), (0.5, "CLARABEL")])
+@pytest.mark.parametrize("trust, solver", [(0.0, "HIGHS"), (0.5, "HIGHS"), (0.5, "DAQP"), (0.5, "CLARABEL")])
 @pytest.mark.parametrize("slope", [0.0, 0.1])
 def test_exact_program_value_equals_the_forward_pass_at_its_argmin(trust, solver, slope):
     net = random_picnn(11, hidden=(24, 24), slope=slope)
@@ -307,17 +307,98 @@ def test_solver_failure_is_an_error_not_a_silent_answer():
 def test_a_failed_clarabel_solve_is_repeated_with_iterative_refinement():
     net = random_picnn(0, hidden=(8,))
     x, y_ref, lo, hi = problems(net, 1, seed=0)
-    corrector = ExactCorrector(net, 1.0, solver_options={"max_iter": 1, "iterative_refinement_enable": False})
+    corrector = ExactCorrector(net, 1.0, solver="CLARABEL",
+                               solver_options={"max_iter": 1, "iterative_refinement_enable": False})
     with pytest.raises(CorrectionError, match="status"):
         corrector.correct(x, y_ref, lo, hi)
     assert corrector._backend.refined_retries == 1  # the retry ran (and, with max_iter 1, failed as well)
-    default = ExactCorrector(net, 1.0)  # the default: no refinement, exact all the same
+    default = ExactCorrector(net, 1.0, solver="CLARABEL")  # its default: no refinement, exact all the same
     assert default.solver_options["iterative_refinement_enable"] is False
     res = default.correct(x, y_ref, lo, hi)
     with torch.no_grad():
         f = net(torch.as_tensor(x), torch.as_tensor(res.action)).numpy() + 0.5 * np.sum((res.action - y_ref) ** 2, 1)
     np.testing.assert_allclose(res.objective, f, atol=1e-6)
     assert default._backend.refined_retries == 0
+
+
+def slow_trajectory(n: int, seed: int):
+    """Consecutive states of a slowly moving system (3 states, 2 inputs): what a filter sees."""
+    rng = np.random.default_rng(seed)
+    x = np.cumsum(0.02 * rng.normal(size=(n, 3)), axis=0) + rng.normal(size=3)
+    y_ref = np.cumsum(0.02 * rng.normal(size=(n, 2)), axis=0)
+    return x, y_ref, np.full((n, 2), -2.0), np.full((n, 2), 2.0)
+
+
+# Clarabel as the reference: tolerances 1e-12, where its argmin is good to ~1e-10 on these QPs
+TIGHT_CLARABEL = {"tol_gap_abs": 1e-12, "tol_gap_rel": 1e-12, "tol_feas": 1e-12}
+
+
+@pytest.mark.parametrize("states", ["random", "consecutive"])
+def test_daqp_is_the_qp_default_and_its_optimum_is_clarabels(trained_model, states):
+    net = trained_model.picnn
+    if states == "random":
+        rng = np.random.default_rng(7)
+        x, y_ref = rng.normal(size=(40, 3)), rng.normal(size=(40, 2))
+        lo, hi = np.full((40, 2), -2.0), np.full((40, 2), 2.0)
+    else:
+        x, y_ref, lo, hi = slow_trajectory(40, seed=8)
+    daqp_corrector = ExactCorrector(net, 0.7)
+    assert daqp_corrector.solver == "DAQP"
+    one_by_one = [daqp_corrector.correct(x[k : k + 1], y_ref[k : k + 1], lo[k : k + 1], hi[k : k + 1])
+                  for k in range(len(x))]
+    objective = np.concatenate([r.objective for r in one_by_one])
+    action = np.concatenate([r.action for r in one_by_one])
+    ref = ExactCorrector(net, 0.7, solver="CLARABEL", solver_options=TIGHT_CLARABEL).correct(x, y_ref, lo, hi)
+    np.testing.assert_allclose(objective, ref.objective, rtol=0, atol=1e-8)
+    np.testing.assert_allclose(action, ref.action, rtol=0, atol=1e-8)
+    at_argmin = f(net, x, action) + 0.35 * np.sum((action - y_ref) ** 2, axis=1)
+    np.testing.assert_allclose(objective, at_argmin, rtol=0, atol=1e-10)
+    assert daqp_corrector._backend.cold_retries == 0
+
+
+def test_daqp_warm_start_gives_the_cold_answers_in_fewer_iterations(trained_model):
+    """One DAQP workspace along a trajectory starts every solve from the previous working set; each answer
+    must be that of a fresh corrector, and the warm starts must save iterations."""
+    net = trained_model.picnn
+    x, y_ref, lo, hi = slow_trajectory(30, seed=9)
+    kept = ExactCorrector(net, 0.7)
+    iterations = []
+    for k in range(len(x)):
+        args = (x[k : k + 1], y_ref[k : k + 1], lo[k : k + 1], hi[k : k + 1])
+        warm, cold = kept.correct(*args), ExactCorrector(net, 0.7).correct(*args)
+        np.testing.assert_allclose(warm.objective, cold.objective, rtol=0, atol=1e-10)
+        np.testing.assert_allclose(warm.action, cold.action, rtol=0, atol=1e-9)
+        iterations.append((warm.iterations[0], cold.iterations[0]))
+    warm_total, cold_total = np.array(iterations[1:]).sum(0)
+    assert warm_total < 0.5 * cold_total, (warm_total, cold_total)
+    assert kept._backend.cold_retries == 0
+
+
+def test_a_failed_daqp_solve_is_an_error():
+    net = random_picnn(0, hidden=(16, 16))
+    x, y_ref, lo, hi = problems(net, 3, seed=0)
+    limited = ExactCorrector(net, 1.0, solver_options={"eps_prox": 1e-3, "eta_prox": 1e-12, "iter_limit": 1})
+    with pytest.raises(CorrectionError, match="DAQP returned status DAQP exit flag -4"):  # iteration limit
+        limited.correct(x[:1], y_ref[:1], lo[:1], hi[:1])
+    with pytest.raises(ValueError, match="DAQP has no setting 'max_iter'"):
+        ExactCorrector(net, 1.0, solver_options={"max_iter": 10})
+
+
+def test_an_answer_failing_the_kkt_check_is_retried_cold_then_an_error(monkeypatch):
+    import safectrl.safety.correction as correction
+
+    net = random_picnn(0, hidden=(16, 16))
+    x, y_ref, lo, hi = problems(net, 3, seed=0)
+    corrector = ExactCorrector(net, 1.0)
+    corrector.correct(x[:1], y_ref[:1], lo[:1], hi[:1])
+    monkeypatch.setattr(correction, "KKT_TOL", -1.0)  # no answer passes
+    with pytest.raises(CorrectionError, match="violates the KKT conditions"):
+        corrector.correct(x[1:2], y_ref[1:2], lo[1:2], hi[1:2])
+    assert corrector._backend.cold_retries == 1
+    monkeypatch.undo()
+    res = corrector.correct(x[2:], y_ref[2:], lo[2:], hi[2:])  # usable after a failure
+    np.testing.assert_allclose(res.objective, ExactCorrector(net, 1.0, solver="CLARABEL").correct(
+        x[2:], y_ref[2:], lo[2:], hi[2:]).objective, atol=1e-8)
 
 
 @pytest.mark.parametrize("corrector_cls", [GradientCorrector, ExactCorrector])

@@ -23,21 +23,24 @@ physical actions in and out (:class:`~safectrl.safety.filter.SafetyFilter` does)
   (s the leaky slope; layer 0 has no A-term). Because A_i >= 0 and the activations are non-decreasing, any
   feasible z over-estimates the forward pass, so the optimum is min_y f(x, y) + trust term — exactly. The
   problem is built once in cvxpy with Parameters (DPP, checked) and re-solved per state: an LP (trust = 0,
-  HiGHS's simplex) or a QP (trust > 0, Clarabel's interior point). Only gate *vectors* depend on the state
-  (:meth:`PICNN.gates <safectrl.safety.picnn.PICNN.gates>`), so the hidden z-terms are written
+  HiGHS's simplex) or a QP (trust > 0, DAQP's dual active set; Clarabel's interior point on request). For
+  the sparse solvers (HiGHS, Clarabel) the program is written in a *gated* form. Only gate *vectors* depend
+  on the state (:meth:`PICNN.gates <safectrl.safety.picnn.PICNN.gates>`), so the hidden z-terms are written
   ``A_i z_i = W_i^z s_i`` with ``s_i = gz_i ∘ z_i`` (an extra variable and equality per hidden layer): W_i^z is
   a constant and the state enters as a diagonal, not as a 64 x 64 parameter matrix. Exactness is unchanged
   (s_i is a definition), and the solver sees the sparsity of the clamped W^z instead of a dense parameter
   matrix. The y-terms are written the same way, ``B_i y = W_i^y (gy_i ∘ y)``, so per state only the gate
   entries of the constraint matrix change. c_i, the output row of A_{k-1}, lo, hi and y_ref remain
-  Parameters (they enter costs and right-hand sides).
+  Parameters (they enter costs and right-hand sides). DAQP works on dense data, where the gated form's extra
+  variables only add work, so for DAQP A_i and B_i are parameter matrices.
 
   Per state the parameters go through cvxpy's compiled parameter-to-data map (kept as sparse matrices, see
   :class:`_ProgramData`) straight into one long-lived solver: HiGHS keeps its model and receives only the
   costs, bounds and coefficients that changed, so the simplex restarts from the previous optimal basis;
-  Clarabel is updated in place (no new symbolic factorisation). Gates and the cost at the answer are
-  evaluated by a NumPy snapshot of the network (:class:`~safectrl.safety.picnn.PICNNArrays`). Other
-  solvers, and a QP with HiGHS, go through ``Problem.solve`` with A_i and B_i as parameter matrices
+  DAQP's workspace is updated and starts from the previous working set, and its answer is checked against
+  the KKT conditions; Clarabel is updated in place (no new symbolic factorisation). Gates and the cost at
+  the answer are evaluated by a NumPy snapshot of the network (:class:`~safectrl.safety.picnn.PICNNArrays`).
+  Other solvers, and a QP with HiGHS, go through ``Problem.solve`` with A_i and B_i as parameter matrices
   (HiGHS's QP solver reported the gated form "unbounded" on states with closed gates). HiGHS is not the
   QP default: it was no faster than Clarabel and less reliable. Every solve's status is checked. Solver
   choices and their timings: ``docs/decisions.md#exact-correction``.
@@ -57,6 +60,10 @@ from scipy import sparse as sp
 
 from safectrl.common import validation
 from safectrl.safety.picnn import PICNN, Gates, PICNNArrays
+
+
+# largest violation of the KKT conditions (network units) accepted from DAQP: its exact answers reach ~1e-12
+KKT_TOL = 1e-8
 
 
 class CorrectionError(RuntimeError):
@@ -384,16 +391,121 @@ class _Clarabel:
         return "optimal", np.asarray(sol.x), sol.obj_val, sol.iterations, seconds
 
 
+class _DAQP:
+    """One DAQP workspace re-solving QPs of a fixed size, warm-started from the previous active set.
+
+    DAQP is a dual active-set method on dense data. Per solve the new costs, right-hand sides and constraint
+    matrix go in through ``update``, which keeps the working set of the previous solve, so a state close to
+    the last one needs a few active-set changes instead of a cold start's ~200. The Hessian is singular
+    (only y is penalised), which DAQP handles by proximal-point outer iterations (``eps_prox`` > 0); run to
+    ``eta_prox`` = 1e-12 they end on the exact optimum. Every answer is checked against the KKT conditions
+    of the data it was given (:data:`KKT_TOL`), so a solve that DAQP calls optimal but is not fails loudly.
+    A solve that fails warm is repeated once from scratch (a fresh workspace), counted in
+    :attr:`cold_retries`; after a failure the next solve starts cold.
+
+    Data in cvxpy's conic form: ``A x + s = b``, s in {0}^n_eq × R_+^n_ineq, objective x'Px/2 + c'x.
+    """
+
+    def __init__(self, options: dict, n_eq: int, n_ineq: int) -> None:
+        import daqp
+
+        self._daqp = daqp
+        self.check_settings(options)
+        self.settings = dict(options)
+        self.n_eq = n_eq
+        self.sense = np.zeros(n_eq + n_ineq, dtype=np.int32)
+        self.sense[:n_eq] = 5  # DAQP's code for an equality row
+        self.model = None
+        self._hessian: tuple[sp.csc_array, np.ndarray, sp.csc_array] | None = None
+        self.cold_retries = 0
+
+    @staticmethod
+    def check_settings(options: dict) -> None:
+        """Raises ValueError on a name DAQP does not know: DAQP ignores unknown keys, so a typo would
+        silently keep a default."""
+        import daqp
+
+        known = daqp.Model().settings
+        for name in options:
+            if name not in known:
+                raise ValueError(f"DAQP has no setting {name!r}")
+
+    def _full_hessian(self, P: sp.csc_array) -> tuple[np.ndarray, sp.csc_array]:
+        """The symmetric Hessian (dense for DAQP, sparse for the KKT check) of cvxpy's upper triangle P."""
+        if self._hessian is None or self._hessian[0] is not P:
+            full = sp.csc_array(P + P.T - sp.diags_array(P.diagonal()))
+            self._hessian = (P, full.toarray(), full)
+        return self._hessian[1], self._hessian[2]
+
+    def _run(self, H: np.ndarray, c: np.ndarray, A: np.ndarray, b: np.ndarray, lower: np.ndarray, warm: bool):
+        if warm and self.model is not None:
+            flag = self.model.update(f=c, A=A, bupper=b, blower=lower)  # keeps the previous working set
+            if flag < 0:
+                return flag, None, {"iterations": 0}
+        else:
+            self.model = self._daqp.Model()
+            self.model.settings = self.settings
+            flag, _ = self.model.setup(H, c, A, b, lower, self.sense)
+            if flag < 0:
+                return flag, None, {"iterations": 0}
+        x, _, flag, info = self.model.solve()
+        return flag, np.asarray(x), info
+
+    def _kkt_error(self, H: sp.csc_array, c: np.ndarray, A: sp.csc_array, b: np.ndarray, x: np.ndarray,
+                   lam: np.ndarray) -> float:
+        """Largest violation of the KKT conditions of  min x'Hx/2 + c'x  s.t. (A x - b) in {0} × R_-."""
+        n_eq = self.n_eq
+        residual = A @ x - b
+        return max(
+            float(np.max(np.abs(H @ x + c + A.T @ lam), initial=0.0)),  # stationarity
+            float(np.max(np.abs(residual[:n_eq]), initial=0.0)),  # equalities
+            float(np.max(residual[n_eq:], initial=0.0)),  # inequalities
+            float(np.max(-lam[n_eq:], initial=0.0)),  # dual sign
+            float(np.max(np.abs(lam[n_eq:] * residual[n_eq:]), initial=0.0)),  # complementarity
+        )
+
+    def solve(self, P: sp.csc_array, c: np.ndarray, A: sp.csc_array, b: np.ndarray
+              ) -> tuple[str, np.ndarray, float, int, float]:
+        """Returns (status, x, objective without offset, active-set iterations, solver seconds).
+
+        Solver seconds are the wall time of the data update, the solve and the KKT check, measured here.
+        """
+        start = time.perf_counter()
+        H, H_sparse = self._full_hessian(P)
+        dense = A.toarray()
+        lower = np.concatenate([b[: self.n_eq], np.full(len(b) - self.n_eq, -np.inf)])
+        iterations = 0
+        status = "not run"
+        for attempt, warm in enumerate((True, False) if self.model is not None else (False,)):
+            self.cold_retries += attempt
+            flag, x, info = self._run(H, c, dense, b, lower, warm)
+            iterations += info["iterations"]
+            if flag != 1:
+                status = f"DAQP exit flag {flag}"
+            else:
+                error = self._kkt_error(H_sparse, c, A, b, x, np.asarray(info["lam"]))
+                if error <= KKT_TOL:
+                    objective = float(0.5 * x @ (H_sparse @ x) + c @ x)
+                    return "optimal", x, objective, iterations, time.perf_counter() - start
+                status = f"DAQP answer violates the KKT conditions by {error:.1e} (> {KKT_TOL:g})"
+            self.model = None  # the working set that led here is not reused
+        return status, np.empty(0), np.nan, iterations, time.perf_counter() - start
+
+
 class ExactCorrector:
     """The exact LP/QP of the module docstring, built once in cvxpy and re-solved per state.
 
     Args:
         net: the cost network (copied as float64).
         trust: weight of ‖y − y_ref‖²/2; 0 gives an LP, > 0 a QP.
-        solver: a cvxpy solver name; default HiGHS for the LP, Clarabel for the QP.
-        solver_options: keyword options of that solver; default for Clarabel: gap and feasibility
-            tolerances of 1e-10 (its defaults, 1e-8, leave errors of ~1e-6 in the optimal value) and no
-            iterative refinement (a compiled solve that fails without it is repeated once with it).
+        solver: a cvxpy solver name; default HiGHS for the LP, DAQP for the QP (``"CLARABEL"`` selects
+            Clarabel's interior point instead).
+        solver_options: keyword options (settings) of that solver; defaults: for DAQP, proximal weight
+            ``eps_prox`` 1e-3 (its Hessian is singular here), outer tolerance ``eta_prox`` 1e-12 and primal
+            tolerance 1e-10, so that the proximal iterations end on the exact optimum; for Clarabel, gap and
+            feasibility tolerances of 1e-10 (its defaults, 1e-8, leave errors of ~1e-6 in the optimal
+            value) and no iterative refinement (a compiled solve that fails without it is repeated once
+            with it).
     """
 
     def __init__(self, net: PICNN, trust: float = 0.0, solver: str | None = None,
@@ -402,7 +514,11 @@ class ExactCorrector:
             raise ValueError(f"trust must be >= 0, got {trust}")
         self.net = _frozen_float64(net)
         self.trust = float(trust)
-        self.solver = solver or (cp.HIGHS if self.trust == 0 else cp.CLARABEL)
+        self.solver = solver or (cp.HIGHS if self.trust == 0 else cp.DAQP)
+        if solver_options is None and self.solver == cp.DAQP:
+            # DAQP's own default, a tiny automatic proximal weight with one outer iteration, stops ~1e-5
+            # short of the optimum on these QPs (docs/decisions.md#exact-correction)
+            solver_options = {"eps_prox": 1e-3, "eta_prox": 1e-12, "primal_tol": 1e-10}
         if solver_options is None and self.solver == cp.CLARABEL:
             # tight tolerances (the optimum is exact to ~1e-10); no iterative refinement of the KKT solves,
             # which cost time and changed no optimum (docs/decisions.md#exact-correction); a solve that
@@ -412,10 +528,16 @@ class ExactCorrector:
         self.solver_options = dict(solver_options or {})
         self._arrays = PICNNArrays(self.net)
         self._weight_z, self._weight_y = self._arrays.weight_z, self._arrays.weight_y
-        # the gated form and the compiled re-solve for HiGHS (LP) and Clarabel; Problem.solve otherwise
-        self._compiled = self.solver == cp.CLARABEL or (self.solver == cp.HIGHS and self.trust == 0)
-        self.problem, self._params, self._y = self._build(gated=self._compiled)
+        # the compiled re-solve for HiGHS (LP), DAQP and Clarabel; Problem.solve otherwise. The gated form
+        # for the sparse solvers; DAQP works on dense data, where the gated form's extra variables and
+        # equalities only add work (a re-solve took twice as long)
+        self._compiled = (self.solver in (cp.DAQP, cp.CLARABEL)
+                          or (self.solver == cp.HIGHS and self.trust == 0))
+        self._gated = self._compiled and self.solver != cp.DAQP
+        self.problem, self._params, self._y = self._build(gated=self._gated)
         self._check_program()
+        if self.solver == cp.DAQP:  # before the fast path's fallback below, which would hide the error
+            _DAQP.check_settings(self.solver_options)
         try:
             self._compile()
         except (RuntimeError, AttributeError, KeyError, IndexError, TypeError, ValueError) as err:
@@ -423,7 +545,7 @@ class ExactCorrector:
             # (and slower) through Problem.solve on the parameter-matrix form
             warnings.warn(f"exact correction: compiled re-solve unavailable ({err}); using Problem.solve",
                           RuntimeWarning, stacklevel=2)
-            self._compiled, self._backend = False, None
+            self._compiled, self._gated, self._backend = False, False, None
             self.problem, self._params, self._y = self._build(gated=False)
             self._check_program()
 
@@ -478,19 +600,26 @@ class ExactCorrector:
     def _compile(self) -> None:
         """cvxpy's DPP compilation, done once: the map from parameter values to the solver's data.
 
-        For HiGHS (LP) and Clarabel the solver is then called on that data directly, keeping one solver
-        instance alive (HiGHS hot-started from the previous basis, Clarabel updated in place); any other
-        solver, or a QP with HiGHS, goes through ``Problem.solve`` each time.
+        For HiGHS (LP), DAQP and Clarabel the solver is then called on that data directly, keeping one
+        solver instance alive (HiGHS hot-started from the previous basis, DAQP from the previous working
+        set, Clarabel updated in place); any other solver, or a QP with HiGHS, goes through
+        ``Problem.solve`` each time. DAQP reads the conic data compiled for Clarabel (cvxpy's own DAQP
+        interface compiles to its QP form, which the extracted map does not read).
         """
-        self._backend: _HiGHSLP | _Clarabel | None = None
+        self._backend: _HiGHSLP | _DAQP | _Clarabel | None = None
         if not self._compiled:
             return
-        self._data = _ProgramData(self.problem, self.solver, self._params)
+        self._data = _ProgramData(self.problem, cp.CLARABEL if self.solver == cp.DAQP else self.solver,
+                                  self._params)
         col = self._data.var_id_to_col[self._y.id]
         self._y_cols = slice(col, col + self._y.size)
         n_eq, n_ineq = self._data.dims.zero, self._data.dims.nonneg
-        self._backend = _HiGHSLP(self.solver_options) if self.solver == cp.HIGHS else _Clarabel(
-            self.solver_options, n_eq, n_ineq)
+        if self.solver == cp.HIGHS:
+            self._backend = _HiGHSLP(self.solver_options)
+        elif self.solver == cp.DAQP:
+            self._backend = _DAQP(self.solver_options, n_eq, n_ineq)
+        else:
+            self._backend = _Clarabel(self.solver_options, n_eq, n_ineq)
 
     def _values(self, gates: Gates, k: int, y_ref: np.ndarray, lo: np.ndarray, hi: np.ndarray
                 ) -> dict[str, np.ndarray]:
@@ -498,12 +627,12 @@ class ExactCorrector:
         values = {"lo": lo, "hi": hi}
         last = len(gates.c) - 1
         for i in range(len(gates.c)):
-            if self._compiled:
+            if self._gated:
                 values[f"gy{i}"] = gates.gy[i][k]
             else:
                 values[f"B{i}"] = self._weight_y[i] * gates.gy[i][k]
             values[f"c{i}"] = gates.c[i][k]
-            if 0 < i < last and self._compiled:
+            if 0 < i < last and self._gated:
                 values[f"gz{i}"] = gates.gz[i][k]
             elif 0 < i < last:
                 values[f"A{i}"] = self._weight_z[i - 1] * gates.gz[i][k]

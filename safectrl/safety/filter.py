@@ -126,7 +126,7 @@ class SafetyFilter:
         method: "gd" (projected gradient descent) or "exact" (the LP/QP in cvxpy).
         trust: weight λ of the trust term, network cost units per squared standardised action unit.
         gd: step size, budget and stopping rule of "gd".
-        solver: cvxpy solver of "exact" (default HiGHS for λ = 0, Clarabel for λ > 0).
+        solver: cvxpy solver of "exact" (default HiGHS for λ = 0, DAQP for λ > 0).
         strict: raise on a non-finite proposal or observation or a failed correction instead of answering
             with the safe fallback input (see the module docstring).
     """
