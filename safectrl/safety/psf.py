@@ -27,17 +27,22 @@ continuation is well posed (without it, the inputs after the first are free and 
 prototype hit its iteration limit on half of the steps).
 
 **Robustness.** The model is wrong about the plant; the estimated parameters (the reactor's EKF) and the
-tightening ``c_b`` (the reactor: T <= T_max - 1.5 K, the back-off of the reactor's NMPC; the RL-ACR tasks: a
-share of each limit's width, sized on their actual plants) absorb the rest. That is a design margin, not a
+tightening ``c_b`` (the reactor: T <= T_max - 1.5 K, the back-off of the reactor's NMPC; the RL-ACR tasks:
+margins picked by hand, first guesses not yet sized on their actual plants) absorb the rest. That is a design margin, not a
 proof: the tests and the study check it on the wrong plant, with noise, behind adversarial policies.
 
 **What is applied.** The proposal is clipped to the input bounds (a non-finite proposal is replaced by the
-last applied input and counted). If the optimal first input equals the proposal (within ``certify_tol`` of
-the input range) and no slack is active, the plan *certifies* the proposal and ``a`` itself is applied
-(recorded as ``certified``); otherwise the minimally changed input ``u_0``. When a solve fails, the next
-input of the last plan (the backup, shifted each failed step) is applied and recorded as ``fallback``;
-``strict=True`` raises instead. Soft state constraints keep the problem feasible, so a solve returns an
-input whenever IPOPT converges; a plan that needs slack is recorded (``soft``).
+last applied input and counted). First a *probe*: the problem with u_0 pinned to ``a``. If it converges
+without slack and its plan passes the integrator check below, the plan *certifies* the proposal and ``a``
+itself is applied (recorded as ``certified``). Otherwise the problem above gives the minimally changed input
+``u_0`` (warm-started from the probe). Before a plan is applied, its inputs are simulated from the estimate
+with the model's own integrator (the env's, not the collocation), and it must keep every limit within half
+its tightening: an implicit discretisation of a runaway reaction can converge to a spurious root that
+predicts cooling where the integrator heats up. When no plan passes (or a solve fails), the next input of
+the last accepted plan (the backup, shifted each such step) is applied and recorded as ``fallback``;
+``strict=True`` raises instead. Soft state constraints keep the problem feasible; an applied plan that
+needs slack is recorded (``soft``). Why a probe rather than comparing u_0 with ``a``:
+``docs/decisions.md#psf-design``.
 
 Usage::
 
@@ -107,7 +112,8 @@ class PSFConfig:
 
 
 #: Each shipped plant's filter. The reactor: the NMPC's back-off (1.5 K) and horizon (10 h). The RL-ACR
-#: tasks: the discretisation of their regularisers, limits tightened by a share of their width, the glucose
+#: tasks: the discretisation of their regularisers, limits tightened by hand-picked margins (first guesses,
+#: not yet sized on the actual plants), the glucose
 #: tasks without a terminal steady state (the meal keeps the model moving over any horizon).
 DEFAULTS: dict[str, PSFConfig] = {
     "safectrl/PolyCSTR-v0": PSFConfig(tightening=(1.5,)),
@@ -121,11 +127,6 @@ DEFAULTS: dict[str, PSFConfig] = {
                                                 regularisation=1e-4),
 }
 
-#: The continuation's regulariser where the task's stage cost is not smooth (IPOPT needs a smooth one):
-#: ``(x, u, setpoint, p, m) -> cost``; the others use the task's own stage cost.
-SMOOTH_COSTS: dict[str, Callable[..., Any]] = {}
-
-
 def _glucose_risk(x, u, sp, p, m):
     from safectrl.models import glucose
 
@@ -135,18 +136,20 @@ def _glucose_risk(x, u, sp, p, m):
 def _biglucose_risk(x, u, sp, p, m):
     from safectrl.models import biglucose, glucose
 
-    return glucose.magni_risk(biglucose.MG_DL_PER_MMOL_L * x[0] / p.V_G, m)
+    return glucose.magni_risk(biglucose.G_LIMIT.output(x, p, m), m)
 
 
 def _cartpole_cost(x, u, sp, p, m):
     return 100.0 * x[0] ** 2 + 1000.0 * x[2] ** 2
 
 
-SMOOTH_COSTS.update({
+#: The continuation's regulariser where the task's stage cost is not smooth (IPOPT needs a smooth one):
+#: ``(x, u, setpoint, p, m) -> cost``; the others use the task's own stage cost.
+SMOOTH_COSTS: dict[str, Callable[..., Any]] = {
     "safectrl/Glucose-v0": _glucose_risk,
     "safectrl/BiGlucose-v0": _biglucose_risk,
     "safectrl/CartPoleContinuous-v0": _cartpole_cost,
-})
+}
 
 
 class PSFError(RuntimeError):
@@ -218,8 +221,7 @@ class PredictiveSafetyFilter:
         self.bounds = tuple(bounds)
         self._tight = tuple(float(c) for c in tight)
         self._p_design = params
-        #: simulated plans of the last act() (one (intervals, nx) array per plan checked)
-        self.checked: list[np.ndarray] = []
+        self._p_vector = m.param_vector(params)
         nmpc_config = NMPCConfig(
             horizon=config.horizon, discretisation=config.discretisation,
             collocation_degree=config.collocation_degree, collocation_elements=config.collocation_elements,
@@ -229,7 +231,6 @@ class PredictiveSafetyFilter:
             terminal_tolerance=config.terminal_tolerance, tol=config.tol,
             max_iter=config.max_iter, max_cpu_time=config.max_cpu_time, strict=False)
         cost = regulariser if regulariser is not None else task.stage_cost
-        p_design = params
         eps_x, eps_u, n_sp, u_range = config.regularisation, config.hold_weight, self._n_sp, self._range
 
         def stage(x, u, r):  # r = (setpoint, proposal)
@@ -238,7 +239,7 @@ class PredictiveSafetyFilter:
                 return eps_u * hold
             sp = [r[i] for i in range(n_sp)]
             return eps_u * hold + eps_x * cost([x[i] for i in range(m.nx)], [u[i] for i in range(m.nu)], sp,
-                                               p_design, CASADI)
+                                               params, CASADI)
 
         self.observer = observer
         # the NMPC solves; the filter drives the observer itself (it must see the applied input)
@@ -277,7 +278,6 @@ class PredictiveSafetyFilter:
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         obs = np.asarray(obs, dtype=float)
-        self.checked = []
         raw = np.asarray(self.policy.act(obs), dtype=float)
         a, invalid = self._proposal(raw)
         seen = self.observer(obs)
@@ -334,17 +334,14 @@ class PredictiveSafetyFilter:
     def _acceptable(self, sol: Any, seen: Any, strict_slack: bool) -> bool:
         """Whether a solve's plan may be applied: converged, and (``strict_slack``) without slack, and its
         inputs, simulated from the estimate with the model's own integrator (the env's, not the
-        collocation), keep every limit within half its tightening.
-
-        The check matters: with an implicit discretisation of a runaway reaction the optimiser can pick a
-        spurious root of the collocation equations that predicts cooling where the integrator heats up.
+        collocation), keep every limit within half its tightening (see the module docstring).
         """
         if not sol.success:
             return False
         if strict_slack and (sol.max_slack > self.config.slack_tol or sol.terminal_slack > self.config.slack_tol):
             return False
         m = self.task.model
-        p = seen.params if seen.params is not None else self.nmpc._p
+        p = seen.params if seen.params is not None else self._p_vector
         x = np.asarray(seen.x, dtype=float)
         xs = []
         for k, u in enumerate(sol.u_plan[: self.config.check_intervals]):
@@ -353,7 +350,6 @@ class PredictiveSafetyFilter:
         xs = np.asarray(xs)
         if not np.all(np.isfinite(xs)):
             return False
-        self.checked.append(xs)
         over = np.zeros(len(xs))
         for limit, c in zip(self.task.limits, self._tight):
             v = np.asarray(limit.value(xs, self._p_design, self.task.states), dtype=float)
