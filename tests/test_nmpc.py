@@ -140,10 +140,11 @@ def test_soft_bound_is_exact_when_the_hard_problem_is_feasible():
     a = NMPC(pc.MODEL, pc.PolyCSTRParams(), hard).solve(ss.x, ss.u, np.array(pc.HIGH_GRADE))
     b = NMPC(pc.MODEL, pc.PolyCSTRParams(), soft).solve(ss.x, ss.u, np.array(pc.HIGH_GRADE))
     assert a.success and b.success
-    assert a.x_plan[:, 4].max() == pytest.approx(355.0, abs=1e-5)  # active (IPOPT relaxes bounds by 1e-8)
+    assert a.x_plan[:, 4].max() == pytest.approx(355.0, abs=1e-5)  # active
     assert b.max_slack < 1e-6
     np.testing.assert_allclose(b.u_plan, a.u_plan, rtol=1e-5, atol=1e-5)
-    assert b.objective == pytest.approx(a.objective, rel=1e-6)
+    # to the interior point's tolerance: fatrop ends with slacks of ~1e-7 K, each worth 10 x 355 per K
+    assert b.objective == pytest.approx(a.objective, rel=1e-4)
 
 
 def test_soft_bound_keeps_an_infeasible_start_solvable_and_a_hard_one_falls_back():
@@ -160,7 +161,8 @@ def test_soft_bound_keeps_an_infeasible_start_solvable_and_a_hard_one_falls_back
     assert good.success and not bad.success and bad.fallback
     np.testing.assert_allclose(bad.u_plan[:-1], good.u_plan[1:])  # the shifted previous plan
     assert hard.stats.solves == 2 and hard.stats.failures == 1 and hard.stats.fallbacks == 1
-    assert "Infeasible" in hard.stats.records[-1].status
+    # IPOPT names the infeasibility; fatrop only fails (its return flag is 0 or 1)
+    assert ("Infeasible" if hard.config.solver == "ipopt" else "fatrop_failed") in hard.stats.records[-1].status
     assert hard.stats.records[-1].retried and hard.stats.retries == 1  # the cold retry failed too
 
 
@@ -183,7 +185,8 @@ def test_forced_solver_failure_holds_the_input_records_it_and_strict_raises():
     assert not sol.success and sol.fallback and sol.status == "Maximum_Iterations_Exceeded"
     np.testing.assert_array_equal(sol.u, ss.u)  # no previous plan: hold the previous input
     rec = nmpc.stats.records[-1]
-    assert (rec.success, rec.fallback, rec.iterations) == (False, True, 1)
+    assert (rec.success, rec.fallback) == (False, True)
+    assert rec.iterations == sol.iterations <= cfg.max_iter + 1  # fatrop counts its initial iterate as well
     assert nmpc.stats.failures == 1
 
     strict = NMPC(pc.MODEL, pc.PolyCSTRParams(), replace(cfg, strict=True))
@@ -312,3 +315,31 @@ def test_with_backoff_moves_only_the_temperature_bound():
     cfg = with_backoff(2.0)
     (bound,) = cfg.state_bounds
     assert bound.high == pc.T_MAX - 2.0 and bound.penalty == NMPC_CONFIG.state_bounds[0].penalty
+
+
+@pytest.mark.parametrize("scenario", ["startup", "grade_up"])
+def test_the_default_solver_matches_the_previous_default_in_closed_loop(scenario):
+    """fatrop on Radau 3 x 1 (the default) against IPOPT on Radau 3 x 2 (the previous one), on the true state
+    of the reactor through the first 15 intervals: the same closed-loop cost within 0.5 %, the same inputs
+    to 1 % of their range, no interval above T_max (docs/decisions.md#nmpc-solver)."""
+    previous = replace(NMPC_CONFIG, solver="ipopt", collocation_elements=2)
+    assert (NMPC_CONFIG.solver, NMPC_CONFIG.collocation_elements) == ("fatrop", 1)
+    sc = pc.get_scenario(scenario)
+    sp = np.array(sc.setpoint)
+    runs = []
+    for cfg in (NMPC_CONFIG, previous):
+        nmpc = NMPC(pc.MODEL, pc.PolyCSTRParams(), cfg)
+        x, u = sc.initial(np.random.default_rng(3), pc.PolyCSTRParams())
+        cost, inputs, T = 0.0, [], []
+        for _ in range(15):
+            sol = nmpc.solve(x, u, sp)
+            assert sol.success
+            x, u = pc.MODEL.step(x, sol.u, pc.PolyCSTRParams()), sol.u
+            cost += float(np.sum((sp - x[[3, 4]]) ** 2))
+            inputs.append(u)
+            T.append(x[4])
+        runs.append((cost, np.array(inputs), max(T)))
+    (cost, inputs, t_max), (cost0, inputs0, _) = runs
+    assert cost == pytest.approx(cost0, rel=5e-3)
+    np.testing.assert_allclose((inputs - inputs0) / (pc.U_HIGH - pc.U_LOW), 0.0, atol=1e-2)
+    assert t_max <= pc.T_MAX

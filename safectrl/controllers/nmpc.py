@@ -31,18 +31,26 @@ multiplier, both problems have the same solution; when it is not, the soft probl
 ``Phi`` is one control interval of the model. Two discretisations (``NMPCConfig.discretisation``):
 
 * ``"collocation"`` (default): Radau IIA collocation of ``model.rhs_function()`` with ``degree`` points on
-  ``elements`` finite elements per interval; the collocation states are decision variables.
+  ``elements`` finite elements per interval (default 3 on 1); the collocation states are decision variables.
 * ``"shooting"``: multiple shooting through ``model.interval_function()`` (fixed-step RODAS4, the same
   integrator the environment uses), or through any discrete transition passed as ``transition=``
   (e.g. an explicit-Euler step for a model whose plant is defined that way).
 
-Collocation is the default because, on the polymerisation CSTR, 3 Radau points on 2 elements predict T
-within 1e-3 K of the plant's integrator in about a tenth of the solve time of shooting with its exact
-Hessian, with the same closed-loop cost (``docs/decisions.md#nmpc-discretisation``).
+Collocation is the default because, on the polymerisation CSTR, 3 Radau points on one element predict T
+within 6e-3 K of the plant's integrator in a fraction of the solve time of shooting with its exact
+Hessian, with the same closed-loop cost (``docs/decisions.md#nmpc-discretisation``, ``#nmpc-solver``).
 
-The NLP is built once. Each call to :meth:`NMPC.solve` only sets the parameters (initial state, previous
-input, reference, model parameters, start time) and warm-starts IPOPT from the previous solution shifted
-by one interval (primal and dual). Every solve's status is checked and recorded in :attr:`NMPC.stats`.
+The NLP is built once, stage by stage: stage k holds the state ``[x_k, u_{k-1}]`` (the previous input
+makes the move penalty stage-local), then its controls (the input, the collocation states, the slacks);
+its rows are the gap-closing constraints first, then its path constraints, and everything about the
+interval's end state is written on the discretisation's end point, so the Lagrangian's Hessian is
+block-diagonal by stage. That is the layout fatrop's structure detection reads (``NMPCConfig.solver``,
+default ``"fatrop"``: a Riccati recursion per iteration instead of a sparse LDL'); IPOPT takes the same NLP.
+Each call to :meth:`NMPC.solve` only sets the parameters (initial state, previous input, reference, model
+parameters, start time) and warm-starts from the previous solution shifted by one interval (IPOPT: primal
+and dual; fatrop takes no multipliers, so its warm instance starts with a small barrier parameter and
+iterates close to their bounds, and a cold start uses a second instance with its default options). Every
+solve's status is checked and recorded in :attr:`NMPC.stats`.
 When a warm-started attempt fails, one more attempt starts from the cold guess (``retry_cold``; counted
 in ``stats.retries``). When the solve still fails, the controller applies the next move of the previous
 plan (shifted), or holds the previous input if there is none, and counts the failure;
@@ -92,6 +100,8 @@ StageCost = Callable[[ca.SX, ca.SX, ca.SX], ca.SX]
 CONVERGED = frozenset({"Solve_Succeeded", "Solved_To_Acceptable_Level"})
 #: Terminal conditions of the horizon's last state: none, or a steady state of the model (see the docstring).
 TERMINAL_SETS = ("free", "equilibrium")
+#: NLP solvers of the NMPC (both in the casadi wheel).
+SOLVERS = ("ipopt", "fatrop")
 
 
 @dataclass(frozen=True)
@@ -123,7 +133,7 @@ class NMPCConfig:
     horizon: int = 20  # intervals predicted and optimised
     discretisation: str = "collocation"  # "collocation" (Radau IIA) or "shooting" (interval function)
     collocation_degree: int = 3  # Radau points per finite element
-    collocation_elements: int = 2  # finite elements per control interval
+    collocation_elements: int = 1  # finite elements per control interval
     tracked: tuple[str, ...] = ()  # states tracked by the default stage cost (reference columns)
     tracking_weights: tuple[float, ...] = ()  # per tracked state, on the squared error in physical units
     du_weights: tuple[float, ...] | None = None  # per input, on (Δu / input range)²; None: no move penalty
@@ -134,7 +144,10 @@ class NMPCConfig:
     max_cpu_time: float = 60.0  # s, IPOPT time limit per solve
     warm_start: bool = True  # start IPOPT from the shifted previous solution (primal and dual)
     retry_cold: bool = True  # after a failed warm-started attempt, try once more from the cold guess
-    hessian: str = "exact"  # "exact" or "limited-memory" (L-BFGS)
+    hessian: str = "exact"  # "exact" or "limited-memory" (L-BFGS); IPOPT only
+    # "ipopt" (MUMPS) or "fatrop" (structure-exploiting interior point, stage-wise Riccati; no time limit, no
+    # multipliers taken as warm start); see docs/decisions.md#nmpc-solver
+    solver: str = "fatrop"
     du_start: int = 0  # first interval k whose move u_k - u_{k-1} is penalised (0: from u_prev on)
     # per input, pull the first input to a proposal a given per solve, w_j ((u_0j - a_j) / range_j)² (a safety
     # filter's objective; needs du_start >= 1); None: no proposal
@@ -286,10 +299,10 @@ class NMPCSolution:
     u: np.ndarray  # (nu,) input to apply now
     u_plan: np.ndarray  # (horizon, nu) planned inputs; on fallback, the shifted previous plan
     x_plan: np.ndarray  # (horizon + 1, nx) predicted states, x_plan[0] = the initial state
-    status: str  # IPOPT's return status
-    success: bool  # IPOPT's status is in CONVERGED and the solution is finite
+    status: str  # the solver's return status (IPOPT's names; see NMPC._attempt), or an adopted plan's
+    success: bool  # the status is in CONVERGED and the solution is finite (or an adopted plan)
     fallback: bool  # the applied input did not come from this solve
-    iterations: int  # IPOPT iterations, over all attempts
+    iterations: int  # solver iterations, over all attempts
     solve_time: float  # s, wall time of the solver calls
     objective: float  # optimal value (NaN on failure)
     max_slack: float  # largest predicted soft-bound violation, physical units (0 if none)
@@ -462,6 +475,10 @@ class NMPC:
             raise ValueError(f"collocation_elements must be >= 1, got {cfg.collocation_elements}")
         if cfg.hessian not in ("exact", "limited-memory"):
             raise ValueError(f"hessian must be 'exact' or 'limited-memory', got {cfg.hessian!r}")
+        if cfg.solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, got {cfg.solver!r}")
+        if cfg.solver == "fatrop" and cfg.hessian != "exact":
+            raise ValueError("fatrop needs hessian='exact'")
         for name in cfg.tracked + tuple(b.state for b in cfg.state_bounds if b.output is None):
             if name not in m.states:
                 raise ValueError(f"unknown state {name!r}; {m.name} has states {', '.join(m.states)}")
@@ -544,116 +561,155 @@ class NMPC:
             scale = b.scale if b.scale is not None else max(finite + [1e-12])
             return b.output(ca.vertsplit(x), p_named, CASADI), float(scale)
 
-        # Decision variables and constraints are laid out per interval in identical blocks, so that the
-        # warm start shifts by rolling whole blocks: w_k = [v_k, collocation states, z_{k+1}, slacks_k].
-        w, w_lo, w_hi, g, g_lo, g_hi = [], [], [], [], [], []
-        objective = 0
-        x_k, u_km1 = x0, u_prev
-        self._soft_scales = [bounded(b, x0)[1] for b in self._soft]
-        for k in range(N):
-            block_w, block_lo, block_hi = [], [], []
-            v = ca.SX.sym(f"v{k}", m.nu)  # input scaled to [0, 1]
-            u = u_low + v * u_range
-            block_w.append(v)
-            block_lo.append(np.zeros(m.nu))
-            block_hi.append(np.ones(m.nu))
-            t_k = t0 + k * m.dt
-            xf, residuals, coll = step(x_k, u, p, t_k)
-            for c in coll:
-                block_w.append(c)
-                block_lo.append(np.full(c.shape[0], -np.inf))
-                block_hi.append(np.full(c.shape[0], np.inf))
-            z = ca.SX.sym(f"z{k + 1}", m.nx)
-            x_next = z * s
-            z_lo = np.full(m.nx, -np.inf)
-            z_hi = np.full(m.nx, np.inf)
-            for b in self._hard:
-                if b.output is not None:
-                    continue  # a constraint row below
+        # Stage-wise layout (the one fatrop's structure detection reads; IPOPT does not care): stage k has the
+        # state X_k = [z_k, w_k] (the scaled state and the previous input, scaled to [0, 1]: the move penalty
+        # stays inside a stage) and the controls [v_k (the input), collocation states, slacks]; its rows are
+        # the gap-closing constraints X_{k+1} - F(X_k, controls) first, then its path constraints. Everything
+        # about the interval's end state is written on F's xf, a function of stage k alone, so the Hessian is
+        # block-diagonal by stage. Every entry has a key (stage, name); the warm start shifts by keys.
+        w, w_lo, w_hi, w_keys = [], [], [], []
+        g, g_lo, g_hi, g_keys = [], [], [], []
+        cold_state: list[int] = []  # per entry of w: the state it starts at cold (-1: none)
+        cold_input: list[int] = []  # per entry of w: the input it starts at cold (-1: none)
+
+        def var(sym: ca.SX, low: Any, high: Any, stage: int, name: str, kind: str = "") -> ca.SX:
+            """A decision variable; ``kind`` "x": its entries are states (cycling), "u": inputs, "": slacks."""
+            n = sym.shape[0]
+            w.append(sym)
+            w_lo.append(np.broadcast_to(np.asarray(low, dtype=float), (n,)))
+            w_hi.append(np.broadcast_to(np.asarray(high, dtype=float), (n,)))
+            w_keys.extend((stage, f"{name}{i}") for i in range(n))
+            cold_state.extend(i % m.nx if kind == "x" else -1 for i in range(n))
+            cold_input.extend(i % m.nu if kind == "u" else -1 for i in range(n))
+            return sym
+
+        def row(expr: ca.SX, low: Any, high: Any, stage: int, name: str) -> None:
+            n = expr.shape[0]
+            g.append(expr)
+            g_lo.append(np.broadcast_to(np.asarray(low, dtype=float), (n,)))
+            g_hi.append(np.broadcast_to(np.asarray(high, dtype=float), (n,)))
+            g_keys.extend((stage, f"{name}{i}") for i in range(n))
+
+        z_lo, z_hi = np.full(m.nx, -np.inf), np.full(m.nx, np.inf)
+        for b in self._hard:
+            if b.output is None:
                 i = m.states.index(b.state)
                 z_lo[i] = max(z_lo[i], b.low / m.x_scale[i])
                 z_hi[i] = min(z_hi[i], b.high / m.x_scale[i])
-            block_w.append(z)
-            block_lo.append(z_lo)
-            block_hi.append(z_hi)
-            for r in residuals:
-                g.append(r)
-                g_lo.append(np.zeros(m.nx))
-                g_hi.append(np.zeros(m.nx))
-            g.append((xf - x_next) / s)
-            g_lo.append(np.zeros(m.nx))
-            g_hi.append(np.zeros(m.nx))
-            for b in self._hard:
+        free = (-np.inf, np.inf)
+        z = [ca.SX.sym(f"z{k}", m.nx) for k in range(N + 1)]
+        w_in = [ca.SX.sym(f"w{k}", m.nu) for k in range(N + 1)]
+        objective = 0
+        self._soft_scales = [bounded(b, x0)[1] for b in self._soft]
+        v_idx, z_idx, slack_idx = [], [], []
+        for k in range(N):
+            # stage k's state: z_0 is the initial state (hard bounds only on the predicted ones)
+            var(z[k], *((z_lo, z_hi) if k > 0 else free), k, "z", "x")
+            var(w_in[k], *free, k, "w", "u")
+            v = var(ca.SX.sym(f"v{k}", m.nu), 0.0, 1.0, k, "v", "u")
+            v_idx.append(sum(x.shape[0] for x in w) - m.nu)
+            u = u_low + v * u_range
+            xf, residuals, coll = step(z[k] * s, u, p, t0 + k * m.dt)
+            for j, c in enumerate(coll):
+                var(c, *free, k, f"c{j}_", "x")
+            slacks = []
+            for j, b in enumerate(self._soft):
+                slacks.append(var(ca.SX.sym(f"s{k}_{j}"), 0.0, np.inf, k, f"s{j}_"))
+                slack_idx.append(sum(x.shape[0] for x in w) - 1)
+            # gap-closing rows (+1 on the next stage's state), then the path rows of stage k
+            row(z[k + 1] - xf / s, 0.0, 0.0, k, "gap_z")
+            row(w_in[k + 1] - v, 0.0, 0.0, k, "gap_w")
+            if k == 0:
+                row(z[0] - x0 / s, 0.0, 0.0, k, "x0_")
+                row(w_in[0] - (u_prev - u_low) / u_range, 0.0, 0.0, k, "u_prev")
+            for j, r in enumerate(residuals):
+                row(r, 0.0, 0.0, k, f"coll{j}_")
+            for j, b in enumerate(self._hard):
                 if b.output is not None:
-                    value, scale = bounded(b, x_next)
-                    g.append(value / scale)
-                    g_lo.append(np.full(1, b.low / scale))
-                    g_hi.append(np.full(1, b.high / scale))
-            for b in self._soft:
-                value, scale = bounded(b, x_next)
-                slack = ca.SX.sym(f"s{k}_{b.state}")  # in units of the bounded quantity's scale
-                block_w.append(slack)
-                block_lo.append(np.zeros(1))
-                block_hi.append(np.full(1, np.inf))
+                    value, scale = bounded(b, xf)
+                    row(value / scale, b.low / scale, b.high / scale, k, f"hard{j}_")
+            for j, (b, slack) in enumerate(zip(self._soft, slacks)):
+                value, scale = bounded(b, xf)
                 objective += b.penalty * scale * slack
                 if math.isfinite(b.high):
-                    g.append(value / scale - slack)
-                    g_lo.append(np.full(1, -np.inf))
-                    g_hi.append(np.full(1, b.high / scale))
+                    row(value / scale - slack, -np.inf, b.high / scale, k, f"soft_hi{j}_")
                 if math.isfinite(b.low):
-                    g.append(value / scale + slack)
-                    g_lo.append(np.full(1, b.low / scale))
-                    g_hi.append(np.full(1, np.inf))
+                    row(value / scale + slack, b.low / scale, np.inf, k, f"soft_lo{j}_")
             if stage_cost is None:
-                err = ref[:, k] - x_next[self._tracked] if self._tracked else ca.SX(0, 1)
+                err = ref[:, k] - xf[self._tracked] if self._tracked else ca.SX(0, 1)
                 objective += ca.dot(track_w, err**2)
             else:
-                objective += stage_cost(x_next, u, ref[:, k])
+                objective += stage_cost(xf, u, ref[:, k])
             if cfg.proposal_weights is not None and k == 0:
                 objective += ca.dot(ca.DM(cfg.proposal_weights), ((u - proposal) / u_range) ** 2)
             if du_w is not None and k >= cfg.du_start:
-                objective += ca.dot(du_w, ((u - u_km1) / u_range) ** 2)
-            w.append(ca.vertcat(*block_w))
-            w_lo.append(np.concatenate(block_lo))
-            w_hi.append(np.concatenate(block_hi))
-            x_k, u_km1 = x_next, u
-
-        self._nw_block = w[0].shape[0]
-        self._ng_block = sum(gi.shape[0] for gi in g) // N
-        # The terminal condition follows the blocks (its slacks are the "tail" of w, its rows of g).
-        self._nw_tail = self._ng_tail = 0
+                objective += ca.dot(du_w, (v - w_in[k]) ** 2)
+        # the last stage: x_N, the last input, and the terminal condition on them
+        var(z[N], z_lo, z_hi, N, "z", "x")
+        var(w_in[N], *free, N, "w", "u")
+        first = {key: i for i, key in reversed(list(enumerate(w_keys)))}
+        z_idx = [first[(k, "z0")] for k in range(1, N + 1)]
+        terminal_idx: list[int] = []
         if cfg.terminal == "equilibrium":
-            args = [x_k, u_km1, p] + ([t0 + N * m.dt] if m.time_varying else [])
+            u_last = u_low + w_in[N] * u_range
+            args = [z[N] * s, u_last, p] + ([t0 + N * m.dt] if m.time_varying else [])
             drift = m.rhs_function()(*args) * m.dt / s  # change over one interval if x_N were held, scaled
             band = np.full(m.nx, cfg.terminal_tolerance)
             if cfg.terminal_penalty is None:
-                g.append(drift)
-                g_lo.append(-band)
-                g_hi.append(band)
-                self._ng_tail = m.nx
+                row(drift, -band, band, N, "terminal")
             else:
-                slack = ca.SX.sym("s_terminal", m.nx)
-                w.append(slack)
-                w_lo.append(np.zeros(m.nx))
-                w_hi.append(np.full(m.nx, np.inf))
+                slack = var(ca.SX.sym("s_terminal", m.nx), 0.0, np.inf, N, "s_terminal")
+                terminal_idx = list(range(sum(x.shape[0] for x in w) - m.nx, sum(x.shape[0] for x in w)))
                 objective += cfg.terminal_penalty * ca.sum1(slack)
-                g.extend([drift - slack, drift + slack])
-                g_lo.extend([np.full(m.nx, -np.inf), -band])
-                g_hi.extend([band, np.full(m.nx, np.inf)])
-                self._nw_tail, self._ng_tail = m.nx, 2 * m.nx
+                row(drift - slack, -np.inf, band, N, "terminal_hi")
+                row(drift + slack, -band, np.inf, N, "terminal_lo")
         self._w_lo = np.concatenate(w_lo)
         self._w_hi = np.concatenate(w_hi)
         self._g_lo = np.concatenate(g_lo)
         self._g_hi = np.concatenate(g_hi)
-        # Offsets inside a block: inputs first, the end state z_{k+1} right before the slacks.
-        self._z_offset = self._nw_block - len(self._soft) - m.nx
-        self._slack_offset = self._nw_block - len(self._soft)
+        self._v_idx = np.array(v_idx)[:, None] + np.arange(m.nu)  # (N, nu) positions of the inputs in w
+        self._z_idx = np.array(z_idx)[:, None] + np.arange(m.nx)  # (N, nx) positions of z_1 .. z_N
+        self._slack_idx = np.array(slack_idx, dtype=int).reshape(N, len(self._soft))
+        self._terminal_idx = np.array(terminal_idx, dtype=int)
+        self._w_shift = self._shift_index(w_keys)
+        self._g_shift = self._shift_index(g_keys)
+        self._cold_state = np.array(cold_state)
+        self._cold_input = np.array(cold_input)
         nlp = {
             "x": ca.vertcat(*w),
             "p": ca.vertcat(x0, u_prev, ca.vec(ref), p, t0, proposal),
             "f": objective,
             "g": ca.vertcat(*g),
         }
+        self._nlp = nlp
+        self._solver = ca.nlpsol(f"{m.name}_nmpc", cfg.solver, nlp, self._solver_options(cfg.warm_start))
+        # fatrop's options cannot change per call, and the warm start's (small mu, iterates close to their
+        # bounds) fail from a cold guess: a second instance with the default ones, built when first needed
+        self._cold_solver = self._solver if cfg.solver == "ipopt" or not cfg.warm_start else None
+        self._plan_fn = ca.Function(
+            f"{m.name}_nmpc_plan", [nlp["x"]],
+            [ca.horzcat(*[u_low + nlp["x"][self._v_idx[k]] * u_range for k in range(N)])], ["w"], ["u_plan"],
+        )
+
+    @staticmethod
+    def _shift_index(keys: list[tuple[int, str]]) -> np.ndarray:
+        """Positions such that ``values[index]`` moves every entry one stage earlier: entry (k, name) takes
+        the value of (k + 1, name); entries without a successor (the last stage, stage 0's own rows) keep
+        theirs. The warm start for the next interval."""
+        where = {key: i for i, key in enumerate(keys)}
+        return np.array([where.get((k + 1, name), where.get((k, name))) for k, name in keys])
+
+    def _solver_options(self, warm: bool) -> dict[str, Any]:
+        cfg = self.config
+        if cfg.solver == "fatrop":
+            eq = (self._g_lo == self._g_hi).tolist()
+            opts: dict[str, Any] = {
+                "print_time": False, "expand": True, "structure_detection": "auto", "equality": eq,
+                "fatrop.print_level": 0, "fatrop.tol": cfg.tol, "fatrop.max_iter": cfg.max_iter,
+            }
+            if warm:  # fatrop takes no multipliers: start close to the boundary, with a small mu
+                opts.update({"fatrop.mu_init": 1e-6, "fatrop.bound_push": 1e-6, "fatrop.bound_frac": 1e-6})
+            return opts
         opts = {
             "print_time": False,
             "ipopt.print_level": 0,
@@ -664,18 +720,14 @@ class NMPC:
             "ipopt.hessian_approximation": cfg.hessian,
             "ipopt.bound_relax_factor": 0.0,
         }
-        if cfg.warm_start:
+        if warm:
             opts.update({
                 "ipopt.warm_start_init_point": "yes",
                 "ipopt.warm_start_bound_push": 1e-8,
                 "ipopt.warm_start_mult_bound_push": 1e-8,
                 "ipopt.mu_init": 1e-5,
             })
-        self._solver = ca.nlpsol(f"{m.name}_nmpc", "ipopt", nlp, opts)
-        self._plan_fn = ca.Function(
-            f"{m.name}_nmpc_plan", [nlp["x"]], [ca.horzcat(*[u_low + wk[: m.nu] * u_range for wk in w[:N]])],
-            ["w"], ["u_plan"],
-        )
+        return opts
 
     # -- solving ----------------------------------------------------------------------------------------
 
@@ -695,19 +747,12 @@ class NMPC:
         return r
 
     def _initial_guess(self, x: np.ndarray, u_prev: np.ndarray) -> np.ndarray:
-        """Cold start: every state at the initial state, every input at the previous input."""
+        """Cold start: every state (and collocation state) at the initial state, every input at the previous
+        input, slacks at zero."""
         m = self.model
-        block = np.zeros(self._nw_block)
-        block[: m.nu] = (u_prev - m.u_low) / (m.u_high - m.u_low)
-        block[m.nu : self._slack_offset] = np.tile(x / m.x_scale, (self._slack_offset - m.nu) // m.nx)
-        return np.concatenate([np.tile(block, self.config.horizon), np.zeros(self._nw_tail)])
-
-    def _shift(self, values: np.ndarray, block: int) -> np.ndarray:
-        """Drop the first interval's block and repeat the last one (the warm start for the next step); the
-        terminal condition's entries after the blocks stay."""
-        N = self.config.horizon
-        blocks, tail = values[: N * block].reshape(N, block), values[N * block:]
-        return np.concatenate([blocks[1:].ravel(), blocks[-1], tail])
+        v_prev = (u_prev - m.u_low) / (m.u_high - m.u_low)
+        return np.where(self._cold_state >= 0, (x / m.x_scale)[self._cold_state],
+                        np.where(self._cold_input >= 0, v_prev[self._cold_input], 0.0))
 
     def solve(
         self,
@@ -768,7 +813,7 @@ class NMPC:
             if v0.shape != (m.nu,) or not np.all((v0 >= 0.0) & (v0 <= 1.0)):
                 raise ValueError(f"first_input must lie in the input bounds, got {first_input!r}")
             w_lo, w_hi = w_lo.copy(), w_hi.copy()
-            w_lo[: m.nu] = w_hi[: m.nu] = v0
+            w_lo[self._v_idx[0]] = w_hi[self._v_idx[0]] = v0
         args: dict[str, Any] = {
             # Row k of the reference is column k of the NLP's (n_ref, N) parameter.
             "p": np.concatenate([x, u_prev, ref.ravel(), p, [t0], a]),
@@ -781,17 +826,19 @@ class NMPC:
             first = {"x0": start["w"], "lam_x0": start["lam_x"], "lam_g0": start["lam_g"]}
             if first_input is not None:
                 first["x0"] = first["x0"].copy()
-                first["x0"][: m.nu] = v0
+                first["x0"][self._v_idx[0]] = v0
         else:
             first = cold
-        out, status, iterations, solve_time = self._attempt({**args, **first})
-        retried = warm and status not in CONVERGED and self.config.retry_cold
-        if retried:
-            out, status, its, seconds = self._attempt({**args, **cold})
-            iterations += its
-            solve_time += seconds
+        out, status, iterations, solve_time = self._attempt({**args, **first}, warm)
         w = np.asarray(out["x"]).ravel()
         success = status in CONVERGED and bool(np.all(np.isfinite(w)))
+        retried = warm and not success and self.config.retry_cold
+        if retried:
+            out, status, its, seconds = self._attempt({**args, **cold}, False)
+            iterations += its
+            solve_time += seconds
+            w = np.asarray(out["x"]).ravel()
+            success = status in CONVERGED and bool(np.all(np.isfinite(w)))
         if not commit:
             self.pending = None
             if not success:
@@ -834,10 +881,11 @@ class NMPC:
         return sol
 
     def _shifted_warm(self, w: Any, lam_x: Any, lam_g: Any) -> dict[str, np.ndarray]:
+        """A solution moved one interval along (the warm start of the next): see :meth:`_shift_index`."""
         return {
-            "w": self._shift(np.asarray(w).ravel(), self._nw_block),
-            "lam_x": self._shift(np.asarray(lam_x).ravel(), self._nw_block),
-            "lam_g": self._shift(np.asarray(lam_g).ravel(), self._ng_block),
+            "w": np.asarray(w).ravel()[self._w_shift],
+            "lam_x": np.asarray(lam_x).ravel()[self._w_shift],
+            "lam_g": np.asarray(lam_g).ravel()[self._g_shift],
         }
 
     def commit(self, sol: NMPCSolution) -> None:
@@ -864,23 +912,62 @@ class NMPC:
         self.pending = None
         return sol
 
-    def _attempt(self, args: dict[str, Any]) -> tuple[dict[str, Any], str, int, float]:
-        """One IPOPT call: its outputs, return status, iterations and wall time (s)."""
+    def adopt(self, x: np.ndarray, u_plan: np.ndarray, x_plan: np.ndarray, status: str = "adopted") -> NMPCSolution:
+        """Make a plan found without a solve this interval's solution (e.g. a safety filter's last plan
+        continued and checked on the integrator): it becomes the backup and the warm start moves one interval
+        along, as after a fallback; recorded with ``status`` and 0 iterations, not as a failure."""
+        N, m = self.config.horizon, self.model
+        u_plan = np.asarray(u_plan, dtype=float)
+        x_plan = np.asarray(x_plan, dtype=float)
+        if u_plan.shape != (N, m.nu) or x_plan.shape != (N + 1, m.nx):
+            raise ValueError(f"a plan needs inputs ({N}, {m.nu}) and states ({N + 1}, {m.nx}), got "
+                             f"{u_plan.shape} and {x_plan.shape}")
+        if self._warm is not None:
+            self._warm = {k: v[self._g_shift if k == "lam_g" else self._w_shift] for k, v in self._warm.items()}
+        sol = NMPCSolution(u_plan[0].copy(), u_plan, x_plan, status, True, False, 0, 0.0, float("nan"), 0.0, 0.0)
+        self.stats.records.append(SolveRecord(status, True, False, 0, 0.0, False))
+        self._last = sol
+        self.pending = None
+        return sol
+
+    def _attempt(self, args: dict[str, Any], warm: bool) -> tuple[dict[str, Any], str, int, float]:
+        """One solver call: its outputs, return status (IPOPT's names; fatrop's success as
+        ``Solve_Succeeded``, its other return flags as ``fatrop_flag_<n>``), iterations and wall time (s)."""
+        if warm:
+            solver = self._solver
+        else:
+            if self._cold_solver is None:
+                self._cold_solver = ca.nlpsol(f"{self.model.name}_nmpc_cold", self.config.solver, self._nlp,
+                                              self._solver_options(False))
+            solver = self._cold_solver
         t_start = time.perf_counter()
-        out = self._solver(**args)
+        try:
+            out = solver(**args)
+        except RuntimeError as exc:  # fatrop raises where IPOPT returns a status (e.g. a NaN in its KKT system)
+            nan = np.full(self._w_lo.size, np.nan)
+            out = {"x": nan, "lam_x": nan, "lam_g": np.full(self._g_lo.size, np.nan), "f": np.nan}
+            return out, f"solver_exception: {str(exc).splitlines()[-1][:80]}", 0, time.perf_counter() - t_start
         solve_time = time.perf_counter() - t_start
-        st = self._solver.stats()
-        return out, str(st.get("return_status", "unknown")), int(st.get("iter_count", -1)), solve_time
+        st = solver.stats()
+        iterations = int(st.get("iter_count", -1))
+        if self.config.solver == "fatrop":  # fatrop's return flag is 0 or 1; the iteration count tells more
+            if st.get("success"):
+                status = "Solve_Succeeded"
+            elif iterations >= self.config.max_iter:
+                status = "Maximum_Iterations_Exceeded"
+            else:
+                status = f"fatrop_failed_flag_{st.get('return_status')}"
+            return out, status, iterations, solve_time
+        return out, str(st.get("return_status", "unknown")), iterations, solve_time
 
     def _plan(self, x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         """Planned inputs (N, nu), predicted states (N+1, nx) and largest slack of an NLP solution ``w``."""
         m, N = self.model, self.config.horizon
-        blocks = w[: N * self._nw_block].reshape(N, self._nw_block)
         u_plan = np.clip(np.asarray(self._plan_fn(w)).T, m.u_low, m.u_high)
-        z = blocks[:, self._z_offset : self._z_offset + m.nx] * m.x_scale
+        z = w[self._z_idx] * m.x_scale
         soft_scale = np.array(self._soft_scales)
-        slack = blocks[:, self._slack_offset :] * soft_scale
-        self._terminal_slack = float(w[N * self._nw_block:].max()) if self._nw_tail else 0.0
+        slack = w[self._slack_idx] * soft_scale
+        self._terminal_slack = float(w[self._terminal_idx].max()) if self._terminal_idx.size else 0.0
         return u_plan, np.vstack([x, z]), float(slack.max()) if slack.size else 0.0
 
     def _shifted_plan(self, x: np.ndarray, u_prev: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -893,8 +980,7 @@ class NMPC:
             u_plan = np.tile(np.clip(u_prev, m.u_low, m.u_high), (N, 1))
             x_plan = np.tile(x, (N + 1, 1))
         if self._warm is not None:  # keep warm-starting from the last good solution, one more shift along
-            self._warm = {k: self._shift(v, self._ng_block if k == "lam_g" else self._nw_block)
-                          for k, v in self._warm.items()}
+            self._warm = {k: v[self._g_shift if k == "lam_g" else self._w_shift] for k, v in self._warm.items()}
         return u_plan, x_plan
 
     # -- the common controller interface -------------------------------------------------------------
