@@ -32,7 +32,13 @@ margins picked by hand, first guesses not yet sized on their actual plants) abso
 proof: the tests and the study check it on the wrong plant, with noise, behind adversarial policies.
 
 **What is applied.** The proposal is clipped to the input bounds (a non-finite proposal is replaced by the
-last applied input and counted). First a *probe*: the problem with u_0 pinned to ``a``. If it converges
+last applied input and counted). First, without a solve, the last accepted plan *continued*: ``a``, then
+that plan's inputs after the one it planned for now, the last one held; simulated from the estimate over
+the whole horizon with the model's integrator, it must keep every limit within its full tightening and end
+in the terminal set. Then it is a feasible point of the probe's problem without slack, so it certifies
+``a`` (recorded as ``certified`` and ``reused``) and becomes the plan the backup continues. This is what
+makes the filter cheap behind a safe policy (one simulation, no NLP; ``PSFConfig.reuse_plan``). Otherwise
+a *probe*: the problem with u_0 pinned to ``a``. If it converges
 without slack and its plan passes the integrator check below, the plan *certifies* the proposal and ``a``
 itself is applied (recorded as ``certified``). Otherwise the problem above gives the minimally changed input
 ``u_0`` (warm-started from the probe). Before a plan is applied, its inputs are simulated from the estimate
@@ -85,13 +91,20 @@ class PSFConfig:
     terminal_tolerance: float = 0.01  # |x_N's drift per interval| / x_scale allowed without slack
     discretisation: str = "collocation"  # as the NMPC: "collocation" or "shooting"
     collocation_degree: int = 3  # Radau points per element
-    collocation_elements: int = 2  # elements per interval
+    collocation_elements: int = 1  # elements per interval
+    # "ipopt" or "fatrop" (the NMPC's default): fatrop has no time limit, and once, behind IQL on the
+    # mismatched reactor, spent over 10 min in its restoration phase on a correction (decisions.md#psf-design)
+    solver: str = "ipopt"
     slack_tol: float = 1e-6  # a plan with a larger slack (physical units / scaled) is "soft"
     check_intervals: int = 20  # intervals of a plan simulated with the model's integrator before it is applied
     intervention_threshold: float = 0.01  # |u - a| / range above which a step counts as an intervention
-    tol: float = 1e-7  # IPOPT tolerance
-    max_iter: int = 100  # IPOPT iterations per attempt
-    max_cpu_time: float = 10.0  # s per solve
+    # before any solve, certify the proposal by the last plan continued: a, then its remaining inputs (the
+    # last held), simulated over the horizon with the model's integrator within the tightened limits and
+    # ending in the terminal set
+    reuse_plan: bool = True
+    tol: float = 1e-7  # the NLP solver's tolerance
+    max_iter: int = 100  # the NLP solver's iterations per attempt
+    max_cpu_time: float = 10.0  # s per solve (IPOPT only)
 
     def __post_init__(self) -> None:
         validation.positive_int("horizon", self.horizon)
@@ -108,6 +121,7 @@ class PSFConfig:
         validation.positive("slack_tol", self.slack_tol)
         validation.positive_int("check_intervals", self.check_intervals)
         validation.positive("intervention_threshold", self.intervention_threshold)
+        validation.boolean("reuse_plan", self.reuse_plan)
         validation.solver_limits(self.tol, self.max_iter, self.max_cpu_time)
 
 
@@ -164,12 +178,13 @@ class PSFRecord:
     target: list[np.ndarray] = field(default_factory=list)  # the proposal clipped to the bounds (NaN replaced)
     applied: list[np.ndarray] = field(default_factory=list)  # the input the filter returned
     certified: list[bool] = field(default_factory=list)  # the proposal itself was applied
+    reused: list[bool] = field(default_factory=list)  # certified by the last plan continued, without a solve
     fallback: list[bool] = field(default_factory=list)  # the solve failed: the backup plan's next input
     soft: list[bool] = field(default_factory=list)  # the plan needed slack (limits or terminal set)
     invalid_proposal: list[bool] = field(default_factory=list)  # non-finite proposal replaced
     rejected_plans: list[int] = field(default_factory=list)  # converged plans the integrator check refused
-    iterations: list[int] = field(default_factory=list)  # IPOPT iterations
-    status: list[str] = field(default_factory=list)  # IPOPT status of the solve whose input was applied
+    iterations: list[int] = field(default_factory=list)  # solver iterations
+    status: list[str] = field(default_factory=list)  # the solver's status of the applied plan ("reused_plan")
     solve_ms: list[float] = field(default_factory=list)  # ms in the solver
     max_slack: list[float] = field(default_factory=list)  # largest slack of a limit (NaN on fallback)
     terminal_slack: list[float] = field(default_factory=list)  # terminal residual slack (NaN on fallback)
@@ -225,7 +240,7 @@ class PredictiveSafetyFilter:
         nmpc_config = NMPCConfig(
             horizon=config.horizon, discretisation=config.discretisation,
             collocation_degree=config.collocation_degree, collocation_elements=config.collocation_elements,
-            du_weights=(config.du_weight,) * m.nu, du_start=2, proposal_weights=(1.0,) * m.nu,
+            solver=config.solver, du_weights=(config.du_weight,) * m.nu, du_start=2, proposal_weights=(1.0,) * m.nu,
             state_bounds=self.bounds,
             terminal=config.terminal, terminal_penalty=config.terminal_penalty,
             terminal_tolerance=config.terminal_tolerance, tol=config.tol,
@@ -284,27 +299,32 @@ class PredictiveSafetyFilter:
         sp = np.asarray(seen.reference, dtype=float).ravel()[: self._n_sp] if self._n_sp else np.zeros(0)
         args = (seen.x, seen.u_prev, np.concatenate([sp, a]), seen.t0, seen.params)
         cfg = self.config
-        # Is there a safe plan that starts with the proposal? (u_0 pinned to a, nothing committed yet.)
-        probe = self.nmpc.solve(*args, proposal=a, first_input=a, commit=False)
-        iterations, seconds = probe.iterations, probe.solve_time
-        rejected = 0
-        if self._acceptable(probe, seen, strict_slack=True):
-            self.nmpc.commit(probe)
-            sol = probe
-        else:  # the minimally changed input, warm-started from the probe's plan where there is one
-            rejected += probe.success
-            sol = self.nmpc.solve(*args, proposal=a, warm_from=self.nmpc.pending, commit=False)
-            iterations += sol.iterations
-            seconds += sol.solve_time
-            if self._acceptable(sol, seen, strict_slack=False):
-                self.nmpc.commit(sol)
-            else:
-                rejected += sol.success
-                sol = self.nmpc.backup(seen.x, seen.u_prev, sol.status if not sol.success else "rejected")
+        rejected, iterations, seconds = 0, 0, 0.0
+        # Does the last plan, continued from the proposal, still hold? (No solve; None if not.)
+        reused = self._reused_plan(a, seen) if cfg.reuse_plan else None
+        if reused is not None:
+            sol = probe = reused
+        else:
+            # Is there a safe plan that starts with the proposal? (u_0 pinned to a, nothing committed yet.)
+            probe = self.nmpc.solve(*args, proposal=a, first_input=a, commit=False)
+            iterations, seconds = probe.iterations, probe.solve_time
+            if self._acceptable(probe, seen, strict_slack=True):
+                self.nmpc.commit(probe)
+                sol = probe
+            else:  # the minimally changed input, warm-started from the probe's plan where there is one
+                rejected += probe.success
+                sol = self.nmpc.solve(*args, proposal=a, warm_from=self.nmpc.pending, commit=False)
+                iterations += sol.iterations
+                seconds += sol.solve_time
+                if self._acceptable(sol, seen, strict_slack=False):
+                    self.nmpc.commit(sol)
+                else:
+                    rejected += sol.success
+                    sol = self.nmpc.backup(seen.x, seen.u_prev, sol.status if not sol.success else "rejected")
         if sol.fallback:
             if self.strict:
-                raise PSFError(f"the filter's solve failed (IPOPT status {sol.status}) and it is strict")
-            self._warn("fallback", f"no plan to apply (IPOPT status {sol.status}): the backup plan's next "
+                raise PSFError(f"the filter's solve failed (solver status {sol.status}) and it is strict")
+            self._warn("fallback", f"no plan to apply (solver status {sol.status}): the backup plan's next "
                                    "input applied")
             u = sol.u
             certified = soft = False
@@ -319,6 +339,7 @@ class PredictiveSafetyFilter:
         r.target.append(a.copy())
         r.applied.append(u.copy())
         r.certified.append(certified)
+        r.reused.append(reused is not None)
         r.fallback.append(bool(sol.fallback))
         r.soft.append(soft)
         r.invalid_proposal.append(invalid)
@@ -330,6 +351,36 @@ class PredictiveSafetyFilter:
         r.terminal_slack.append(float(sol.terminal_slack))
         r.predicted.append(sol.x_plan.copy())
         return u
+
+    def _reused_plan(self, a: np.ndarray, seen: Any) -> Any:
+        """The last accepted plan continued from the proposal (``a``, then its inputs after the one planned for
+        now, the last held), adopted by the NMPC when the model's integrator keeps it inside the tightened
+        limits over the whole horizon and it ends in the terminal set; else None. Such a plan is a feasible
+        point of the probe's problem without slack (up to the collocation's error), found without a solve."""
+        last = self.nmpc.last_solution
+        if last is None or last.fallback:
+            return None
+        m, cfg = self.task.model, self.config
+        u_plan = np.vstack([a, last.u_plan[2:], last.u_plan[-1:]])
+        p = seen.params if seen.params is not None else self._p_vector
+        x, xs = np.asarray(seen.x, dtype=float), []
+        for k, u in enumerate(u_plan):
+            x = m.step(x, u, p, seen.t0 + k * m.dt)
+            if not np.all(np.isfinite(x)):
+                return None
+            xs.append(x)
+        xs = np.asarray(xs)
+        for limit, c in zip(self.task.limits, self._tight):
+            v = np.asarray(limit.value(xs, self._p_design, self.task.states), dtype=float)
+            if np.any(v < limit.low + c) or np.any(v > limit.high - c):
+                return None
+        if cfg.terminal == "equilibrium":
+            t_end = seen.t0 + len(u_plan) * m.dt
+            args = [xs[-1], u_plan[-1], p] + ([t_end] if m.time_varying else [])
+            drift = np.asarray(m.rhs_function()(*args)).ravel() * m.dt / m.x_scale
+            if np.any(np.abs(drift) > cfg.terminal_tolerance):
+                return None
+        return self.nmpc.adopt(seen.x, u_plan, np.vstack([seen.x, xs]), status="reused_plan")
 
     def _acceptable(self, sol: Any, seen: Any, strict_slack: bool) -> bool:
         """Whether a solve's plan may be applied: converged, and (``strict_slack``) without slack, and its
@@ -379,6 +430,7 @@ class PredictiveSafetyFilter:
         for j, name in enumerate(m.inputs):
             out[f"mean_abs_du_{name}"] = float(du[:, j].mean())
         out["certified"] = float(np.mean(r.certified))
+        out["reused_plans"] = float(np.mean(r.reused))
         out["fallbacks"] = int(np.sum(r.fallback))
         out["rejected_plans"] = int(np.sum(r.rejected_plans))
         out["soft"] = int(np.sum(r.soft))
