@@ -155,8 +155,8 @@ class IQL:
         """TD regression of both critics onto ``r + gamma (1 - done) V(s')``, then the Polyak step."""
         with torch.no_grad():
             target = batch.reward + self.config.discount * (1.0 - batch.done) * self.value(batch.next_obs)
-        q1, q2 = self.critic(batch.obs, batch.action)
-        loss = 0.5 * (F.mse_loss(q1, target) + F.mse_loss(q2, target))
+        q = self.critic(batch.obs, batch.action)
+        loss = F.mse_loss(q, target.expand_as(q))  # the mean of the two critics' losses
         self.critic_optimizer.zero_grad()
         loss.backward()
         self.critic_optimizer.step()
