@@ -212,10 +212,15 @@ def seeded_init(seed: int) -> Iterator[None]:
         yield
 
 
+def adam(net: nn.Module, lr: float) -> torch.optim.Adam:
+    """Adam on ``net``'s parameters with torch's fused kernel: one call per step, not ~10 per parameter."""
+    return torch.optim.Adam(net.parameters(), lr=lr, fused=True)
+
+
 def cosine_adam(net: nn.Module, lr: float, steps: int
                 ) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.CosineAnnealingLR]:
-    """Adam on ``net``'s parameters with a learning rate that decays from ``lr`` to 0 over ``steps``."""
+    """:func:`adam` on ``net``'s parameters with a learning rate that decays from ``lr`` to 0 over ``steps``."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+    optimizer = adam(net, lr)
     return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)

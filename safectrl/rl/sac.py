@@ -38,7 +38,7 @@ from safectrl.common.checkpoint import (
     module_tensors,
     save_checkpoint,
 )
-from safectrl.rl.networks import BoxScaler, TanhGaussianActor, TwinQ
+from safectrl.rl.networks import BoxScaler, TanhGaussianActor, TwinQ, adam
 from safectrl.rl.rollout import run_episode
 
 #: The ``kind`` of SAC checkpoints (:mod:`safectrl.common.checkpoint`).
@@ -146,8 +146,8 @@ class SAC:
         self.critic_target = TwinQ(obs_dim, act_dim, config.hidden)
         self.critic_target.load_state_dict(self.critic.state_dict())
         self.critic_target.requires_grad_(False)
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr)
-        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
+        self.actor_optimizer = adam(self.actor, config.actor_lr)
+        self.critic_optimizer = adam(self.critic, config.critic_lr)
         self.buffer = ReplayBuffer(obs_dim, act_dim, config.buffer_size, extra_action)
         self.updates = 0
         #: Environment steps seen (transitions added).
