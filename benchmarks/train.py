@@ -1,39 +1,85 @@
 """Training speed of the offline agents: gradient steps per second for BC and IQL on this machine.
 
 Run: ``python benchmarks/train.py [--steps 300] [--threads 1 2]``. Uses the startup PI dataset (generated
-if missing, 100 episodes, seed 0) and the default configs (256-256 MLPs, batch 256). Rates are the best
-of three timed blocks after a warm-up, so a busy machine shows as a lower rate, not as noise.
+if missing, 100 episodes, seed 0) and the default configs (256-256 MLPs, batch 256). Each agent is timed
+beside the previous implementation, built here: IQL's critics as two separate ``nn.Linear`` MLPs run one
+after the other instead of the batched ensemble, and every optimiser as Adam's per-parameter loop instead
+of the fused kernel; the update methods are the package's. Rates are the best of three timed blocks after
+a warm-up, the two implementations' blocks taken in turn, so a busy machine shows as lower rates for both,
+not as a ratio of noise.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 
 import torch
+from torch import nn
 
 from safectrl.models import polycstr as pc
 from safectrl.rl import data
-from safectrl.rl.iql import IQLConfig, learning_rewards
+from safectrl.rl.bc import BC
+from safectrl.rl.iql import IQL, IQLConfig, learning_rewards
+from safectrl.rl.networks import mlp, seeded_init
 from safectrl.rl.offline_data import Normalisation, OfflineData
 from safectrl.rl.training import AGENTS, make_agent
 from safectrl.studies import datasets
 
 
-def steps_per_second(algo: str, offline: OfflineData, steps: int) -> tuple[float, dict[str, int]]:
-    agent = make_agent(algo, offline.normalisation.net_obs_dim, offline.normalisation.act_dim, seed=0)
+class SeparateTwinQ(nn.Module):
+    """The critic before the ensemble: two ReLU MLPs, called one after the other; TwinQ's interface."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...]) -> None:
+        super().__init__()
+        self.q1 = mlp([obs_dim + act_dim, *hidden, 1])
+        self.q2 = mlp([obs_dim + act_dim, *hidden, 1])
+
+    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([obs, action], dim=-1)
+        return torch.stack([self.q1(x).squeeze(-1), self.q2(x).squeeze(-1)])
+
+    def min_q(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([obs, action], dim=-1)
+        return torch.minimum(self.q1(x).squeeze(-1), self.q2(x).squeeze(-1))
+
+
+def loop_adam(net: nn.Module, lr: float) -> torch.optim.Adam:
+    """Adam as the package made it before: torch's CPU default, one loop of ~10 operations per parameter."""
+    return torch.optim.Adam(net.parameters(), lr=lr, foreach=False)
+
+
+def previous(agent: BC | IQL) -> BC | IQL:
+    """``agent`` rebuilt as the previous implementation (module docstring); same sizes and learning rates."""
+    config = agent.config
+    if isinstance(agent, IQL):
+        obs_dim, act_dim = agent.actor.net[0].in_features, agent.actor.net[-1].out_features
+        with seeded_init(0):
+            agent.critic = SeparateTwinQ(obs_dim, act_dim, config.hidden)
+        agent.critic_target = copy.deepcopy(agent.critic).requires_grad_(False)
+        agent.critic_optimizer = loop_adam(agent.critic, config.critic_lr)
+        agent.value_optimizer = loop_adam(agent.value, config.critic_lr)
+    agent.actor_optimizer = loop_adam(agent.actor, config.actor_lr if isinstance(agent, IQL) else config.lr)
+    agent.actor_schedule = torch.optim.lr_scheduler.CosineAnnealingLR(agent.actor_optimizer, config.steps)
+    return agent
+
+
+def steps_per_second(agents: list[BC | IQL], offline: OfflineData, steps: int) -> list[float]:
+    """Best rate of three blocks of ``steps`` updates per agent, the agents' blocks in turn."""
     generator = torch.Generator().manual_seed(0)
-    batch_size = agent.config.batch_size
-    for _ in range(20):
-        agent.update(offline.sample(batch_size, generator))
-    best = float("inf")
-    for _ in range(3):
-        t0 = time.perf_counter()
-        for _ in range(steps):
+    batch_size = agents[0].config.batch_size
+    for agent in agents:
+        for _ in range(20):
             agent.update(offline.sample(batch_size, generator))
-        best = min(best, time.perf_counter() - t0)
-    sizes = {name: sum(p.numel() for p in net.parameters()) for name, net in agent.networks().items()}
-    return steps / best, sizes
+    best = [float("inf")] * len(agents)
+    for _ in range(3):
+        for k, agent in enumerate(agents):
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                agent.update(offline.sample(batch_size, generator))
+            best[k] = min(best[k], time.perf_counter() - t0)
+    return [steps / b for b in best]
 
 
 def main() -> None:
@@ -45,19 +91,26 @@ def main() -> None:
     t = data.load_transitions(ds_id)
     norm = Normalisation.from_data(t.obs, pc.U_LOW, pc.U_HIGH)
     offline = OfflineData.from_transitions(t, norm, learning_rewards(t, IQLConfig())[0])
+    obs_dim, act_dim = offline.normalisation.net_obs_dim, offline.normalisation.act_dim
     print(f"dataset {ds_id}: {len(t)} transitions, {t.obs.shape[1]} observations, {t.action.shape[1]} actions")
     print(f"torch {torch.__version__}, CPU\n")
-    print(f"{'algo':5} {'threads':>7} {'steps/s':>8} {'batch':>5}  default steps -> minutes  parameters")
+    print(f"{'algo':5} {'threads':>7} {'steps/s':>8} {'previous':>8} {'speed-up':>8} {'batch':>5}  "
+          f"default steps -> minutes  parameters")
     for algo in AGENTS:
         config = AGENTS[algo][1]()
         for threads in args.threads:
             torch.set_num_threads(threads)
-            rate, sizes = steps_per_second(algo, offline, args.steps)
+            agent = make_agent(algo, obs_dim, act_dim, seed=0)
+            rate, before = steps_per_second([agent, previous(make_agent(algo, obs_dim, act_dim, seed=0))],
+                                            offline, args.steps)
+            sizes = {name: sum(p.numel() for p in net.parameters()) for name, net in agent.networks().items()}
             params = ", ".join(f"{k} {v:,}" for k, v in sizes.items())
-            print(f"{algo:5} {threads:7d} {rate:8.0f} {config.batch_size:5d}  {config.steps:>8} -> "
-                  f"{config.steps / rate / 60:5.1f} min  {params}")
+            minutes = config.steps / rate / 60
+            print(f"{algo:5} {threads:7d} {rate:8.0f} {before:8.0f} {rate / before:7.2f}x "
+                  f"{config.batch_size:5d}  {config.steps:>8} -> {minutes:5.1f} min  {params}")
     print(f"\nhidden layers {AGENTS['iql'][1]().hidden} (ReLU); one IQL step updates V, both Q networks, "
-          f"the targets and the actor; one BC step the actor only.")
+          f"the targets and the actor; one BC step the actor only. previous: two separate critic MLPs and "
+          f"Adam's per-parameter loop.")
 
 
 if __name__ == "__main__":

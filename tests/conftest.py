@@ -37,3 +37,18 @@ def reactor_points(rng):
 
     return draw
 
+
+
+@pytest.fixture
+def separate_q_mlps():
+    """``make(obs_dim, act_dim, hidden)``: the critic layout before :class:`TwinQ` was one ensemble, two
+    separate ReLU MLPs, their state named ``q1.net.<i>.*`` and ``q2.net.<i>.*`` as its checkpoints hold it."""
+    from torch import nn
+
+    from safectrl.rl.networks import mlp
+
+    def make(obs_dim: int, act_dim: int, hidden: tuple[int, ...]) -> nn.ModuleDict:
+        sizes = [obs_dim + act_dim, *hidden, 1]
+        return nn.ModuleDict({f"q{j}": nn.ModuleDict({"net": mlp(sizes)}) for j in (1, 2)})
+
+    return make

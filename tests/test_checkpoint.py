@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+from dataclasses import asdict
 
 import gymnasium as gym
 import numpy as np
@@ -13,8 +14,9 @@ import torch
 from safetensors.torch import save_file
 
 from safectrl.common import checkpoint as ck
-from safectrl.common.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from safectrl.common.checkpoint import CheckpointError, load_checkpoint, module_tensors, save_checkpoint
 from safectrl.rl.bc import BCConfig
+from safectrl.rl.iql import IQLConfig
 from safectrl.rl.checkpoint import load_policy, save_policy
 from safectrl.rl.offline_data import Normalisation
 from safectrl.rl.sac import SAC, SACConfig
@@ -176,6 +178,43 @@ def test_weights_that_do_not_fit_the_config_are_named(tmp_path):
     with pytest.raises(CheckpointError, match=r"records action_high \[2.0, 2.0\], this agent's is \[2.0, 3"):
         wider = gym.spaces.Box(-2.0, np.array([2.0, 3.0], dtype=np.float32))
         SAC(OBS, wider, SACConfig(hidden=(8, 8))).load(folder)
+
+
+def test_a_sac_checkpoint_with_separate_critics_is_converted(tmp_path, separate_q_mlps):
+    """Before the twin Q ensemble, SAC checkpoints held each critic as two MLPs (``critic.q1.net.*``)."""
+    writer = _sac(seed=3)
+    torch.manual_seed(4)
+    critic, target = separate_q_mlps(3, 2, (8, 8)), separate_q_mlps(3, 2, (8, 8))
+    config = load_checkpoint(writer.save(tmp_path / "new"), "sac").config
+    tensors = module_tensors({"actor": writer.actor, "critic": critic, "critic_target": target})
+    folder = save_checkpoint(tmp_path / "old", "sac", tensors, config)
+    reader = _sac(seed=1)
+    reader.load(folder)
+    obs, action = torch.randn(9, 3), torch.rand(9, 2)
+    x = torch.cat([obs, action], dim=-1)
+    for old, new in ((critic, reader.critic), (target, reader.critic_target)):
+        q = torch.stack([old[f"q{j}"]["net"](x).squeeze(-1) for j in (1, 2)])
+        torch.testing.assert_close(new(obs, action), q, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(reader.act(np.ones(3)), writer.act(np.ones(3)))
+
+    broken = {k: v for k, v in tensors.items() if k != "critic_target.q2.net.4.bias"}
+    folder = save_checkpoint(tmp_path / "broken", "sac", broken, config)
+    with pytest.raises(CheckpointError, match=r"safetensors: critic_target: not the state of two separate Q"):
+        _sac().load(folder)
+
+
+def test_an_iql_checkpoint_with_separate_critics_still_gives_its_policy(tmp_path, separate_q_mlps):
+    """An offline policy is its actor: checkpoints written before the twin Q ensemble load unchanged."""
+    agent = make_agent("iql", 3, 2, IQLConfig((8, 8)), seed=0)
+    norm = Normalisation(np.zeros(3), np.ones(3), -np.ones(2), np.ones(2))
+    networks = {**agent.networks(), "critic": separate_q_mlps(3, 2, (8, 8)),
+                "critic_target": separate_q_mlps(3, 2, (8, 8))}
+    config = {"algo": "iql", "hyperparameters": asdict(agent.config), "normalisation": norm.as_dict()}
+    old = save_checkpoint(tmp_path / "old", "offline-policy", module_tensors(networks), config)
+    assert "critic.q1.net.0.weight" in ck.parse_weights((old / ck.WEIGHTS).read_bytes(), old / ck.WEIGHTS)
+    new = save_policy(tmp_path / "new", agent, norm)
+    obs = np.array([0.3, -1.0, 2.0])
+    np.testing.assert_array_equal(load_policy(old).act(obs), load_policy(new).act(obs))
 
 
 def test_an_interrupted_write_leaves_no_checkpoint_that_verifies(tmp_path, monkeypatch):

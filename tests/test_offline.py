@@ -120,6 +120,8 @@ def test_iql_picks_the_better_of_two_behaviours_where_bc_averages_them():
     assert OfflinePolicy(iql.actor, norm).act(np.ones(3)).item() == pytest.approx(0.45, abs=0.05)
     assert OfflinePolicy(bc.actor, norm).act(np.ones(3)).item() == pytest.approx(0.0, abs=0.05)
     assert iql.value(state[:1]).item() == pytest.approx(-0.3, abs=0.03)
+    q = iql.critic(state[:2], torch.tensor([[0.5], [-0.5]]))  # both critics learned the two rewards
+    torch.testing.assert_close(q, torch.tensor([[0.0, -1.0], [0.0, -1.0]]), rtol=0, atol=0.01)
 
 
 @pytest.mark.parametrize("algo", ["bc", "iql"])
@@ -198,7 +200,7 @@ def test_trained_policies_do_not_see_the_previous_inputs(algo, root, tmp_path):
         from safetensors.torch import load_file
 
         shapes = {k: v.shape for k, v in load_file(folder / WEIGHTS).items()}
-        assert shapes["value.net.0.weight"][1] == 5 and shapes["critic.q1.net.0.weight"][1] == 5 + 2
+        assert shapes["value.net.0.weight"][1] == 5 and shapes["critic.weights.0"][1] == 5 + 2
 
 
 def test_observed_entries_are_checked(root, tmp_path):

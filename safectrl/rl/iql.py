@@ -34,6 +34,7 @@ from safectrl.rl.networks import (
     DeterministicActor,
     TwinQ,
     ValueNetwork,
+    adam,
     cosine_adam,
     regression_loss,
     seeded_init,
@@ -132,8 +133,8 @@ class IQL:
             self.value = ValueNetwork(obs_dim, config.hidden)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.actor_optimizer, self.actor_schedule = cosine_adam(self.actor, config.actor_lr, config.steps)
-        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
-        self.value_optimizer = torch.optim.Adam(self.value.parameters(), lr=config.critic_lr)
+        self.critic_optimizer = adam(self.critic, config.critic_lr)
+        self.value_optimizer = adam(self.value, config.critic_lr)
 
     def networks(self) -> dict[str, torch.nn.Module]:
         """Every trained network by name, for the checkpoint."""
@@ -155,8 +156,8 @@ class IQL:
         """TD regression of both critics onto ``r + gamma (1 - done) V(s')``, then the Polyak step."""
         with torch.no_grad():
             target = batch.reward + self.config.discount * (1.0 - batch.done) * self.value(batch.next_obs)
-        q1, q2 = self.critic(batch.obs, batch.action)
-        loss = 0.5 * (F.mse_loss(q1, target) + F.mse_loss(q2, target))
+        q = self.critic(batch.obs, batch.action)
+        loss = F.mse_loss(q, target.expand_as(q))  # the mean of the two critics' losses
         self.critic_optimizer.zero_grad()
         loss.backward()
         self.critic_optimizer.step()

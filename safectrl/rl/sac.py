@@ -32,12 +32,13 @@ from safectrl.common import validation
 from safectrl.common.protocol import DecisionMaker
 from safectrl.common.checkpoint import (
     RETRAIN,
+    Checkpoint,
     CheckpointError,
     load_checkpoint,
     module_tensors,
     save_checkpoint,
 )
-from safectrl.rl.networks import BoxScaler, TanhGaussianActor, TwinQ
+from safectrl.rl.networks import BoxScaler, TanhGaussianActor, TwinQ, adam
 from safectrl.rl.rollout import run_episode
 
 #: The ``kind`` of SAC checkpoints (:mod:`safectrl.common.checkpoint`).
@@ -145,8 +146,8 @@ class SAC:
         self.critic_target = TwinQ(obs_dim, act_dim, config.hidden)
         self.critic_target.load_state_dict(self.critic.state_dict())
         self.critic_target.requires_grad_(False)
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=config.actor_lr)
-        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
+        self.actor_optimizer = adam(self.actor, config.actor_lr)
+        self.critic_optimizer = adam(self.critic, config.critic_lr)
         self.buffer = ReplayBuffer(obs_dim, act_dim, config.buffer_size, extra_action)
         self.updates = 0
         #: Environment steps seen (transitions added).
@@ -211,8 +212,8 @@ class SAC:
             next_act, next_logp, _ = self.actor.sample(next_n)
             target_q = self.critic_target.min_q(next_n, next_act) - cfg.alpha * next_logp
             y = batch["reward"] + (1 - batch["done"]) * cfg.discount * target_q
-        q1, q2 = self.critic(obs_n, act_n)
-        critic_loss = F.mse_loss(q1, y) + F.mse_loss(q2, y)
+        q = self.critic(obs_n, act_n)
+        critic_loss = 2.0 * F.mse_loss(q, y.expand_as(q))  # the sum of the two critics' losses
         self.critic_optimizer.zero_grad()
         critic_loss.backward()
         self.critic_optimizer.step()
@@ -254,7 +255,8 @@ class SAC:
         """Load the networks of a checkpoint written by :meth:`save`.
 
         The spaces and the config entries that give the weights their meaning (``hidden``, the log-std bounds)
-        must equal this agent's; learning rates, buffer and the rest may differ.
+        must equal this agent's; learning rates, buffer and the rest may differ. Critics written as two
+        separate networks (``critic.q1.*``, safectrl before :class:`TwinQ` was one ensemble) are converted.
 
         Raises:
             CheckpointError: unverifiable, altered, or written for other networks or other spaces.
@@ -273,7 +275,24 @@ class SAC:
             if theirs.get("sac", {}).get(key) != mine["sac"][key]:
                 raise CheckpointError(f"{ckpt.config_path} records another SAC network: {key} "
                                       f"{theirs.get('sac', {}).get(key)}, this agent's is {mine['sac'][key]}")
-        ckpt.load_into(self.modules())
+        tensors = _fused_critics(ckpt)
+        Checkpoint(ckpt.folder, KIND, tensors, ckpt.config, ckpt.record).load_into(self.modules())
+
+
+def _fused_critics(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors with critics of the two-network layout converted to :class:`TwinQ`'s."""
+    tensors = dict(ckpt.tensors)
+    for name in ("critic", "critic_target"):
+        separate = {k[len(name) + 1:]: tensors.pop(k) for k in list(tensors)
+                    if k.startswith((f"{name}.q1.", f"{name}.q2."))}
+        if not separate:
+            continue
+        try:
+            fused = TwinQ.state_from_separate(separate)
+        except ValueError as err:
+            raise CheckpointError(f"{ckpt.weights_path}: {name}: {err}") from None
+        tensors.update({f"{name}.{k}": v for k, v in fused.items()})
+    return tensors
 
 
 class Learner(Protocol):
