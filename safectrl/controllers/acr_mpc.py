@@ -113,7 +113,9 @@ def glucose_mpc(params: glucose.GlucoseParams = glucose.ESTIMATED, horizon: int 
 def biglucose_mpc(params: biglucose.BiGlucoseParams = biglucose.ESTIMATED, horizon: int = 20) -> NMPC:
     """The BiGlucose regulariser: 10 risk + 100 u_I² + u_N², 18 Q1 / V_G in [50, 800] mg/dL hard."""
     q1_per_mg_dl = params.V_G / biglucose.MG_DL_PER_MMOL_L
-    config = NMPCConfig(horizon=horizon, collocation_degree=2, collocation_elements=1, state_bounds=(
+    # IPOPT: fatrop ran into its iteration limit on 60 of 60 solves along an actual-plant episode (the model's
+    # piecewise terms), IPOPT none (docs/decisions.md#nmpc-solver)
+    config = NMPCConfig(horizon=horizon, collocation_degree=2, collocation_elements=1, solver="ipopt", state_bounds=(
         StateBound("Q1", low=G_SAFE[0] * q1_per_mg_dl, high=G_SAFE[1] * q1_per_mg_dl),))
     observer = biglucose_observer(params)
     return NMPC(biglucose.MODEL, params, config, n_ref=0, observer=observer,
