@@ -139,10 +139,10 @@ class NMPCConfig:
     du_weights: tuple[float, ...] | None = None  # per input, on (Δu / input range)²; None: no move penalty
     state_bounds: tuple[StateBound, ...] = ()  # soft or hard bounds at every interval end
     strict: bool = False  # raise on a failed solve (NMPCSolveError) or a bad reading instead of falling back
-    tol: float = 1e-8  # IPOPT convergence tolerance
-    max_iter: int = 100  # IPOPT iteration limit per attempt
-    max_cpu_time: float = 60.0  # s, IPOPT time limit per solve
-    warm_start: bool = True  # start IPOPT from the shifted previous solution (primal and dual)
+    tol: float = 1e-8  # the solver's convergence tolerance
+    max_iter: int = 100  # the solver's iteration limit per attempt
+    max_cpu_time: float = 60.0  # s, time limit per solve (IPOPT only: fatrop has none)
+    warm_start: bool = True  # start from the shifted previous solution (IPOPT: primal and dual)
     retry_cold: bool = True  # after a failed warm-started attempt, try once more from the cold guess
     hessian: str = "exact"  # "exact" or "limited-memory" (L-BFGS); IPOPT only
     # "ipopt" (MUMPS) or "fatrop" (structure-exploiting interior point, stage-wise Riccati; no time limit, no
@@ -313,7 +313,7 @@ class NMPCSolution:
 class SolveRecord:
     """Per-step statistics kept by the controller for studies."""
 
-    status: str  # IPOPT's status of the last attempt
+    status: str  # the solver's status of the last attempt
     success: bool
     fallback: bool
     iterations: int  # over all attempts
@@ -782,7 +782,7 @@ class NMPC:
             first_input: (nu,) pins the first input (physical units): is there a plan that starts with it?
             commit: False leaves the controller as it was (warm start, last plan, :attr:`stats`): a *probe*;
                 its solution waits in :attr:`pending` (None if it failed) for :meth:`commit`.
-            warm_from: start IPOPT from this unshifted solution of the same interval (``pending``).
+            warm_from: start the solver from this unshifted solution of the same interval (``pending``).
 
         Returns:
             The solution; on a failed solve (not strict) the shifted previous plan, ``fallback`` True.
@@ -860,7 +860,7 @@ class NMPC:
             if self.config.strict:
                 self.stats.records.append(SolveRecord(status, False, False, iterations, solve_time, retried))
                 raise NMPCSolveError(
-                    f"NMPC solve failed: IPOPT status {status} after {iterations} iterations")
+                    f"NMPC solve failed: {self.config.solver} status {status} after {iterations} iterations")
             u_plan, x_plan = self._shifted_plan(x, u_prev)
             objective = max_slack = self._terminal_slack = float("nan")
         sol = NMPCSolution(
