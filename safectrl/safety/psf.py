@@ -361,7 +361,7 @@ class PredictiveSafetyFilter:
         if last is None or last.fallback:
             return None
         m, cfg = self.task.model, self.config
-        u_plan = np.vstack([a, last.u_plan[2:], last.u_plan[-1:]])
+        u_plan = np.vstack([a, last.u_plan[2:], last.u_plan[-1:]])[: cfg.horizon]  # horizon 1: [a]
         p = seen.params if seen.params is not None else self._p_vector
         x, xs = np.asarray(seen.x, dtype=float), []
         for k, u in enumerate(u_plan):
