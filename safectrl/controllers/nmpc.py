@@ -888,6 +888,11 @@ class NMPC:
             "lam_g": np.asarray(lam_g).ravel()[self._g_shift],
         }
 
+    def _advance_warm(self) -> None:
+        """Move the kept warm start one more interval along (an interval passed without a new solution)."""
+        if self._warm is not None:
+            self._warm = {k: v[self._g_shift if k == "lam_g" else self._w_shift] for k, v in self._warm.items()}
+
     def commit(self, sol: NMPCSolution) -> None:
         """Make the probe ``sol`` (``solve(..., commit=False)``, successful) this interval's solution: its plan
         becomes the warm start and the backup, and it is recorded in :attr:`stats`."""
@@ -922,8 +927,7 @@ class NMPC:
         if u_plan.shape != (N, m.nu) or x_plan.shape != (N + 1, m.nx):
             raise ValueError(f"a plan needs inputs ({N}, {m.nu}) and states ({N + 1}, {m.nx}), got "
                              f"{u_plan.shape} and {x_plan.shape}")
-        if self._warm is not None:
-            self._warm = {k: v[self._g_shift if k == "lam_g" else self._w_shift] for k, v in self._warm.items()}
+        self._advance_warm()
         sol = NMPCSolution(u_plan[0].copy(), u_plan, x_plan, status, True, False, 0, 0.0, float("nan"), 0.0, 0.0)
         self.stats.records.append(SolveRecord(status, True, False, 0, 0.0, False))
         self._last = sol
@@ -979,8 +983,7 @@ class NMPC:
         else:
             u_plan = np.tile(np.clip(u_prev, m.u_low, m.u_high), (N, 1))
             x_plan = np.tile(x, (N + 1, 1))
-        if self._warm is not None:  # keep warm-starting from the last good solution, one more shift along
-            self._warm = {k: v[self._g_shift if k == "lam_g" else self._w_shift] for k, v in self._warm.items()}
+        self._advance_warm()  # keep warm-starting from the last good solution, one more shift along
         return u_plan, x_plan
 
     # -- the common controller interface -------------------------------------------------------------
