@@ -5,6 +5,7 @@ with noisy sensors (short episodes; the long versions are in benchmarks/psf.py).
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -225,3 +226,31 @@ def test_bad_configurations_are_one_clear_error():
                                  config=with_config("safectrl/CartPoleContinuous-v0", tightening=(5.0, 0.01)))
     with pytest.raises(TypeError, match="reset"):
         predictive_safety_filter(object(), REACTOR)
+
+
+@pytest.mark.parametrize("elements, holds", [(None, True), (1, False)])
+def test_the_filters_collocation_agrees_with_the_integrator_along_the_runaway(elements, holds):
+    """Behind the most heat on the mismatched plant every plan the filter solves is checked on the integrator;
+    its collocated T after one interval must be that integrator's to within 1 K, or the solves optimise a
+    reactor that does not exist. With the NMPC's one Radau element per interval they do not (15 K seen)."""
+    from safectrl.controllers.task_nmpc import observer_for
+    from safectrl.safety.psf import DEFAULTS, SMOOTH_COSTS, PredictiveSafetyFilter
+
+    gaps = []
+
+    class Checked(PredictiveSafetyFilter):
+        def _acceptable(self, sol, seen, strict_slack):
+            if sol.success:
+                p = seen.params if seen.params is not None else self._p_vector
+                gaps.append(abs(sol.x_plan[1, 4] - self.task.model.step(seen.x, sol.u_plan[0], p, seen.t0)[4]))
+            return super()._acceptable(sol, seen, strict_slack)
+
+    cfg = replace(DEFAULTS[REACTOR], horizon=12, **({} if elements is None else {"collocation_elements": elements}))
+    p = TASK.plant("nominal")
+    psf = Checked(Constant(U_HIGH), TASK, p, observer_for(REACTOR, p), cfg, regulariser=SMOOTH_COSTS.get(REACTOR))
+    env = TaskEnv(TASK, scenario="startup", plant="actual", max_steps=30)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FallbackWarning)
+        run_episode(env, psf, 11)
+    assert len(gaps) > 20
+    assert (max(gaps) <= 1.0) == holds, max(gaps)

@@ -122,3 +122,20 @@ def test_a_filter_report_that_cannot_be_a_column_is_refused(report, message):
 
     with pytest.raises(StudyError, match=message):
         _filter_statistics("mine", _Reporting(report), {"cost": 2.0})
+
+
+def test_a_new_filter_configuration_reruns_only_the_filtered_rows(monkeypatch):
+    from dataclasses import replace
+
+    from safectrl.safety import psf
+    from safectrl.studies import study
+
+    preset = study.PRESETS["quick"]
+    before = {t.key for t in study.episode_tasks(preset)[0]}
+    env = preset.env
+    monkeypatch.setitem(psf.DEFAULTS, env, replace(psf.DEFAULTS[env], tightening=(3.0,)))
+    after = {t.key for t in study.episode_tasks(preset)[0]}
+    changed = before - after
+    assert changed and all("+PSF@psf-" in k for k in changed)  # every +PSF episode gets a new key
+    assert len(changed) == sum("+PSF" in k for k in before)
+    assert {k for k in before if "+PSF" not in k} <= after  # the other rows' stored episodes still count

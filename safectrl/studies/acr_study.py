@@ -155,13 +155,6 @@ def make_shield(env_id: str) -> Shield:
     return lambda policy: predictive_safety_filter(policy, env_id, params=estimated, config=config)
 
 
-def _psf_fingerprint(env_id: str) -> str:
-    """The first 12 hex digits of the SHA-256 of ``env_id``'s filter configuration (a task key's part)."""
-    from safectrl.safety.psf import DEFAULTS, PSFConfig
-
-    return runfolder.fingerprint(asdict(DEFAULTS.get(env_id, PSFConfig())))[:12]
-
-
 def _evaluate(env: gym.Env, decider: DecisionMaker, seed: int) -> tuple[float, bool, int]:
     """One episode of ``decider`` from ``seed``; (normalised return, failed, length)."""
     ep = run_episode(env, decider, seed)
@@ -237,7 +230,7 @@ def _key(env_id: str, method: str, seed: int, cfg: ACRPreset) -> str:
     """The task's key; a filtered method's names its filter's configuration, so that results of another
     filter (a changed :data:`safectrl.safety.psf.DEFAULTS` entry) are never read back as this one's."""
     key = f"acr|{env_id}|{method}|seed={seed}|episodes={cfg.episodes}|pt={cfg.pretrain_episodes}"
-    return key + f"|psf={_psf_fingerprint(env_id)}" if method in FILTERED else key
+    return key + f"|psf={runfolder.psf_fingerprint(env_id)}" if method in FILTERED else key
 
 
 def _cell(values: list[float], n_seeds: int) -> str:

@@ -98,6 +98,16 @@ def _cmd_nmpc_backoff(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_psf_backoff(args: argparse.Namespace) -> int:
+    from safectrl.studies import psf_study, report
+
+    chosen, rows, out = psf_study.run_backoff(options.from_args(psf_study.PSFBackoffConfig, args))
+    print(report.markdown_table(psf_study.HEADERS, rows))
+    print(f"\nchosen back-off: {chosen:g} K (smallest with peak T <= T_max - {psf_study.BACKOFF_MARGIN:g} K); "
+          f"written to {out}")
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from safectrl.rl.data import DatasetError
     from safectrl.studies import offline
@@ -178,7 +188,7 @@ def _command(sub, name: str, help_text: str, run: Callable[[argparse.Namespace],
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from safectrl.studies import acr_study, datasets, nmpc_study, offline, pi_tuning, safety_layer, study
+    from safectrl.studies import acr_study, datasets, nmpc_study, offline, pi_tuning, psf_study, safety_layer, study
 
     parser = argparse.ArgumentParser(
         prog="safectrl",
@@ -222,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
              _cmd_safety_figure, safety_layer.FigureConfig)
     _command(safety, "tune", "choose H and λ by closed-loop cost on tuning seeds", _cmd_safety_tune,
              safety_layer.TuneConfig)
+    _command(safety, "psf-backoff-study", "choose the predictive safety filter's T back-off on tuning seeds",
+             _cmd_psf_backoff, psf_study.PSFBackoffConfig)
     return parser
 
 

@@ -56,6 +56,15 @@ def fingerprint(config: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def psf_fingerprint(env_id: str) -> str:
+    """The first 12 hex digits of the fingerprint of ``env_id``'s predictive safety filter configuration: part
+    of the task keys of the filtered rows of the studies, so that a run resumed after that configuration
+    changed (a new back-off, say) reruns them instead of reading stale results."""
+    from safectrl.safety.psf import DEFAULTS, PSFConfig
+
+    return fingerprint(dataclasses.asdict(DEFAULTS.get(env_id, PSFConfig())))[:12]
+
+
 @dataclass(frozen=True)
 class RunFolder:
     """A checked, not yet written run folder (see :func:`check`)."""

@@ -442,6 +442,12 @@ def cost_model_artifact(scenario: str, preset: StudyPreset) -> Path:
     return _built(artifacts.artifact_path("cost-model", cost_model_artifact_config(scenario, preset)))
 
 
+def ensure_artifact(kind: str, scenario: str, preset: StudyPreset) -> Path:
+    """The folder of the preset's artifact ``kind`` ("bc-policy", "iql-policy", "cost-model") of ``scenario``,
+    trained here if it is not in the cache yet (the same artifact the study's rows load)."""
+    return Path(str(_train_task(kind, scenario, preset, False)["path"]))
+
+
 def _built(path: Path) -> Path:
     if not (path / artifacts.MARKER).exists():
         raise FileNotFoundError(f"artifact {path} is missing: the study trains it before its episodes run")
@@ -612,10 +618,17 @@ def episode_tasks(preset: StudyPreset) -> tuple[list[Task], dict[str, tuple[str,
         for scenario in preset.scenarios:
             for controller in preset.rows:
                 for k, seed in enumerate(seeds):
-                    key = f"episode/{variant}/{scenario}/{controller}/{seed}"
+                    key = f"episode/{variant}/{scenario}/{controller}{_row_version(controller, preset)}/{seed}"
                     tasks.append(Task(key, _episode_task, (controller, scenario, variant, seed, k, preset)))
                     index[key] = (variant, scenario, controller, seed)
     return tasks, index
+
+
+def _row_version(controller: str, preset: StudyPreset) -> str:
+    """What a stored episode's key adds for a row whose configuration lives in code, not in the preset: the
+    +PSF rows carry the fingerprint of the filter's configuration of the plant, so that a run resumed after
+    that configuration changed (a new back-off, say) reruns them instead of reading stale episodes."""
+    return "@psf-" + runfolder.psf_fingerprint(preset.env) if controller.endswith("+PSF") else ""
 
 
 def run_episodes(preset: StudyPreset, executor: Executor, store: ResultStore, progress: bool = True) -> StudyResults:
