@@ -1,5 +1,6 @@
 """The predictive safety filter on the reactor: its latency against the NMPC's in the same run, whether it
-stays out of the way behind a safe controller, and whether adversarial policies behind it stay below T_max
+stays out of the way behind a safe controller, and whether adversarial policies (always the most heat, corners
+of the input box held for random numbers of intervals, uniformly random inputs) behind it stay below T_max
 over whole episodes on the nominal plant, the mismatched one, and the mismatched one with noisy sensors.
 
 Run::
@@ -29,33 +30,16 @@ from safectrl.rl.env import TaskEnv
 from safectrl.rl.rollout import run_episode
 from safectrl.safety.psf import predictive_safety_filter
 from safectrl.studies import report
+from safectrl.studies.psf_study import BangBang, MostHeat, Uniform
 
 ENV = "safectrl/PolyCSTR-v0"
 TASK = get_task(ENV)
 PLANTS = {"nominal": ("nominal", False), "mismatch": ("actual", False), "mismatch+noise": ("actual", True)}
 
 
-class MostHeat:
-    """Always the most heat: f_I = 2.5 kg/h, T_c = 350 K."""
-
-    def reset(self, seed=None):
-        pass
-
-    def act(self, obs):
-        return TASK.model.u_high.copy()
-
-
-class Uniform:
-    """Uniformly random inputs in the bounds, seeded."""
-
-    def reset(self, seed=None):
-        self.rng = np.random.default_rng(seed)
-
-    def act(self, obs):
-        return self.rng.uniform(TASK.model.u_low, TASK.model.u_high)
-
-
-POLICIES = {"most heat": MostHeat, "random": Uniform, "PI nominal": lambda: PIController(NOMINAL_TUNING)}
+#: The adversarial policies of the back-off study (safectrl.studies.psf_study), and uniformly random inputs.
+POLICIES = {"most heat": MostHeat, "bang-bang": BangBang, "random": Uniform,
+            "PI nominal": lambda: PIController(NOMINAL_TUNING)}
 
 
 def episode(policy, scenario: str, plant: str, seed: int, steps: int, filtered: bool):
@@ -108,7 +92,7 @@ def main() -> None:
     # 2. adversarial policies over whole episodes
     rows = []
     jobs = [] if args.latency_only else [
-        (p, pl, sc, s) for p in ("most heat", "random") for pl in PLANTS for sc in scenarios for s in seeds]
+        (p, pl, sc, s) for p in ("most heat", "bang-bang", "random") for pl in PLANTS for sc in scenarios for s in seeds]
     results: dict[tuple[str, str], list[dict]] = {}
     for pol, plant, sc, seed in tqdm(jobs, desc="adversarial policies behind the filter"):
         results.setdefault((pol, plant), []).append(episode(POLICIES[pol](), sc, plant, seed, args.steps, True))

@@ -50,7 +50,7 @@ VARIANTS = ("mismatch", "mismatch+noise")
 RIDING = 0.5
 
 
-class _MostHeat:
+class MostHeat:
     """Always the most heat: the largest initiator flow and the hottest coolant."""
 
     def reset(self, seed: int | None = None) -> None:
@@ -60,7 +60,20 @@ class _MostHeat:
         return pc.MODEL.u_high.copy()
 
 
-class _BangBang:
+class Uniform:
+    """Uniformly random inputs in the bounds, seeded by the episode."""
+
+    def __init__(self) -> None:
+        self.rng = np.random.default_rng(0)
+
+    def reset(self, seed: int | None = None) -> None:
+        self.rng = np.random.default_rng(seed)
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        return self.rng.uniform(pc.MODEL.u_low, pc.MODEL.u_high)
+
+
+class BangBang:
     """A corner of the input box, held for a random number of intervals (a new corner drawn with probability
     0.3 per interval), seeded by the episode; it starts at the most heat."""
 
@@ -81,9 +94,9 @@ class _BangBang:
 
 def _policy(name: str, scenario: str, bc_path: str | None) -> Any:
     if name == "most heat":
-        return _MostHeat()
+        return MostHeat()
     if name == "bang-bang":
-        return _BangBang()
+        return BangBang()
     from safectrl.rl.checkpoint import load_policy
 
     return load_policy(Path(str(bc_path)))
