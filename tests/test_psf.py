@@ -236,13 +236,14 @@ def test_the_filters_collocation_agrees_with_the_integrator_along_the_runaway(el
     from safectrl.controllers.task_nmpc import observer_for
     from safectrl.safety.psf import DEFAULTS, SMOOTH_COSTS, PredictiveSafetyFilter
 
-    gaps = []
+    gaps, T = [], TASK.states.index("T")
 
     class Checked(PredictiveSafetyFilter):
         def _acceptable(self, sol, seen, strict_slack):
             if sol.success:
                 p = seen.params if seen.params is not None else self._p_vector
-                gaps.append(abs(sol.x_plan[1, 4] - self.task.model.step(seen.x, sol.u_plan[0], p, seen.t0)[4]))
+                x1 = self.task.model.step(seen.x, sol.u_plan[0], p, seen.t0)
+                gaps.append(abs(sol.x_plan[1, T] - x1[T]))
             return super()._acceptable(sol, seen, strict_slack)
 
     cfg = replace(DEFAULTS[REACTOR], horizon=12, **({} if elements is None else {"collocation_elements": elements}))

@@ -18,7 +18,7 @@ def _episode(peak, errors=(0.3, 0.8), riding=(True, False)):
 def test_the_choice_is_the_smallest_back_off_whose_worst_peak_keeps_the_margin():
     limit = pc.T_MAX - psf_study.BACKOFF_MARGIN
     results = {}
-    for k, policy in enumerate(psf_study.POLICIES):
+    for policy in psf_study.POLICIES:
         for variant in psf_study.VARIANTS:
             results[(1.5, policy, variant, 0)] = _episode(365.5 if policy == "BC" else 364.0)  # one exceedance
             results[(2.0, policy, variant, 0)] = _episode(limit + 0.01)  # misses the margin by 0.01 K
@@ -37,7 +37,7 @@ def test_the_choice_is_the_smallest_back_off_whose_worst_peak_keeps_the_margin()
 
 
 def test_one_filtered_episode_reports_its_one_interval_errors():
-    r = psf_study.backoff_episode(1.5, "most heat", "startup", "mismatch+noise", 500_000, steps=6)
+    r = psf_study.backoff_episode(1.5, "most heat", "startup", "mismatch+noise", 11, steps=6)
     assert r["error"].shape == r["riding"].shape == (6,)
     assert np.all(np.isfinite(r["error"])) and r["violations"] == 0 and r["peak_T"] <= pc.T_MAX
     # the most heat from the start: T has not reached the tightened limit within six intervals

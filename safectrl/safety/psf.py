@@ -134,7 +134,7 @@ class PSFConfig:
 #: not yet sized on the actual plants), the glucose
 #: tasks without a terminal steady state (the meal keeps the model moving over any horizon).
 DEFAULTS: dict[str, PSFConfig] = {
-    "safectrl/PolyCSTR-v0": PSFConfig(tightening=(2.5,), collocation_elements=2),
+    "safectrl/PolyCSTR-v0": PSFConfig(tightening=(2.5,)),
     "safectrl/Glucose-v0": PSFConfig(tightening=(40.0,), terminal="free", collocation_degree=2,
                                      collocation_elements=1, regularisation=1e-3),
     "safectrl/BiGlucose-v0": PSFConfig(tightening=(40.0,), terminal="free", collocation_degree=2,
