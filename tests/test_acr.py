@@ -519,3 +519,32 @@ def test_acr_preset_checks_its_methods():
         ACRPreset("x", seeds=1, episodes=1, pretrain_episodes=0, envs=(CARTPOLE,), methods=("SAC", "PPO"))
     with pytest.raises(ValueError, match="at least one method"):
         ACRPreset("x", seeds=1, episodes=1, pretrain_episodes=0, envs=(CARTPOLE,), methods=())
+
+
+def test_an_acr_preset_runs_a_part_at_a_time_into_one_folder(tmp_path, monkeypatch):
+    """``envs``/``methods`` run a part of a preset (episodes cut to a few intervals): the summary covers the
+    preset's envs, the part not run yet counted missing; the next part resumes the folder and completes it."""
+    from safectrl.rl.env import TaskEnv
+    from safectrl.studies import acr_study
+
+    monkeypatch.setattr(acr_study, "make_env", lambda env_id, plant: TaskEnv(
+        env_id, plant=acr_study.plant_params(env_id, plant), max_steps=6))
+    glucose = "safectrl/Glucose-v0"
+    preset = ACRPreset("tiny", seeds=1, episodes=1, pretrain_episodes=0, envs=(CARTPOLE, glucose),
+                       methods=("RL-ACR", "SAC"))
+    out = run_acr_study(preset, tmp_path / "run", serial=True, progress=False, methods=("SAC",),
+                        envs=("Glucose",))
+    summary = (out / "summary.md").read_text()
+    assert "Partial: 1 of 2 tasks finished" in summary  # SAC on both envs; only Glucose's ran
+    sac = next(line for line in summary.splitlines() if line.startswith("| SAC ") and ", seeds" not in line)
+    assert "| RL-ACR " not in summary  # the methods run, not the preset's
+    run_acr_study(preset, out, serial=True, progress=False, methods=("SAC",), envs=(CARTPOLE,))
+    summary = (out / "summary.md").read_text()
+    assert "Partial" not in summary and sac != next(
+        line for line in summary.splitlines() if line.startswith("| SAC ") and ", seeds" not in line)
+    assert {row.split(",")[0] for row in (out / "episodes.csv").read_text().splitlines()[1:]} == {
+        "CartPole", "Glucose"}
+    with pytest.raises(ValueError, match="envs \\['PolyCSTR'\\] are not in the 'tiny' preset"):
+        run_acr_study(preset, out, serial=True, progress=False, envs=("PolyCSTR",))
+    with pytest.raises(ValueError, match="unknown methods \\['PPO'\\]"):
+        run_acr_study(preset, out, serial=True, progress=False, methods=("PPO",))

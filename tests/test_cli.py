@@ -140,6 +140,11 @@ def test_a_bad_config_value_is_a_usage_error(capsys):
     assert "connect_timeout must be > 0, got 0" in _one_line(capsys, "study")
 
 
+def test_an_env_outside_the_acr_preset_is_a_usage_error(capsys):
+    assert main(["study", "acr", "--envs", "PolyCSTR"]) == 2  # the quick preset has CartPole and CSTR
+    assert "are not in the 'quick' preset; valid envs: CartPole, CSTR" in _one_line(capsys, "study acr")
+
+
 @pytest.mark.parametrize("argv, message", [
     (["data", "--episodes", "0"], "must be a positive integer"),
     (["data", "--scenario", "shutdown"], "invalid choice"),
@@ -147,6 +152,8 @@ def test_a_bad_config_value_is_a_usage_error(capsys):
     (["study", "--workers", "2", "--scheduler", "tcp://127.0.0.1:8786"], "not allowed with"),
     (["study", "acr", "--serial", "--workers", "2"], "not allowed with"),
     (["study", "acr", "--report"], "unrecognized arguments"),  # a subcommand now: `study acr report`
+    (["study", "acr", "--envs", "Mars"], "invalid choice: 'Mars'"),
+    (["study", "acr", "--methods", "SAC", "PPO"], "invalid choice: 'PPO'"),
 ])
 def test_bad_arguments_exit_with_usage_error(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import csv
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -375,7 +375,8 @@ def _write_curves(cfg: ACRPreset, results: dict[str, dict[str, Any]], seeds: lis
         if np.isfinite(top) and top < 0:  # keep the autoscaled margin from reaching into positive returns
             ax.set_ylim(top=top / 2)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.lines:  # an env none of whose tasks has finished yet stays empty
+            ax.legend(fontsize=8)
         ax_beta.set_ylim(-0.02, 1.02)
         ax_beta.set_xlabel("training episode")
         ax_beta.grid(alpha=0.3)
@@ -450,11 +451,11 @@ def _preset(preset: str | ACRPreset) -> ACRPreset:
 
 
 def report_acr_study(preset: str | ACRPreset = "quick", out: str | Path | None = None,
-                     progress: bool = True) -> Path:
+                     progress: bool = True, methods: tuple[str, ...] | None = None) -> Path:
     """Write ``episodes.csv``, ``summary.md`` and ``returns.png`` from the tasks finished so far in ``out``
     (runs nothing; for a long run still going or interrupted). The summary says how many tasks are missing,
-    and its per-seed table which."""
-    cfg = _preset(preset)
+    and its per-seed table which. ``methods``: the rows, if not the preset's (as given to the run)."""
+    cfg, _ = _select(_preset(preset), methods, None)
     out_dir = Path(out) if out is not None else Path("runs") / f"acr-{cfg.name}"
     if not (out_dir / "tasks").is_dir():
         raise FileNotFoundError(f"no RL-ACR run in {out_dir} (its tasks/ folder is missing); "
@@ -475,15 +476,37 @@ def report_acr_study(preset: str | ACRPreset = "quick", out: str | Path | None =
     return out_dir
 
 
+def _select(cfg: ACRPreset, methods: tuple[str, ...] | None, envs: tuple[str, ...] | None
+            ) -> tuple[ACRPreset, tuple[str, ...]]:
+    """The preset with ``methods`` instead of its own (any of :data:`METHODS`), and the env ids to run:
+    ``envs`` (ids or labels such as ``Glucose``), which must be among the preset's; all of them if None."""
+    if methods:
+        cfg = replace(cfg, methods=tuple(methods))  # validated (unknown names refused) by ACRPreset
+    if not envs:
+        return cfg, cfg.envs
+    by_label = {label: env_id for env_id, label in ENV_LABELS.items()}
+    given = validation.names("envs", tuple(envs))
+    ids = {by_label.get(e, e) for e in given}
+    unknown = [e for e in given if by_label.get(e, e) not in cfg.envs]
+    if unknown:
+        valid = ", ".join(ENV_LABELS[e] for e in cfg.envs)
+        raise ValueError(f"envs {unknown} are not in the {cfg.name!r} preset; valid envs: {valid}")
+    return cfg, tuple(e for e in cfg.envs if e in ids)  # the preset's order
+
+
 def run_acr_study(preset: str | ACRPreset = "quick", out: str | Path | None = None,
                   scheduler: str | None = None, workers: int | None = None, serial: bool = False,
-                  progress: bool = True, force: bool = False, connect_timeout: float = CONNECT_TIMEOUT) -> Path:
+                  progress: bool = True, force: bool = False, connect_timeout: float = CONNECT_TIMEOUT,
+                  methods: tuple[str, ...] | None = None, envs: tuple[str, ...] | None = None) -> Path:
     """Run the RL-ACR study and write ``config.json``, ``episodes.csv``, ``summary.md``, ``returns.png``.
 
     Rerunning with the same ``out`` resumes: finished (env, method, seed) tasks are read back; ``force``
     discards them and runs everything again. A folder of another study is refused, even with ``force``.
+    ``methods`` runs these methods instead of the preset's, ``envs`` only these of its envs (a long preset
+    a part at a time, into one folder); the summary covers the preset's envs and the methods run, with every
+    task not finished yet counted as missing.
     """
-    cfg = _preset(preset)
+    cfg, run_envs = _select(_preset(preset), methods, envs)
     out_dir = Path(out) if out is not None else Path("runs") / f"acr-{cfg.name}"
     seeds = list(range(cfg.seeds))
     recorded = {k: v for k, v in asdict(cfg).items() if k != "methods"}  # see ACRPreset.methods
@@ -495,7 +518,7 @@ def run_acr_study(preset: str | ACRPreset = "quick", out: str | Path | None = No
     # finish together.
     order = ("RL-ACR+PSF", "SAC+PSF", "RL-ACR", "SAC-pt", "SAC", "MPC")
     tasks = [Task(_key(e, m, s, cfg), run_method, (e, m, s, cfg.episodes, cfg.pretrain_episodes))
-             for e in cfg.envs for m in order if m in cfg.methods for s in seeds]
+             for e in run_envs for m in order if m in cfg.methods for s in seeds]
     executor = make_executor(scheduler, workers, serial, connect_timeout)  # connects: nothing written yet
     t0 = time.perf_counter()
     try:
@@ -505,7 +528,10 @@ def run_acr_study(preset: str | ACRPreset = "quick", out: str | Path | None = No
             results = run_tasks(tasks, executor, store, desc="RL-ACR study", progress=progress)
     finally:
         executor.close()
-    text = _write_report(cfg, results, seeds, out_dir, 0)
+    keys = [_key(e, m, s, cfg) for e in cfg.envs for m in cfg.methods for s in seeds]
+    if len(keys) > len(tasks):  # a part of the preset: the summary has the other envs' finished tasks too
+        results = {**store.stored([k for k in keys if k not in results]), **results}
+    text = _write_report(cfg, results, seeds, out_dir, sum(k not in results for k in keys))
     if progress:
         print(text)
         print(f"written to {out_dir} in {time.perf_counter() - t0:.0f} s")
@@ -533,16 +559,22 @@ class ACRStudyConfig:
     serial: bool = field(default=False, metadata={"group": "executor"})  # run every task in this process
     connect_timeout: float = CONNECT_TIMEOUT  # seconds to wait for the --scheduler to answer
     progress: bool = True  # print progress and the summary
+    # run these methods instead of the preset's (the summary has their rows)
+    methods: tuple[str, ...] = field(default=(), metadata={"choices": METHODS, "metavar": "METHOD"})
+    # run only these of the preset's envs (default: all; the summary has all, unfinished ones marked)
+    envs: tuple[str, ...] = field(default=(), metadata={"choices": tuple(ENV_LABELS.values()), "metavar": "ENV"})
 
     def __post_init__(self) -> None:
         validation.positive("connect_timeout", self.connect_timeout)
+        _select(_preset(self.preset), self.methods, self.envs)  # a bad name is refused before anything runs
 
 
 def run(config: ACRStudyConfig = ACRStudyConfig()) -> Path:
     """Run the RL-ACR study of ``config`` (:func:`run_acr_study`); returns its folder."""
     return run_acr_study(config.preset, config.out, scheduler=config.scheduler, workers=config.workers,
                          serial=config.serial, progress=config.progress, force=config.force,
-                         connect_timeout=config.connect_timeout)
+                         connect_timeout=config.connect_timeout, methods=config.methods or None,
+                         envs=config.envs or None)
 
 
 @dataclass(frozen=True)
@@ -553,8 +585,13 @@ class ACRReportConfig:
     preset: str = field(default="quick", metadata={"choices": tuple(PRESETS)})
     out: str | None = None  # the run folder (default: runs/acr-PRESET)
     progress: bool = True  # print the summary
+    # the methods the run was started with, if not the preset's
+    methods: tuple[str, ...] = field(default=(), metadata={"choices": METHODS, "metavar": "METHOD"})
+
+    def __post_init__(self) -> None:
+        _select(_preset(self.preset), self.methods, None)
 
 
 def run_report(config: ACRReportConfig = ACRReportConfig()) -> Path:
     """The summary of the tasks finished so far in ``config.out`` (:func:`report_acr_study`)."""
-    return report_acr_study(config.preset, config.out, progress=config.progress)
+    return report_acr_study(config.preset, config.out, progress=config.progress, methods=config.methods or None)
