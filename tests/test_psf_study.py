@@ -57,3 +57,74 @@ def test_an_unknown_scenario_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["safety", "psf-backoff-study", "--scenario", "shutdown"])
     assert exc.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+def _task_episode(failed=False, outside=0, margin=(0.5, 0.2), error=((0.1, 0.0), (0.4, 0.3)),
+                  riding=((True, False), (False, True))):
+    return {"margin": np.array(margin), "outside": outside, "failed": failed, "length": 2,
+            "plan_beyond": np.array([-0.05, 0.01]),
+            "error": np.array(error), "riding": np.array(riding), "interventions": 0.5, "fallbacks": 1,
+            "ms": 4.0}
+
+
+class _TwoLimits:
+    limits = (type("L", (), {"name": "x"})(), type("L", (), {"name": "theta"})())
+
+
+def test_a_tasks_tightening_choice_is_the_smallest_scale_without_failure_or_exceedance():
+    results = {}
+    for policy in psf_study.TASK_POLICIES:
+        results[(0.5, policy, False, 0)] = _task_episode(failed=policy == "uniform")  # one failure
+        results[(1.0, policy, False, 0)] = _task_episode(outside=1 if policy == "bang-bang" else 0,
+                                                         margin=(-0.01, 0.2))  # ends an interval outside
+        results[(1.5, policy, False, 0)] = _task_episode()
+        results[(2.0, policy, False, 0)] = _task_episode()
+    chosen, rows = psf_study.tightening_table(_TwoLimits, (0.2, 0.02), (0.5, 1.0, 1.5, 2.0), results)
+    assert chosen == 1.5
+    h = psf_study.TIGHTENING_HEADERS
+    first = rows[0]
+    assert first[h.index("tightening")] == "0.1, 0.01"
+    assert first[h.index("riding steps")] == 2  # steps where any limit was ridden
+    # the plant beyond the plan at the riding steps only: x at step 0 (0.1), theta at step 1 (0.3)
+    assert first[h.index("plant beyond plan, max per limit")] == "x 0.1, theta 0.3"
+    assert [r[h.index("smallest margin per limit")] for r in rows if r[0] == 1.0][0] == "x -0.01, theta 0.2"
+    assert first[h.index("plan beyond tightened bound, max per limit")] == "x -0.05, theta 0.01"
+    none, _ = psf_study.tightening_table(_TwoLimits, (0.2, 0.02), (0.5,), results)
+    assert math.isnan(none)
+
+
+def test_the_generic_adversarial_policies_stay_in_their_box():
+    low, high = np.array([-1.0, 0.0, 5.0]), np.array([1.0, 2.0, 6.0])
+    bang, uniform = psf_study.BangBang(low, high), psf_study.Uniform(low, high)
+    bang.reset(seed=3)
+    uniform.reset(seed=3)
+    corners = np.array([bang.act(None) for _ in range(200)])
+    assert np.all((corners == low) | (corners == high)) and len({tuple(c) for c in corners}) > 2
+    draws = np.array([uniform.act(None) for _ in range(200)])
+    assert np.all(draws >= low) and np.all(draws <= high) and np.all(draws.std(axis=0) > 0.2 * (high - low))
+    with pytest.raises(ValueError, match="finite low <= high"):
+        psf_study.BangBang(high, low)
+    with pytest.raises(ValueError, match="give both low and high"):
+        psf_study.Uniform(low)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["safety", "psf-tightening-study", "--env", "safectrl/Mars-v0"], "unknown task 'safectrl/Mars-v0'"),
+    (["safety", "psf-tightening-study", "--scales", "1", "1"], "scales must be distinct"),
+    (["safety", "psf-tightening-study", "--plant", "moon"], "moon"),
+])
+def test_a_bad_tightening_study_argument_is_one_clear_error(argv, message, capsys):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_the_glucose_filter_behind_bang_bang_insulin_keeps_the_actual_patient_inside():
+    """One tightening-study episode on the actual patient (insulin sensitivity a third of the model's):
+    the filter rides the tightened hypoglycaemia bound, the patient never leaves the limits, and where a
+    plan rode the bound the patient ended less than half the tightening beyond the plan."""
+    c = 40.0
+    r = psf_study.tightening_episode("safectrl/Glucose-v0", (c,), "bang-bang", psf_study.TUNING_SEED_OFFSET,
+                                     None, False, None, "nominal")
+    assert r["length"] == 100 and not r["failed"] and r["outside"] == 0 and r["margin"][0] > 0
+    assert r["error"].shape == r["riding"].shape == (100, 1) and r["riding"].sum() >= 10
+    assert np.max(r["error"][r["riding"]]) < c / 2

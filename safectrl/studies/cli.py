@@ -108,6 +108,15 @@ def _cmd_psf_backoff(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_psf_tightening(args: argparse.Namespace) -> int:
+    from safectrl.studies import psf_study, report
+
+    chosen, rows, out = psf_study.run_tightening(options.from_args(psf_study.PSFTighteningConfig, args))
+    print(report.markdown_table(psf_study.TIGHTENING_HEADERS, rows))
+    print(f"\nsmallest scale with no failure and no interval outside a limit: {chosen:g}; written to {out}")
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from safectrl.rl.data import DatasetError
     from safectrl.studies import offline
@@ -234,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
              safety_layer.TuneConfig)
     _command(safety, "psf-backoff-study", "choose the predictive safety filter's T back-off on tuning seeds",
              _cmd_psf_backoff, psf_study.PSFBackoffConfig)
+    _command(safety, "psf-tightening-study", "any task's filter behind adversarial policies, for multiples of its "
+             "tightening, on tuning seeds", _cmd_psf_tightening, psf_study.PSFTighteningConfig)
     return parser
 
 

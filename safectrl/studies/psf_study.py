@@ -17,6 +17,15 @@ peak T over all of them stays :data:`BACKOFF_MARGIN` below T_max; the table also
 prediction errors of T at the steps where the applied plan rode the tightened limit.
 
 ``safectrl safety psf-backoff-study`` runs it (resumable: one stored task per episode).
+
+:func:`run_tightening` (``safectrl safety psf-tightening-study --env ENV_ID``) asks the same of any registered
+task whose filter tightens its limits (the RL-ACR tasks' margins in :data:`safectrl.safety.psf.DEFAULTS`):
+for multiples of that tightening, the filter behind corners of the input box held for random numbers of
+intervals and behind uniformly random inputs, on the task's actual plant (with its sensor noise too, where
+it has one), tuning seeds. Per setting: failures, intervals outside a limit, the smallest distance inside
+each limit, and where the applied plan rode a tightened limit, how far the plant ended beyond the plan's
+one-interval prediction towards the limit (what the tightening has to absorb). The smallest multiple with no
+failure and no interval outside is reported, not applied.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from safectrl.common import validation
 from safectrl.common.faults import FallbackWarning
@@ -61,35 +71,49 @@ class MostHeat:
 
 
 class Uniform:
-    """Uniformly random inputs in the bounds, seeded by the episode."""
+    """Uniformly random inputs in the box ``[low, high]`` (default: the reactor's), seeded by the episode."""
 
-    def __init__(self) -> None:
+    def __init__(self, low: np.ndarray | None = None, high: np.ndarray | None = None) -> None:
+        self.low, self.high = _box(low, high)
         self.rng = np.random.default_rng(0)
 
     def reset(self, seed: int | None = None) -> None:
         self.rng = np.random.default_rng(seed)
 
     def act(self, obs: np.ndarray) -> np.ndarray:
-        return self.rng.uniform(pc.MODEL.u_low, pc.MODEL.u_high)
+        return self.rng.uniform(self.low, self.high)
 
 
 class BangBang:
-    """A corner of the input box, held for a random number of intervals (a new corner drawn with probability
-    0.3 per interval), seeded by the episode; it starts at the most heat."""
+    """A corner of the input box ``[low, high]`` (default: the reactor's), held for a random number of
+    intervals (a new corner drawn with probability 0.3 per interval), seeded by the episode; it starts at the
+    highest corner (the reactor's: the most heat)."""
 
-    def __init__(self) -> None:
+    def __init__(self, low: np.ndarray | None = None, high: np.ndarray | None = None) -> None:
+        self.low, self.high = _box(low, high)
         self.rng = np.random.default_rng(0)
-        self.u = pc.MODEL.u_high.copy()
+        self.u = self.high.copy()
 
     def reset(self, seed: int | None = None) -> None:
         self.rng = np.random.default_rng(seed)
-        self.u = pc.MODEL.u_high.copy()
+        self.u = self.high.copy()
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         if self.rng.random() < 0.3:
-            corner = self.rng.integers(0, 2, size=pc.MODEL.nu).astype(bool)
-            self.u = np.where(corner, pc.MODEL.u_high, pc.MODEL.u_low)
+            corner = self.rng.integers(0, 2, size=len(self.u)).astype(bool)
+            self.u = np.where(corner, self.high, self.low)
         return self.u.copy()
+
+
+def _box(low: np.ndarray | None, high: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    if (low is None) != (high is None):
+        raise ValueError("give both low and high, or neither (the reactor's input box)")
+    if low is None:
+        return pc.MODEL.u_low.copy(), pc.MODEL.u_high.copy()
+    lo, hi = np.asarray(low, dtype=float).ravel(), np.asarray(high, dtype=float).ravel()
+    if lo.shape != hi.shape or not np.all(np.isfinite(lo)) or not np.all(np.isfinite(hi)) or np.any(lo > hi):
+        raise ValueError(f"the input box needs finite low <= high of one shape, got {lo} and {hi}")
+    return lo, hi
 
 
 def _policy(name: str, bc_path: str | None) -> Any:
@@ -216,4 +240,177 @@ def run_backoff(config: PSFBackoffConfig = PSFBackoffConfig(), progress: bool = 
         f"# Predictive safety filter: temperature back-off ({config.scenario}, mismatched plant, tuning seeds)\n\n"
         f"{report.markdown_table(HEADERS, rows)}\n\nchosen back-off: {chosen:g} K (smallest with peak T <= "
         f"T_max - {BACKOFF_MARGIN:g} K)\n")
+    return chosen, rows, out
+
+
+# -- any task: is its filter's tightening enough behind adversarial policies? ------------------------------
+
+#: Multiples of the task's tightening (its :data:`safectrl.safety.psf.DEFAULTS` entry) tried.
+SCALES = (0.5, 1.0, 1.5, 2.0)
+TASK_POLICIES = ("bang-bang", "uniform")
+TIGHTENING_KIND = "psf-tightening"
+
+
+def _limited(task: Any, x: np.ndarray, params: Any) -> np.ndarray:
+    """(n, n_limits): every operating limit's quantity at the states ``x`` (n, nx)."""
+    return np.column_stack([np.asarray(lim.value(x, params, task.states), dtype=float).reshape(len(x))
+                            for lim in task.limits])
+
+
+def tightening_episode(env_id: str, tightening: tuple[float, ...], policy: str, seed: int,
+                       steps: int | None, noise: bool, plant: str | None, model: str) -> dict[str, Any]:
+    """One episode of ``policy`` ("bang-bang" or "uniform" over the task's input box) behind the filter with
+    ``tightening``, predicting with ``model`` on ``plant`` (default: the task's actual plant). Per limit: the
+    smallest distance inside it over the episode (negative: outside), how far the applied plans' own
+    one-interval predictions went beyond the tightened bound (positive: a soft plan), and at the steps where the applied
+    plan's predicted quantity after one interval came within a quarter of the tightening of its tightened
+    bound ("riding"), the plant's excess over that prediction towards the limit."""
+    from safectrl.models.registry import get_task
+    from safectrl.safety.psf import predictive_safety_filter, with_config
+    from safectrl.studies.executor import worker_setup
+
+    worker_setup()
+    task = get_task(env_id)
+    m = task.model
+    p_plant, p_model = task.plant(plant if plant is not None else task.actual), task.plant(model)
+    base = BangBang(m.u_low, m.u_high) if policy == "bang-bang" else Uniform(m.u_low, m.u_high)
+    psf = predictive_safety_filter(base, env_id, params=p_model, config=with_config(env_id, tightening=tightening))
+    env = TaskEnv(task, plant=p_plant, noise=noise, max_steps=steps)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FallbackWarning)
+        ep = run_episode(env, psf, seed)
+    states = np.asarray(ep.infos["state"], dtype=float)  # the initial state, then every interval's end
+    value = _limited(task, states[1:], p_plant)
+    n = len(psf.record.predicted)
+    planned = _limited(task, np.array([x[1] for x in psf.record.predicted]), p_model)
+    low = np.array([lim.low for lim in task.limits])
+    high = np.array([lim.high for lim in task.limits])
+    c = np.asarray(tightening, dtype=float)
+    inside = np.minimum(value - low, high - value)  # (n, L) distance inside each limit
+    upper = planned >= high - c - c / 4
+    lower = planned <= low + c + c / 4
+    toward = np.where(upper, value[:n] - planned, planned - value[:n])  # the plant beyond the plan, limit-wards
+    # how far the applied plans themselves ended their first interval beyond a tightened bound (soft plans)
+    slack = np.maximum(planned - (high - c), (low + c) - planned).max(axis=0) if n else np.full(len(c), -np.inf)
+    rep = psf.episode_report()
+    return {"margin": inside.min(axis=0), "outside": int(np.sum(np.any(inside < 0, axis=1))),
+            "plan_beyond": slack,
+            "failed": bool(np.any(ep.terminations)), "length": int(ep.length),
+            "error": toward, "riding": upper | lower,
+            "interventions": float(rep.get("interventions", 0.0)), "fallbacks": int(rep.get("fallbacks", 0)),
+            "ms": float(np.median(ep.decision_time) * 1e3)}
+
+
+TIGHTENING_HEADERS = ("scale", "tightening", "policy", "noise", "episodes", "failures", "intervals outside",
+                      "smallest margin per limit", "plan beyond tightened bound, max per limit", "riding steps",
+                      "plant beyond plan, max per limit",
+                      "interventions %", "fallbacks", "ms/decision median")
+
+
+def tightening_table(task: Any, base: tuple[float, ...], scales: tuple[float, ...],
+                     results: dict[tuple, dict[str, Any]]) -> tuple[float, list[list]]:
+    """The chosen scale (the smallest with no failure and no interval outside any limit; NaN if none) and the
+    table's rows, from the episodes in ``results`` keyed by (scale, policy, noise, seed)."""
+    rows, chosen = [], math.nan
+    names = [lim.name for lim in task.limits]
+
+    def per_limit(values: np.ndarray) -> str:
+        return ", ".join(f"{n} {v:.4g}" for n, v in zip(names, values))
+
+    for scale in scales:
+        clean = True
+        for policy in TASK_POLICIES:
+            for noise in (False, True):
+                eps = [r for k, r in results.items() if k[:3] == (scale, policy, noise)]
+                if not eps:
+                    continue
+                riding = np.concatenate([np.asarray(r["riding"], dtype=bool) for r in eps])
+                error = np.concatenate([np.asarray(r["error"], dtype=float) for r in eps])
+                beyond = np.array([np.max(error[riding[:, i], i]) if riding[:, i].any() else math.nan
+                                   for i in range(len(names))])
+                failures = sum(bool(r["failed"]) for r in eps)
+                outside = sum(int(r["outside"]) for r in eps)
+                clean = clean and failures == 0 and outside == 0
+                rows.append([scale, ", ".join(f"{scale * c:g}" for c in base), policy, "yes" if noise else "no",
+                             len(eps), failures, outside,
+                             per_limit(np.min([np.asarray(r["margin"]) for r in eps], axis=0)),
+                             per_limit(np.max([np.asarray(r["plan_beyond"]) for r in eps], axis=0)),
+                             int(riding.any(axis=1).sum()), per_limit(beyond),
+                             100 * float(np.mean([float(r["interventions"]) for r in eps])),
+                             int(sum(int(r["fallbacks"]) for r in eps)),
+                             float(np.median([float(r["ms"]) for r in eps]))])
+        if math.isnan(chosen) and clean and any(k[0] == scale for k in results):
+            chosen = float(scale)
+    return chosen, rows
+
+
+@dataclass(frozen=True)
+class PSFTighteningConfig:
+    """``safectrl safety psf-tightening-study``: a task's filter behind adversarial policies on its actual
+    plant, for multiples of its tightening, on tuning seeds."""
+
+    env: str = field(default="safectrl/Glucose-v0", metadata={"metavar": "ENV_ID"})  # a registered task
+    scales: tuple[float, ...] = SCALES  # multiples of the filter's tightening (psf.DEFAULTS) to try
+    plant: str | None = None  # the plant run (default: the task's actual plant)
+    model: str = "nominal"  # the filter's prediction model (and its observer's)
+    episodes: int = field(default=5, metadata={"min": 1})  # tuning seeds per scale, policy and noise setting
+    steps: int | None = field(default=None, metadata={"min": 1})  # intervals per episode (default: the task's)
+    out: str | None = None  # output folder (default: runs/psf-tightening-TIMESTAMP); an existing one resumes
+    workers: int | None = field(default=None, metadata={"min": 1})  # Dask LocalCluster workers (default: a local pool)
+
+    def __post_init__(self) -> None:
+        from safectrl.models.registry import get_task
+
+        task = get_task(self.env)  # an unknown id: a ValueError that lists the registered ones
+        validation.reals("scales", self.scales, low=0.0)
+        if not self.scales or len(set(self.scales)) != len(self.scales):
+            raise ValueError(f"scales must be distinct multiples of the tightening, got {list(self.scales)}")
+        for name in (self.plant, self.model):
+            if name is not None:
+                task.plant(name)  # an unknown plant: a ValueError that lists the task's plants
+
+
+def run_tightening(config: PSFTighteningConfig = PSFTighteningConfig(),
+                   progress: bool = True) -> tuple[float, list[list], Path]:
+    """Run (or resume) the study; writes ``config.json``, ``tasks/`` and ``tightening.md`` into ``config.out``.
+    With measurement noise on as well where the task defines it."""
+    from safectrl.models.registry import get_task
+    from safectrl.safety.psf import DEFAULTS, PSFConfig
+
+    task = get_task(config.env)
+    filter_config = DEFAULTS.get(config.env, PSFConfig())
+    base = filter_config.tightening
+    if base is None or not any(base):
+        raise ValueError(f"{task.name}'s filter has no tightening to scale; give it one in psf.DEFAULTS")
+    out = Path(config.out) if config.out else options.timestamped(TIGHTENING_KIND)
+    recorded = {**{k: v for k, v in asdict(config).items() if k not in ("out", "workers", "scales")},
+                "filter": asdict(filter_config)}  # a folder of another filter's episodes is refused
+    folder = runfolder.check(out, TIGHTENING_KIND, recorded, resumable=True)
+    noises = (False, True) if task.measurement_std is not None else (False,)
+    scales = tuple(sorted(float(x) for x in config.scales))
+    executor = make_executor(workers=config.workers)
+    try:
+        with runfolder.cleanup_on_failure(folder):
+            runfolder.commit(folder)
+            store = ResultStore(out / runfolder.TASKS)
+            tasks, keys = [], {}
+            for scale in scales:
+                tight = tuple(scale * c for c in base)
+                for policy in TASK_POLICIES:
+                    for noise in noises:
+                        for k in range(config.episodes):
+                            seed = TUNING_SEED_OFFSET + k
+                            key = f"{scale:g}/{policy}/{'noise' if noise else 'exact'}/{seed}"
+                            keys[key] = (scale, policy, noise, seed)
+                            tasks.append(Task(key, tightening_episode, (config.env, tight, policy, seed, config.steps,
+                                                                        noise, config.plant, config.model)))
+            done = run_tasks(tasks, executor, store, desc=f"psf tightening {task.name}", progress=progress)
+    finally:
+        executor.close()
+    chosen, rows = tightening_table(task, base, scales, {keys[k]: v for k, v in done.items()})
+    (out / "tightening.md").write_text(
+        f"# Predictive safety filter: tightening of {task.name} behind adversarial policies (tuning seeds)\n\n"
+        f"Filter tightening {', '.join(f'{lim.name} {c:g}' for lim, c in zip(task.limits, base))}; plant "
+        f"{config.plant or 'the actual plant'}, model {config.model!r}.\n\n{report.markdown_table(TIGHTENING_HEADERS, rows)}"
+        f"\n\nsmallest scale with no failure and no interval outside a limit: {chosen:g}\n")
     return chosen, rows, out
