@@ -71,16 +71,17 @@ class _TwoLimits:
     limits = (type("L", (), {"name": "x"})(), type("L", (), {"name": "theta"})())
 
 
-def test_a_tasks_tightening_choice_is_the_smallest_scale_without_failure_or_exceedance():
+def test_a_tasks_tightening_choice_is_the_smallest_scale_without_failure_exceedance_or_thin_margin():
     results = {}
     for policy in psf_study.TASK_POLICIES:
         results[(0.5, policy, False, 0)] = _task_episode(failed=policy == "uniform")  # one failure
         results[(1.0, policy, False, 0)] = _task_episode(outside=1 if policy == "bang-bang" else 0,
                                                          margin=(-0.01, 0.2))  # ends an interval outside
-        results[(1.5, policy, False, 0)] = _task_episode()
+        # inside, but theta's margin 0.007 < a quarter of its tightening 0.03
+        results[(1.5, policy, False, 0)] = _task_episode(margin=(0.5, 0.007))
         results[(2.0, policy, False, 0)] = _task_episode()
     chosen, rows = psf_study.tightening_table(_TwoLimits, (0.2, 0.02), (0.5, 1.0, 1.5, 2.0), results)
-    assert chosen == 1.5
+    assert chosen == 2.0
     h = psf_study.TIGHTENING_HEADERS
     first = rows[0]
     assert first[h.index("tightening")] == "0.1, 0.01"

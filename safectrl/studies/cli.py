@@ -113,7 +113,7 @@ def _cmd_psf_tightening(args: argparse.Namespace) -> int:
 
     chosen, rows, out = psf_study.run_tightening(options.from_args(psf_study.PSFTighteningConfig, args))
     print(report.markdown_table(psf_study.TIGHTENING_HEADERS, rows))
-    print(f"\nsmallest scale with no failure and no interval outside a limit: {chosen:g}; written to {out}")
+    print(f"\n{psf_study.CHOICE_RULE}: {chosen:g}; written to {out}")
     return 0
 
 

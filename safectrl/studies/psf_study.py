@@ -25,7 +25,8 @@ intervals and behind uniformly random inputs, on the task's actual plant (with i
 it has one), tuning seeds. Per setting: failures, intervals outside a limit, the smallest distance inside
 each limit, and where the applied plan rode a tightened limit, how far the plant ended beyond the plan's
 one-interval prediction towards the limit (what the tightening has to absorb). The smallest multiple with no
-failure and no interval outside is reported, not applied.
+failure, no interval outside, and a margin of at least a quarter of the tightening left on every limit is
+reported, not applied.
 """
 
 from __future__ import annotations
@@ -249,6 +250,9 @@ def run_backoff(config: PSFBackoffConfig = PSFBackoffConfig(), progress: bool = 
 SCALES = (0.5, 1.0, 1.5, 2.0)
 TASK_POLICIES = ("bang-bang", "uniform")
 TIGHTENING_KIND = "psf-tightening"
+#: A scale qualifies when every limit's smallest margin over its episodes is at least this share of that
+#: limit's tightening (the reactor's back-off study keeps 0.25 K of 2.5 K in the same spirit).
+MARGIN_FRACTION = 0.25
 
 
 def _limited(task: Any, x: np.ndarray, params: Any) -> np.ndarray:
@@ -301,6 +305,8 @@ def tightening_episode(env_id: str, tightening: tuple[float, ...], policy: str, 
             "ms": float(np.median(ep.decision_time) * 1e3)}
 
 
+CHOICE_RULE = (f"smallest scale with no failure, no interval outside a limit and every limit's margin at least "
+               f"{MARGIN_FRACTION:g} of its tightening")
 TIGHTENING_HEADERS = ("scale", "tightening", "policy", "noise", "episodes", "failures", "intervals outside",
                       "smallest margin per limit", "plan beyond tightened bound, max per limit", "riding steps",
                       "plant beyond plan, max per limit",
@@ -309,8 +315,9 @@ TIGHTENING_HEADERS = ("scale", "tightening", "policy", "noise", "episodes", "fai
 
 def tightening_table(task: Any, base: tuple[float, ...], scales: tuple[float, ...],
                      results: dict[tuple, dict[str, Any]]) -> tuple[float, list[list]]:
-    """The chosen scale (the smallest with no failure and no interval outside any limit; NaN if none) and the
-    table's rows, from the episodes in ``results`` keyed by (scale, policy, noise, seed)."""
+    """The chosen scale and the table's rows, from the episodes in ``results`` keyed by (scale, policy, noise,
+    seed). The choice is the smallest scale with no failure, no interval outside any limit, and every limit's
+    smallest margin at least :data:`MARGIN_FRACTION` of its tightening; NaN if none qualifies."""
     rows, chosen = [], math.nan
     names = [lim.name for lim in task.limits]
 
@@ -330,10 +337,12 @@ def tightening_table(task: Any, base: tuple[float, ...], scales: tuple[float, ..
                                    for i in range(len(names))])
                 failures = sum(bool(r["failed"]) for r in eps)
                 outside = sum(int(r["outside"]) for r in eps)
-                clean = clean and failures == 0 and outside == 0
+                margin = np.min([np.asarray(r["margin"]) for r in eps], axis=0)
+                kept = bool(np.all(margin >= MARGIN_FRACTION * scale * np.asarray(base)))
+                clean = clean and failures == 0 and outside == 0 and kept
                 rows.append([scale, ", ".join(f"{scale * c:g}" for c in base), policy, "yes" if noise else "no",
                              len(eps), failures, outside,
-                             per_limit(np.min([np.asarray(r["margin"]) for r in eps], axis=0)),
+                             per_limit(margin),
                              per_limit(np.max([np.asarray(r["plan_beyond"]) for r in eps], axis=0)),
                              int(riding.any(axis=1).sum()), per_limit(beyond),
                              100 * float(np.mean([float(r["interventions"]) for r in eps])),
@@ -412,5 +421,5 @@ def run_tightening(config: PSFTighteningConfig = PSFTighteningConfig(),
         f"# Predictive safety filter: tightening of {task.name} behind adversarial policies (tuning seeds)\n\n"
         f"Filter tightening {', '.join(f'{lim.name} {c:g}' for lim, c in zip(task.limits, base))}; plant "
         f"{config.plant or 'the actual plant'}, model {config.model!r}.\n\n{report.markdown_table(TIGHTENING_HEADERS, rows)}"
-        f"\n\nsmallest scale with no failure and no interval outside a limit: {chosen:g}\n")
+        f"\n\n{CHOICE_RULE}: {chosen:g}\n")
     return chosen, rows, out
