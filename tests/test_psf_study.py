@@ -92,6 +92,11 @@ def test_a_tasks_tightening_choice_is_the_smallest_scale_without_failure_exceeda
     assert first[h.index("plan beyond tightened bound, max per limit")] == "x -0.05, theta 0.01"
     none, _ = psf_study.tightening_table(_TwoLimits, (0.2, 0.02), (0.5,), results)
     assert math.isnan(none)
+    # a scale that passes below one that fails (by luck of the seeds) is not chosen
+    lucky = {**results, **{(0.5, policy, False, 0): _task_episode() for policy in psf_study.TASK_POLICIES}}
+    assert psf_study.tightening_table(_TwoLimits, (0.2, 0.02), (0.5, 1.0, 1.5, 2.0), lucky)[0] == 2.0
+    failing_top = {k: (_task_episode(failed=True) if k[0] == 2.0 else v) for k, v in lucky.items()}
+    assert math.isnan(psf_study.tightening_table(_TwoLimits, (0.2, 0.02), (0.5, 1.0, 1.5, 2.0), failing_top)[0])
 
 
 def test_the_generic_adversarial_policies_stay_in_their_box():

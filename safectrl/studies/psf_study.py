@@ -24,9 +24,9 @@ for multiples of that tightening, the filter behind corners of the input box hel
 intervals and behind uniformly random inputs, on the task's actual plant (with its sensor noise too, where
 it has one), tuning seeds. Per setting: failures, intervals outside a limit, the smallest distance inside
 each limit, and where the applied plan rode a tightened limit, how far the plant ended beyond the plan's
-one-interval prediction towards the limit (what the tightening has to absorb). The smallest multiple with no
-failure, no interval outside, and a margin of at least a quarter of the tightening left on every limit is
-reported, not applied.
+one-interval prediction towards the limit (what the tightening has to absorb). The smallest multiple from
+which on every multiple tried has no failure, no interval outside, and a margin of at least a quarter of
+the tightening left on every limit is reported, not applied.
 """
 
 from __future__ import annotations
@@ -305,8 +305,8 @@ def tightening_episode(env_id: str, tightening: tuple[float, ...], policy: str, 
             "ms": float(np.median(ep.decision_time) * 1e3)}
 
 
-CHOICE_RULE = (f"smallest scale with no failure, no interval outside a limit and every limit's margin at least "
-               f"{MARGIN_FRACTION:g} of its tightening")
+CHOICE_RULE = (f"smallest scale from which on every scale tried has no failure, no interval outside a limit and "
+               f"every limit's margin at least {MARGIN_FRACTION:g} of its tightening")
 TIGHTENING_HEADERS = ("scale", "tightening", "policy", "noise", "episodes", "failures", "intervals outside",
                       "smallest margin per limit", "plan beyond tightened bound, max per limit", "riding steps",
                       "plant beyond plan, max per limit",
@@ -316,9 +316,10 @@ TIGHTENING_HEADERS = ("scale", "tightening", "policy", "noise", "episodes", "fai
 def tightening_table(task: Any, base: tuple[float, ...], scales: tuple[float, ...],
                      results: dict[tuple, dict[str, Any]]) -> tuple[float, list[list]]:
     """The chosen scale and the table's rows, from the episodes in ``results`` keyed by (scale, policy, noise,
-    seed). The choice is the smallest scale with no failure, no interval outside any limit, and every limit's
-    smallest margin at least :data:`MARGIN_FRACTION` of its tightening; NaN if none qualifies."""
-    rows, chosen = [], math.nan
+    seed). A scale qualifies with no failure, no interval outside any limit, and every limit's smallest margin
+    at least :data:`MARGIN_FRACTION` of its tightening; the choice is the smallest scale above which every
+    scale tried qualifies too (NaN if the largest does not)."""
+    rows, qualifies = [], {}
     names = [lim.name for lim in task.limits]
 
     def per_limit(values: np.ndarray) -> str:
@@ -348,8 +349,15 @@ def tightening_table(task: Any, base: tuple[float, ...], scales: tuple[float, ..
                              100 * float(np.mean([float(r["interventions"]) for r in eps])),
                              int(sum(int(r["fallbacks"]) for r in eps)),
                              float(np.median([float(r["ms"]) for r in eps]))])
-        if math.isnan(chosen) and clean and any(k[0] == scale for k in results):
-            chosen = float(scale)
+        if any(k[0] == scale for k in results):
+            qualifies[scale] = clean
+    # the smallest scale from which on every larger one tried qualifies too: a scale that passes by luck
+    # below one that fails is not a choice
+    chosen = math.nan
+    for scale in sorted(qualifies, reverse=True):
+        if not qualifies[scale]:
+            break
+        chosen = float(scale)
     return chosen, rows
 
 
