@@ -29,8 +29,9 @@ prototype hit its iteration limit on half of the steps).
 **Robustness.** The model is wrong about the plant; the estimated parameters (the reactor's EKF) and the
 tightening ``c_b`` (the reactor: T <= T_max - 2.5 K, chosen on tuning seeds by ``safectrl safety
 psf-backoff-study`` behind adversarial policies and BC on the mismatched plant with and without noise; the RL-ACR tasks:
-margins picked by hand, first guesses not yet sized on their actual plants) absorb the rest. That is a design margin, not a
-proof: the tests and the study check it on the wrong plant, with noise, behind adversarial policies.
+checked on their actual plants behind adversarial policies by ``safectrl safety psf-tightening-study``) absorb
+the rest; a limit's two bounds can be tightened differently. That is a design margin, not a proof: the tests
+and the studies check it on the wrong plant, with noise, behind adversarial policies.
 
 **What is applied.** The proposal is clipped to the input bounds (a non-finite proposal is replaced by the
 last applied input and counted). First, without a solve, the last accepted plan *continued*: ``a``, then
@@ -77,12 +78,30 @@ from safectrl.models.registry import get_task
 from safectrl.models.task import Task
 
 
+def bound_tightenings(tightening: Any) -> tuple[tuple[float, float], ...]:
+    """``PSFConfig.tightening`` as (c_low, c_high) per limit: a number tightens both bounds of its limit."""
+    if not isinstance(tightening, (tuple, list)):
+        raise TypeError(f"tightening must be a sequence (one entry per limit), got {tightening!r}")
+    out = []
+    for i, c in enumerate(tightening):
+        pair = c if isinstance(c, (tuple, list)) else (c, c)
+        out.append(validation.reals(f"tightening[{i}]", pair, length=2, low=0.0))
+    return tuple(out)
+
+
+def scale_tightening(tightening: Any, factor: float) -> tuple[float | tuple[float, float], ...]:
+    """Every entry of a ``PSFConfig.tightening`` times ``factor`` (a pair stays a pair)."""
+    return tuple(tuple(factor * float(v) for v in c) if isinstance(c, (tuple, list)) else factor * float(c)
+                 for c in tightening)
+
+
 @dataclass(frozen=True)
 class PSFConfig:
     """Horizon, tightening, weights and solver settings of a :class:`PredictiveSafetyFilter`."""
 
     horizon: int = 20  # intervals predicted
-    tightening: tuple[float, ...] | None = None  # per operating limit of the task, physical units, inward
+    # per operating limit of the task, physical units, inward: c (both bounds) or (c_low, c_high)
+    tightening: tuple[float | tuple[float, float], ...] | None = None
     limit_penalty: float = 100.0  # L1 weight of a limit's violation, objective units per unit and interval
     hold_weight: float = 0.0  # eps_u: pulls every later input to the proposal, per ((u_k - a) / range)²
     regularisation: float = 1e-5  # eps_x: weight of the task's stage cost over the horizon
@@ -112,7 +131,7 @@ class PSFConfig:
     def __post_init__(self) -> None:
         validation.positive_int("horizon", self.horizon)
         if self.tightening is not None:
-            validation.reals("tightening", self.tightening, low=0.0)
+            bound_tightenings(self.tightening)
         validation.positive("limit_penalty", self.limit_penalty)
         validation.reals("hold_weight", (self.hold_weight,), low=0.0)
         validation.reals("regularisation", (self.regularisation,), low=0.0)
@@ -142,7 +161,7 @@ DEFAULTS: dict[str, PSFConfig] = {
     "safectrl/PolyCSTR-v0": PSFConfig(tightening=(2.5,)),
     "safectrl/Glucose-v0": PSFConfig(tightening=(40.0,), terminal="free", collocation_degree=2,
                                      collocation_elements=1, regularisation=1e-3),
-    "safectrl/BiGlucose-v0": PSFConfig(tightening=(40.0,), terminal="free", collocation_degree=2,
+    "safectrl/BiGlucose-v0": PSFConfig(tightening=((40.0, 150.0),), terminal="free", collocation_degree=2,
                                        collocation_elements=1, regularisation=1e-4),
     "safectrl/KlattEngellCSTR-v0": PSFConfig(tightening=(0.075, 0.075, 7.5, 7.5), collocation_degree=2,
                                              collocation_elements=1, regularisation=1e-4),
@@ -229,21 +248,22 @@ class PredictiveSafetyFilter:
         m = task.model
         self._range = m.u_high - m.u_low
         self._n_sp = len(task.setpoint_names)
-        tight = config.tightening if config.tightening is not None else (0.0,) * len(task.limits)
+        tight = bound_tightenings(config.tightening if config.tightening is not None
+                                  else (0.0,) * len(task.limits))
         if len(tight) != len(task.limits):
             raise ValueError(f"{task.name} has {len(task.limits)} operating limits "
                              f"({', '.join(lim.name for lim in task.limits)}), tightening gives {len(tight)}")
         bounds = []
-        for limit, c in zip(task.limits, tight):
-            low = limit.low + c if math.isfinite(limit.low) else -math.inf
-            high = limit.high - c if math.isfinite(limit.high) else math.inf
+        for limit, (c_low, c_high) in zip(task.limits, tight):
+            low = limit.low + c_low if math.isfinite(limit.low) else -math.inf
+            high = limit.high - c_high if math.isfinite(limit.high) else math.inf
             if not low < high:
-                raise ValueError(f"tightening {c} {limit.unit} empties the limit {limit.name} in "
-                                 f"[{limit.low}, {limit.high}]")
+                raise ValueError(f"tightening ({c_low:g}, {c_high:g}) {limit.unit} empties the limit {limit.name} "
+                                 f"in [{limit.low}, {limit.high}]")
             bounds.append(StateBound(limit.name, low=low, high=high, penalty=config.limit_penalty,
                                      output=limit.output))
         self.bounds = tuple(bounds)
-        self._tight = tuple(float(c) for c in tight)
+        self._tight = tight  # (c_low, c_high) per limit
         self._p_design = params
         self._p_vector = m.param_vector(params)
         nmpc_config = NMPCConfig(
@@ -379,9 +399,9 @@ class PredictiveSafetyFilter:
                 return None
             xs.append(x)
         xs = np.asarray(xs)
-        for limit, c in zip(self.task.limits, self._tight):
+        for limit, (c_low, c_high) in zip(self.task.limits, self._tight):
             v = np.asarray(limit.value(xs, self._p_design, self.task.states), dtype=float)
-            if np.any(v < limit.low + c) or np.any(v > limit.high - c):
+            if np.any(v < limit.low + c_low) or np.any(v > limit.high - c_high):
                 return None
         if cfg.terminal == "equilibrium":
             t_end = seen.t0 + len(u_plan) * m.dt
@@ -411,9 +431,9 @@ class PredictiveSafetyFilter:
         if not np.all(np.isfinite(xs)):
             return False
         over = np.zeros(len(xs))
-        for limit, c in zip(self.task.limits, self._tight):
+        for limit, (c_low, c_high) in zip(self.task.limits, self._tight):
             v = np.asarray(limit.value(xs, self._p_design, self.task.states), dtype=float)
-            over = np.maximum(over, np.maximum(limit.low + c / 2 - v, v - (limit.high - c / 2)))
+            over = np.maximum(over, np.maximum(limit.low + c_low / 2 - v, v - (limit.high - c_high / 2)))
         if strict_slack:
             return bool(np.all(over <= 0.0))
         # a soft plan is applied when it does no worse than it predicts

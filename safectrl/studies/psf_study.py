@@ -261,7 +261,7 @@ def _limited(task: Any, x: np.ndarray, params: Any) -> np.ndarray:
                             for lim in task.limits])
 
 
-def tightening_episode(env_id: str, tightening: tuple[float, ...], policy: str, seed: int,
+def tightening_episode(env_id: str, tightening: tuple[Any, ...], policy: str, seed: int,
                        steps: int | None, noise: bool, plant: str | None, model: str) -> dict[str, Any]:
     """One episode of ``policy`` ("bang-bang" or "uniform" over the task's input box) behind the filter with
     ``tightening``, predicting with ``model`` on ``plant`` (default: the task's actual plant). Per limit: the
@@ -270,12 +270,13 @@ def tightening_episode(env_id: str, tightening: tuple[float, ...], policy: str, 
     plan's predicted quantity after one interval came within a quarter of the tightening of its tightened
     bound ("riding"), the plant's excess over that prediction towards the limit."""
     from safectrl.models.registry import get_task
-    from safectrl.safety.psf import predictive_safety_filter, with_config
+    from safectrl.safety.psf import bound_tightenings, predictive_safety_filter, with_config
     from safectrl.studies.executor import worker_setup
 
     worker_setup()
     task = get_task(env_id)
     m = task.model
+    c_low, c_high = np.array(bound_tightenings(tightening), dtype=float).T
     p_plant, p_model = task.plant(plant if plant is not None else task.actual), task.plant(model)
     base = BangBang(m.u_low, m.u_high) if policy == "bang-bang" else Uniform(m.u_low, m.u_high)
     psf = predictive_safety_filter(base, env_id, params=p_model, config=with_config(env_id, tightening=tightening))
@@ -289,13 +290,13 @@ def tightening_episode(env_id: str, tightening: tuple[float, ...], policy: str, 
     planned = _limited(task, np.array([x[1] for x in psf.record.predicted]), p_model)
     low = np.array([lim.low for lim in task.limits])
     high = np.array([lim.high for lim in task.limits])
-    c = np.asarray(tightening, dtype=float)
     inside = np.minimum(value - low, high - value)  # (n, L) distance inside each limit
-    upper = planned >= high - c - c / 4
-    lower = planned <= low + c + c / 4
+    upper = planned >= high - c_high - c_high / 4
+    lower = planned <= low + c_low + c_low / 4
     toward = np.where(upper, value[:n] - planned, planned - value[:n])  # the plant beyond the plan, limit-wards
     # how far the applied plans themselves ended their first interval beyond a tightened bound (soft plans)
-    slack = np.maximum(planned - (high - c), (low + c) - planned).max(axis=0) if n else np.full(len(c), -np.inf)
+    slack = (np.maximum(planned - (high - c_high), (low + c_low) - planned).max(axis=0) if n
+             else np.full(len(c_low), -np.inf))
     rep = psf.episode_report()
     return {"margin": inside.min(axis=0), "outside": int(np.sum(np.any(inside < 0, axis=1))),
             "plan_beyond": slack,
@@ -313,14 +314,20 @@ TIGHTENING_HEADERS = ("scale", "tightening", "policy", "noise", "episodes", "fai
                       "interventions %", "fallbacks", "ms/decision median")
 
 
-def tightening_table(task: Any, base: tuple[float, ...], scales: tuple[float, ...],
+def tightening_table(task: Any, base: tuple[Any, ...], scales: tuple[float, ...],
                      results: dict[tuple, dict[str, Any]]) -> tuple[float, list[list]]:
     """The chosen scale and the table's rows, from the episodes in ``results`` keyed by (scale, policy, noise,
     seed). A scale qualifies with no failure, no interval outside any limit, and every limit's smallest margin
-    at least :data:`MARGIN_FRACTION` of its tightening; the choice is the smallest scale above which every
-    scale tried qualifies too (NaN if the largest does not)."""
+    at least :data:`MARGIN_FRACTION` of its tightening (of its bounds' smaller one); the choice is the smallest
+    scale above which every scale tried qualifies too (NaN if the largest does not)."""
+    from safectrl.safety.psf import bound_tightenings
+
     rows, qualifies = [], {}
     names = [lim.name for lim in task.limits]
+    pairs = np.array(bound_tightenings(base), dtype=float)  # (L, 2)
+
+    def shown(scale: float) -> str:
+        return ", ".join(f"{scale * lo:g}" if lo == hi else f"{scale * lo:g}/{scale * hi:g}" for lo, hi in pairs)
 
     def per_limit(values: np.ndarray) -> str:
         return ", ".join(f"{n} {v:.4g}" for n, v in zip(names, values))
@@ -339,9 +346,9 @@ def tightening_table(task: Any, base: tuple[float, ...], scales: tuple[float, ..
                 failures = sum(bool(r["failed"]) for r in eps)
                 outside = sum(int(r["outside"]) for r in eps)
                 margin = np.min([np.asarray(r["margin"]) for r in eps], axis=0)
-                kept = bool(np.all(margin >= MARGIN_FRACTION * scale * np.asarray(base)))
+                kept = bool(np.all(margin >= MARGIN_FRACTION * scale * pairs.min(axis=1)))
                 clean = clean and failures == 0 and outside == 0 and kept
-                rows.append([scale, ", ".join(f"{scale * c:g}" for c in base), policy, "yes" if noise else "no",
+                rows.append([scale, shown(scale), policy, "yes" if noise else "no",
                              len(eps), failures, outside,
                              per_limit(margin),
                              per_limit(np.max([np.asarray(r["plan_beyond"]) for r in eps], axis=0)),
@@ -392,12 +399,12 @@ def run_tightening(config: PSFTighteningConfig = PSFTighteningConfig(),
     """Run (or resume) the study; writes ``config.json``, ``tasks/`` and ``tightening.md`` into ``config.out``.
     With measurement noise on as well where the task defines it."""
     from safectrl.models.registry import get_task
-    from safectrl.safety.psf import DEFAULTS, PSFConfig
+    from safectrl.safety.psf import DEFAULTS, PSFConfig, bound_tightenings, scale_tightening
 
     task = get_task(config.env)
     filter_config = DEFAULTS.get(config.env, PSFConfig())
     base = filter_config.tightening
-    if base is None or not any(base):
+    if base is None or not np.any(np.array(bound_tightenings(base)) > 0):
         raise ValueError(f"{task.name}'s filter has no tightening to scale; give it one in psf.DEFAULTS")
     out = Path(config.out) if config.out else options.timestamped(TIGHTENING_KIND)
     recorded = {**{k: v for k, v in asdict(config).items() if k not in ("out", "workers", "scales")},
@@ -412,7 +419,7 @@ def run_tightening(config: PSFTighteningConfig = PSFTighteningConfig(),
             store = ResultStore(out / runfolder.TASKS)
             tasks, keys = [], {}
             for scale in scales:
-                tight = tuple(scale * c for c in base)
+                tight = scale_tightening(base, scale)
                 for policy in TASK_POLICIES:
                     for noise in noises:
                         for k in range(config.episodes):
@@ -427,7 +434,7 @@ def run_tightening(config: PSFTighteningConfig = PSFTighteningConfig(),
     chosen, rows = tightening_table(task, base, scales, {keys[k]: v for k, v in done.items()})
     (out / "tightening.md").write_text(
         f"# Predictive safety filter: tightening of {task.name} behind adversarial policies (tuning seeds)\n\n"
-        f"Filter tightening {', '.join(f'{lim.name} {c:g}' for lim, c in zip(task.limits, base))}; plant "
+        f"Filter tightening {', '.join(f'{lim.name} {c}' for lim, c in zip(task.limits, base))}; plant "
         f"{config.plant or 'the actual plant'}, model {config.model!r}.\n\n{report.markdown_table(TIGHTENING_HEADERS, rows)}"
         f"\n\n{CHOICE_RULE}: {chosen:g}\n")
     return chosen, rows, out
