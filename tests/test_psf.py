@@ -226,6 +226,29 @@ def test_bad_configurations_are_one_clear_error():
                                  config=with_config("safectrl/CartPoleContinuous-v0", tightening=(5.0, 0.01)))
     with pytest.raises(TypeError, match="reset"):
         predictive_safety_filter(object(), REACTOR)
+    with pytest.raises(ValueError, match="tightening\\[0\\] must have 2 entries, got 3"):
+        PSFConfig(tightening=((1.0, 2.0, 3.0),))
+    with pytest.raises(ValueError, match="tightening\\[0\\]\\[1\\] must be >= 0"):
+        PSFConfig(tightening=((1.0, -2.0),))
+    with pytest.raises(ValueError, match="tightening \\(600, 500\\) mg/dL empties the limit G"):
+        predictive_safety_filter(Constant(np.zeros(2)), "safectrl/BiGlucose-v0",
+                                 config=with_config("safectrl/BiGlucose-v0", tightening=((600.0, 500.0),)))
+
+
+def test_a_limits_two_bounds_are_tightened_separately():
+    """A (c_low, c_high) entry moves each bound of its limit by its own margin, in the plans' constraints and
+    in the certification by the last plan continued; a number moves both; scaling keeps the pairs."""
+    from safectrl.models import biglucose
+    from safectrl.safety.psf import scale_tightening
+
+    env_id = "safectrl/BiGlucose-v0"
+    psf = predictive_safety_filter(Constant(np.zeros(2)), env_id,
+                                   config=with_config(env_id, tightening=((40.0, 150.0),)))
+    (bound,) = psf.bounds
+    assert (bound.low, bound.high) == (biglucose.G_LIMIT.low + 40.0, biglucose.G_LIMIT.high - 150.0)
+    both = predictive_safety_filter(Constant(np.zeros(2)), env_id, config=with_config(env_id, tightening=(40.0,)))
+    assert (both.bounds[0].low, both.bounds[0].high) == (biglucose.G_LIMIT.low + 40.0, biglucose.G_LIMIT.high - 40.0)
+    assert scale_tightening(((40.0, 150.0), 2.0), 0.5) == ((20.0, 75.0), 1.0)
 
 
 @pytest.mark.parametrize("elements, holds", [(None, True), (1, False)])

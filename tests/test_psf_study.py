@@ -134,3 +134,18 @@ def test_the_glucose_filter_behind_bang_bang_insulin_keeps_the_actual_patient_in
     assert r["length"] == 100 and not r["failed"] and r["outside"] == 0 and r["margin"][0] > 0
     assert r["error"].shape == r["riding"].shape == (100, 1) and r["riding"].sum() >= 10
     assert np.max(r["error"][r["riding"]]) < c / 2
+
+
+class _OneLimit:
+    limits = (type("L", (), {"name": "G"})(),)
+
+
+def test_a_limit_tightened_per_bound_is_scaled_and_shown_per_bound():
+    ep = {"margin": np.array([12.0]), "outside": 0, "failed": False, "length": 1, "plan_beyond": np.array([-1.0]),
+          "error": np.array([[0.5]]), "riding": np.array([[True]]), "interventions": 0.1, "fallbacks": 0, "ms": 3.0}
+    results = {(scale, "bang-bang", False, 0): ep for scale in (0.5, 1.0)}
+    chosen, rows = psf_study.tightening_table(_OneLimit, ((40.0, 150.0),), (0.5, 1.0), results)
+    h = psf_study.TIGHTENING_HEADERS
+    assert [r[h.index("tightening")] for r in rows] == ["20/75", "40/150"]
+    # a quarter of the smaller bound's tightening: 12 >= 5 at 0.5x, but 12 >= 10 too at 1x
+    assert chosen == 0.5
