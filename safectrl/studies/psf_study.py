@@ -266,9 +266,9 @@ def tightening_episode(env_id: str, tightening: tuple[Any, ...], policy: str, se
     """One episode of ``policy`` ("bang-bang" or "uniform" over the task's input box) behind the filter with
     ``tightening``, predicting with ``model`` on ``plant`` (default: the task's actual plant). Per limit: the
     smallest distance inside it over the episode (negative: outside), how far the applied plans' own
-    one-interval predictions went beyond the tightened bound (positive: a soft plan), and at the steps where the applied
-    plan's predicted quantity after one interval came within a quarter of the tightening of its tightened
-    bound ("riding"), the plant's excess over that prediction towards the limit."""
+    one-interval predictions went beyond the tightened bound (positive: a soft plan), and at the steps where
+    the applied plan's predicted quantity after one interval came within a quarter of the tightening of its
+    tightened bound ("riding"), the plant's excess over that prediction towards the limit."""
     from safectrl.models.registry import get_task
     from safectrl.safety.psf import bound_tightenings, predictive_safety_filter, with_config
     from safectrl.studies.executor import worker_setup
@@ -435,6 +435,6 @@ def run_tightening(config: PSFTighteningConfig = PSFTighteningConfig(),
     (out / "tightening.md").write_text(
         f"# Predictive safety filter: tightening of {task.name} behind adversarial policies (tuning seeds)\n\n"
         f"Filter tightening {', '.join(f'{lim.name} {c}' for lim, c in zip(task.limits, base))}; plant "
-        f"{config.plant or 'the actual plant'}, model {config.model!r}.\n\n{report.markdown_table(TIGHTENING_HEADERS, rows)}"
-        f"\n\n{CHOICE_RULE}: {chosen:g}\n")
+        f"{config.plant or 'the actual plant'}, model {config.model!r}.\n\n"
+        f"{report.markdown_table(TIGHTENING_HEADERS, rows)}\n\n{CHOICE_RULE}: {chosen:g}\n")
     return chosen, rows, out
