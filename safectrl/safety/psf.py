@@ -155,13 +155,14 @@ class PSFConfig:
 #: decisions.md#psf-tightening): Glucose's 40 mg/dL kept; the Klatt-Engell CSTR's raised 1.5x (at 1x C_a came
 #: within 0.001 mol/L of its limit); CartPole's halved. CartPole's terminal band is 1e-4, not 0.01: with
 #: 20-ms intervals, 0.01 let a plan end with the cart at 0.5 m/s, not invariant, and the filter dropped the
-#: pole behind bang-bang forces even on its own model. BiGlucose's 40 mg/dL kept although no multiple tried
-#: held behind bang-bang (decisions.md#psf-tightening says why).
+#: pole behind bang-bang forces even on its own model. BiGlucose's bounds are tightened separately, 60 mg/dL
+#: above hypoglycaemia and 225 below hyperglycaemia: with 40 on both, no multiple tried held behind
+#: bang-bang (the actual patient's insulin acts 3x slower than the model's).
 DEFAULTS: dict[str, PSFConfig] = {
     "safectrl/PolyCSTR-v0": PSFConfig(tightening=(2.5,)),
     "safectrl/Glucose-v0": PSFConfig(tightening=(40.0,), terminal="free", collocation_degree=2,
                                      collocation_elements=1, regularisation=1e-3),
-    "safectrl/BiGlucose-v0": PSFConfig(tightening=((40.0, 150.0),), terminal="free", collocation_degree=2,
+    "safectrl/BiGlucose-v0": PSFConfig(tightening=((60.0, 225.0),), terminal="free", collocation_degree=2,
                                        collocation_elements=1, regularisation=1e-4),
     "safectrl/KlattEngellCSTR-v0": PSFConfig(tightening=(0.075, 0.075, 7.5, 7.5), collocation_degree=2,
                                              collocation_elements=1, regularisation=1e-4),
