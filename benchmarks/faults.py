@@ -451,6 +451,62 @@ def _truncated_task(tmp: Path) -> Outcome:
                    f"results identical: {same}", same)
 
 
+#: A tiny RL-ACR study (CartPole, RL-ACR, 4 training episodes of 8 intervals, its state saved after every
+#: episode), as the code of a separate Python process.
+_TINY_ACR = """
+import os, signal
+from safectrl.rl.env import TaskEnv
+from safectrl.studies import acr_study
+acr_study.make_env = lambda e, p: TaskEnv(e, plant=acr_study.plant_params(e, p), max_steps=8)
+acr_study.STATE_INTERVAL = 0.0
+preset = acr_study.ACRPreset('tiny', seeds=1, episodes=4, pretrain_episodes=1,
+                             envs=('safectrl/CartPoleContinuous-v0',), methods=('RL-ACR',))
+"""
+
+
+@case("an RL-ACR study killed while saving a training task's state, then run again")
+def _killed_training(tmp: Path) -> Outcome:
+    import subprocess
+
+    from safectrl.studies import acr_study
+    from safectrl.studies.executor import ResultStore
+
+    def run(folder: Path, extra: str = "") -> subprocess.CompletedProcess:
+        code = (_TINY_ACR + extra
+                + f"acr_study.run_acr_study(preset, {str(folder)!r}, serial=True, progress=False)\n")
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
+
+    # dies in the third save (after episode 3), between the slot's weights and its config.json
+    kill = ("import safectrl.common.checkpoint as ck\n"
+            "_write, _n = ck._atomic_write, []\n"
+            "def _dying(path, data):\n"
+            "    _n.append(path.name)\n"
+            "    if _n.count('config.json') == 3: os.kill(os.getpid(), signal.SIGKILL)\n"
+            "    _write(path, data)\n"
+            "ck._atomic_write = _dying\n")
+    clean = run(tmp / "clean")
+    killed = run(tmp / "run", kill)
+    if clean.returncode != 0 or killed.returncode != -9:
+        return Outcome("crash", f"the case is broken (exits {clean.returncode}, {killed.returncode}): "
+                                f"{(clean.stderr or killed.stderr)[-200:]}", True)
+    again = run(tmp / "run")
+    if again.returncode != 0:
+        return Outcome("crash", f"rerun: exit {again.returncode}: {again.stderr[-300:]}", False)
+    preset = acr_study.ACRPreset("tiny", seeds=1, episodes=4, pretrain_episodes=1,
+                                 envs=("safectrl/CartPoleContinuous-v0",), methods=("RL-ACR",))
+    key = acr_study._key("safectrl/CartPoleContinuous-v0", "RL-ACR", 0, preset)
+    want = ResultStore(tmp / "clean" / "tasks").stored([key])[key]
+    got = ResultStore(tmp / "run" / "tasks").stored([key])[key]
+    times = {"step_time", "prior_time", "wall_time", "resumed_at_episode", "discarded_training_states"}
+    same = all(np.array_equal(np.asarray(got[k]), np.asarray(v), equal_nan=np.asarray(v).dtype.kind == "f")
+               for k, v in want.items() if k not in times)
+    warned = "not used" in again.stderr
+    ok = same and got["resumed_at_episode"] == 2 and got["discarded_training_states"] == 1 and warned
+    n_bad, start = got["discarded_training_states"], got["resumed_at_episode"]
+    return Outcome("recovered" if ok else "silent", f"the half-written state named and not used ({n_bad}), "
+                   f"resumed at episode {start} of 4 from the other; results identical: {same}", same)
+
+
 def _without_timing(path: Path) -> list[dict[str, str]]:
     import csv
 

@@ -65,27 +65,45 @@ class Checkpoint:
         ``expected`` is the state the caller built from :attr:`config` (e.g. :func:`module_tensors` of fresh
         networks), so weights that do not fit the recorded configuration are named, not half-loaded.
         """
-        missing = sorted(set(expected) - set(self.tensors))
-        unexpected = sorted(set(self.tensors) - set(expected))
-        wrong = []
-        for k, v in expected.items():
-            got = self.tensors.get(k)
-            if got is not None and (got.shape != v.shape or got.dtype != v.dtype):
-                wrong.append(f"{k} {tuple(got.shape)} {got.dtype} (expected {tuple(v.shape)} {v.dtype})")
-        if missing or unexpected or wrong:
-            parts = [f"missing {missing[:5]}" if missing else "",
-                     f"unexpected {unexpected[:5]}" if unexpected else "",
-                     f"wrong shape or dtype: {wrong[:5]}" if wrong else ""]
-            raise CheckpointError(f"the tensors in {self.weights_path} do not match the recorded config "
-                                  f"({'; '.join(p for p in parts if p)})")
+        check_tensors(self.tensors, expected, str(self.weights_path))
 
     def load_into(self, modules: Mapping[str, torch.nn.Module]) -> None:
-        """Check the tensors against ``modules`` (named as by :func:`module_tensors`) and load them."""
-        self.check_tensors(module_tensors(modules))
-        for name, module in modules.items():
-            prefix = f"{name}."
-            state = {k[len(prefix):]: v for k, v in self.tensors.items() if k.startswith(prefix)}
-            module.load_state_dict(state, strict=True)
+        """Check the tensors against ``modules`` (named as by :func:`module_tensors`; no other tensor may be
+        in the checkpoint) and load them."""
+        check_tensors(self.tensors, module_tensors(modules), str(self.weights_path))
+        load_modules(modules, self.tensors, str(self.weights_path))
+
+
+def check_tensors(tensors: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor],
+                  where: str) -> None:
+    """Raise CheckpointError unless ``tensors`` have exactly the names, shapes and dtypes of ``expected``
+    (``where`` names their file in the message)."""
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    wrong = []
+    for k, v in expected.items():
+        got = tensors.get(k)
+        if got is not None and (got.shape != v.shape or got.dtype != v.dtype):
+            wrong.append(f"{k} {tuple(got.shape)} {got.dtype} (expected {tuple(v.shape)} {v.dtype})")
+    if missing or unexpected or wrong:
+        parts = [f"missing {missing[:5]}" if missing else "",
+                 f"unexpected {unexpected[:5]}" if unexpected else "",
+                 f"wrong shape or dtype: {wrong[:5]}" if wrong else ""]
+        raise CheckpointError(f"the tensors in {where} do not match the recorded config "
+                              f"({'; '.join(p for p in parts if p)})")
+
+
+def load_modules(modules: Mapping[str, torch.nn.Module], tensors: Mapping[str, torch.Tensor],
+                 where: str) -> None:
+    """Load ``modules`` from the tensors named ``"<module>.<key>"`` among ``tensors`` (others are ignored),
+    after checking that they are exactly the modules' state (names, shapes, dtypes)."""
+    prefixes = tuple(f"{name}." for name in modules)
+    mine = {k: v for k, v in tensors.items() if k.startswith(prefixes)}
+    check_tensors(mine, module_tensors(modules), where)
+    for name, module in modules.items():
+        prefix = f"{name}."
+        state = {k[len(prefix):]: v for k, v in mine.items() if k.startswith(prefix)}
+        module.load_state_dict(state, strict=True)
 
 
 def module_tensors(modules: Mapping[str, torch.nn.Module]) -> dict[str, torch.Tensor]:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -34,8 +35,10 @@ import torch
 from torch import nn
 
 from safectrl.common import validation
+from safectrl.common.checkpoint import load_modules, module_tensors
 from safectrl.common.protocol import DecisionMaker
 from safectrl.rl.networks import BoxScaler, mlp
+from safectrl.rl.resume import load_optimizer_state, optimizer_state
 from safectrl.rl.sac import SAC, SACConfig
 
 
@@ -212,6 +215,23 @@ class RLACR:
             gap = sac.critic.min_q(obs_n, a_rl_n) - sac.critic.min_q(obs_n, a_prior_n)
         self._episode["q_gap"].append(gap.mean().item())
         return q.item()
+
+    def training_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """SAC's training state, the focus network and its Adam moments (:mod:`safectrl.rl.resume`). The prior
+        keeps nothing between episodes (it is reset at each)."""
+        tensors, record = self.sac.training_state()
+        tensors = {f"sac.{k}": v for k, v in tensors.items()}
+        tensors.update(module_tensors({"focus": self.focus}))
+        moments, groups = optimizer_state(self.focus_opt, "focus_opt")
+        tensors.update(moments)
+        return tensors, {"sac": record, "focus_opt": groups}
+
+    def restore_training_state(self, tensors: dict[str, torch.Tensor], record: dict[str, Any]) -> None:
+        """Continue from :meth:`training_state` (read back from a checkpoint)."""
+        self.sac.restore_training_state({k[4:]: v for k, v in tensors.items() if k.startswith("sac.")},
+                                        record["sac"])
+        load_modules({"focus": self.focus}, tensors, "the training state")
+        load_optimizer_state(self.focus_opt, "focus_opt", tensors, record["focus_opt"])
 
     def end_episode(self) -> dict[str, float]:
         betas = np.asarray(self._episode["beta"])

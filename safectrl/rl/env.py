@@ -311,6 +311,24 @@ class TaskEnv(gym.Env):
         info = self._core.info(self._all, np.zeros(1, bool), np.zeros(1, bool))
         return self._core.obs[0].copy(), _unbatch(info)
 
+    def rng_state(self) -> dict[str, Any]:
+        """The env's random generators (initial states and noise, faults) as JSON, for a training run to
+        continue the same streams after a restart (:mod:`safectrl.rl.resume`)."""
+        return {"np_random": self.np_random.bit_generator.state,
+                "faults": [g.bit_generator.state for g in self._core.fault_rngs]}
+
+    def set_rng_state(self, state: dict[str, Any]) -> None:
+        """Put the generators into a state given by :meth:`rng_state` (after a seeded :meth:`reset`)."""
+        from safectrl.rl.resume import set_generator_state
+
+        faults = list(state.get("faults", []))
+        if len(faults) != len(self._core.fault_rngs):
+            raise ValueError(f"the stored env state has {len(faults)} fault generator(s), this env "
+                             f"{len(self._core.fault_rngs)}: it was made with other faults")
+        set_generator_state(self.np_random, state["np_random"])
+        for g, s in zip(self._core.fault_rngs, faults):
+            set_generator_state(g, s)
+
     def step(self, action: Any):
         if self._done:
             raise RuntimeError("step() called on a finished episode; call reset() first")

@@ -35,10 +35,18 @@ from safectrl.common.checkpoint import (
     Checkpoint,
     CheckpointError,
     load_checkpoint,
+    load_modules,
     module_tensors,
     save_checkpoint,
 )
 from safectrl.rl.networks import BoxScaler, TanhGaussianActor, TwinQ, adam
+from safectrl.rl.resume import (
+    TrainingCheckpoint,
+    generator_state,
+    load_optimizer_state,
+    optimizer_state,
+    set_generator_state,
+)
 from safectrl.rl.rollout import run_episode
 
 #: The ``kind`` of SAC checkpoints (:mod:`safectrl.common.checkpoint`).
@@ -117,6 +125,28 @@ class ReplayBuffer:
     def sample(self, rng: np.random.Generator, batch: int) -> dict[str, torch.Tensor]:
         idx = rng.integers(0, self.size, size=batch)
         return {k: torch.from_numpy(v[idx]) for k, v in self._arrays.items()}
+
+    def state(self, prefix: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The stored transitions as tensors ``"<prefix>.<field>"`` and the counters (a training state)."""
+        tensors = {f"{prefix}.{k}": torch.from_numpy(v[: self.size].copy()) for k, v in self._arrays.items()}
+        return tensors, {"size": self.size, "next": self._next, "capacity": self.capacity,
+                         "extra_action": self._extra}
+
+    def load_state(self, prefix: str, tensors: dict[str, torch.Tensor], record: dict[str, Any]) -> None:
+        """Refill the buffer from :meth:`state` (read back); its layout must be this buffer's."""
+        mine = {"capacity": self.capacity, "extra_action": self._extra}
+        theirs = {k: record.get(k) for k in mine}
+        if theirs != mine:
+            raise CheckpointError(f"the stored replay buffer ({theirs}) is not this learner's ({mine})")
+        size = int(record["size"])
+        self._arrays = {}
+        self._grow(max(size, min(self.capacity, 4096)))
+        for k, v in self._arrays.items():
+            data = tensors.get(f"{prefix}.{k}")
+            if data is None or tuple(data.shape) != (size, *v.shape[1:]):
+                raise CheckpointError(f"the stored replay buffer's {k!r} is missing or has the wrong shape")
+            v[:size] = data.numpy()
+        self.size, self._next = size, int(record["next"])
 
 
 class SAC:
@@ -239,6 +269,32 @@ class SAC:
     def modules(self) -> dict[str, nn.Module]:
         return {"actor": self.actor, "critic": self.critic, "critic_target": self.critic_target}
 
+    def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"actor_optimizer": self.actor_optimizer, "critic_optimizer": self.critic_optimizer}
+
+    def training_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """All that later training depends on (:mod:`safectrl.rl.resume`): the networks, their Adam moments,
+        the replay buffer, the generator and the counters; (tensors, JSON record)."""
+        tensors = module_tensors(self.modules())
+        record: dict[str, Any] = {"steps": self.steps, "updates": self.updates, "pretrained": self.pretrained,
+                                  "rng": generator_state(self.rng), "optimizers": {}}
+        for name, optimizer in self._optimizers().items():
+            moments, record["optimizers"][name] = optimizer_state(optimizer, name)
+            tensors.update(moments)
+        stored, record["buffer"] = self.buffer.state("buffer")
+        tensors.update(stored)
+        return tensors, record
+
+    def restore_training_state(self, tensors: dict[str, torch.Tensor], record: dict[str, Any]) -> None:
+        """Continue from :meth:`training_state` (read back from a checkpoint)."""
+        load_modules(self.modules(), tensors, "the training state")
+        for name, optimizer in self._optimizers().items():
+            load_optimizer_state(optimizer, name, tensors, record["optimizers"][name])
+        self.buffer.load_state("buffer", tensors, record["buffer"])
+        set_generator_state(self.rng, record["rng"])
+        self.steps, self.updates, self.pretrained = int(record["steps"]), int(record["updates"]), \
+            bool(record["pretrained"])
+
     def _checkpoint_config(self) -> dict[str, Any]:
         config = {"sac": asdict(self.config),
                   "observation_low": self.obs_scaler.low.tolist(),
@@ -359,7 +415,8 @@ def normalised_return(rewards: np.ndarray, failed: bool) -> float:
 
 
 def train(env: gym.Env, learner: Learner, episodes: int, seed: int = 0, progress: bool = True,
-          desc: str = "training", shield: Shield | None = None) -> list[EpisodeLog]:
+          desc: str = "training", shield: Shield | None = None,
+          checkpoint: TrainingCheckpoint | None = None) -> list[EpisodeLog]:
     """Run ``episodes`` whole training episodes of ``learner`` on ``env``; one update per env step.
 
     Each episode is one :func:`~safectrl.rl.rollout.run_episode` of the learner's exploration with its
@@ -377,10 +434,16 @@ def train(env: gym.Env, learner: Learner, episodes: int, seed: int = 0, progress
             the action the env received (the filtered one). The wrapper's ``episode_report()``, if it has
             one, is logged as ``shield_<name>`` extras, and its mean time per decision (the learner's
             proposal included) as ``shield_decision_time`` (s).
+        checkpoint: keep the run's state there between episodes and resume from it
+            (:mod:`safectrl.rl.resume`): a run stopped at any point restarts with a fresh ``env`` and
+            ``learner`` built as before, from the last saved episode, and ends as if it had not stopped. The
+            learner needs ``training_state()`` and ``restore_training_state(tensors, record)``.
 
     Raises:
         ValueError: ``episodes`` < 1.
-        TypeError: ``shield`` returned something that is not a decision-maker.
+        TypeError: ``shield`` returned something that is not a decision-maker; a ``checkpoint`` for a learner
+            without a training state.
+        CheckpointError: the checkpoint holds another run's state (another identity, seed, or more episodes).
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
@@ -392,8 +455,14 @@ def train(env: gym.Env, learner: Learner, episodes: int, seed: int = 0, progress
             raise TypeError(f"shield must return a decision-maker (reset(seed=None), act(obs)), got "
                             f"{type(explorer).__name__}")
         report = getattr(explorer, "episode_report", None)
-    logs = []
-    for k in tqdm(range(episodes), desc=desc, disable=not progress, leave=False):
+    logs: list[EpisodeLog] = []
+    if checkpoint is not None:
+        if not all(callable(getattr(learner, f, None)) for f in ("training_state", "restore_training_state")):
+            raise TypeError(f"{type(learner).__name__} has no training state (training_state(), "
+                            "restore_training_state()): it cannot be trained with a checkpoint")
+        logs = _resume(env, learner, checkpoint, seed, episodes)
+    for k in tqdm(range(len(logs), episodes), desc=desc, disable=not progress, leave=False, initial=len(logs),
+                  total=episodes):
         violations = 0  # intervals an env flags in info["violation"] (e.g. the reactor's T > T_max)
         flagged = False  # the env reports violations at all
 
@@ -415,4 +484,44 @@ def train(env: gym.Env, learner: Learner, episodes: int, seed: int = 0, progress
                 extras.update({f"shield_{name}": float(v) for name, v in report().items()})
         logs.append(EpisodeLog(k, float(np.sum(ep.rewards)), ep.length, failed,
                                normalised_return(ep.rewards, failed), float(ep.step_time.mean()), extras))
+        if checkpoint is not None and (checkpoint.due() or k == episodes - 1):
+            _save_state(env, learner, checkpoint, seed, logs)
     return logs
+
+
+def _save_state(env: gym.Env, learner: Any, checkpoint: TrainingCheckpoint, seed: int,
+                logs: list[EpisodeLog]) -> None:
+    tensors, state = learner.training_state()
+    tensors = {f"learner.{k}": v for k, v in tensors.items()}
+    tensors["torch_rng"] = torch.get_rng_state()
+    base = env.unwrapped
+    env_state = base.rng_state() if callable(getattr(base, "rng_state", None)) else \
+        {"np_random": generator_state(base.np_random)}
+    checkpoint.save(tensors, {"episodes_done": len(logs), "seed": seed, "learner": state, "env": env_state,
+                              "logs": [asdict(lg) for lg in logs]})
+
+
+def _resume(env: gym.Env, learner: Any, checkpoint: TrainingCheckpoint, seed: int,
+            episodes: int) -> list[EpisodeLog]:
+    """The logs of the episodes in ``checkpoint`` with the learner, torch and the env put where they were
+    after them; [] if it holds no state."""
+    loaded = checkpoint.load()
+    if loaded is None:
+        return []
+    tensors, record = loaded
+    where = checkpoint.folder
+    if record.get("seed") != seed:
+        raise CheckpointError(f"{where} holds a run with seed {record.get('seed')}, not {seed}")
+    if record["episodes_done"] > episodes:
+        raise CheckpointError(f"{where} holds {record['episodes_done']} episodes, more than the {episodes} "
+                              "asked for")
+    learner.restore_training_state({k[len("learner."):]: v for k, v in tensors.items()
+                                    if k.startswith("learner.")}, record["learner"])
+    torch.set_rng_state(tensors["torch_rng"])
+    env.reset(seed=seed)  # seeded as the first episode was; then its generators as the last episode left them
+    base = env.unwrapped
+    if callable(getattr(base, "set_rng_state", None)):
+        base.set_rng_state(record["env"])
+    else:
+        set_generator_state(base.np_random, record["env"]["np_random"])
+    return [EpisodeLog(**lg) for lg in record["logs"]]

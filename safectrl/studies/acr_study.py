@@ -40,10 +40,18 @@ from safectrl.common.protocol import DecisionMaker
 from safectrl.models.registry import get_task
 from safectrl.rl.acr import RLACR, RLACRConfig
 from safectrl.rl.env import TaskEnv
+from safectrl.rl.resume import TrainingCheckpoint
 from safectrl.rl.rollout import run_episode
 from safectrl.rl.sac import SAC, EpisodeLog, ReplayBuffer, Shield, normalised_return, train
 from safectrl.studies import report, runfolder
-from safectrl.studies.executor import CONNECT_TIMEOUT, ResultStore, Task, make_executor, run_tasks
+from safectrl.studies.executor import (
+    CONNECT_TIMEOUT,
+    ResultStore,
+    Task,
+    make_executor,
+    run_tasks,
+    task_state_dir,
+)
 
 POLYCSTR = "safectrl/PolyCSTR-v0"
 ENV_LABELS = {
@@ -175,9 +183,19 @@ def _logs_to_result(logs: list[EpisodeLog]) -> dict[str, Any]:
     return out
 
 
+#: Seconds between two saves of a training task's state (at most a minute of training lost when stopped).
+STATE_INTERVAL = 60.0
+
+
 def run_method(env_id: str, method: str, seed: int, episodes: int, pretrain_episodes: int,
-               progress: bool = False) -> dict[str, Any]:
-    """Train (or run) one method on one env with one seed; a flat dict of arrays and numbers."""
+               progress: bool = False, checkpoint: str | None = None) -> dict[str, Any]:
+    """Train (or run) one method on one env with one seed; a flat dict of arrays and numbers.
+
+    ``checkpoint``: a folder where the training keeps its state between episodes (at most a minute apart) and
+    resumes from (:mod:`safectrl.rl.resume`); a task stopped midway then restarts where it was and ends with
+    the result of a run that never stopped. ``resumed_at_episode`` in the result says where it restarted
+    (0: from the start), ``wall_time`` counts this process only.
+    """
     env = make_env(env_id, "actual")
     t0 = time.perf_counter()
     if method == "MPC":
@@ -186,29 +204,42 @@ def run_method(env_id: str, method: str, seed: int, episodes: int, pretrain_epis
         return {"eval_return": ret, "eval_failed": failed, "eval_length": length,
                 "prior_failures": prior.stats.failures, "wall_time": time.perf_counter() - t0}
     label = f"{ENV_LABELS[env_id]} {method} seed {seed}"
+    identity = f"{env_id}|{method}|seed={seed}|episodes={episodes}|pt={pretrain_episodes}"
+
+    def state(phase: str) -> TrainingCheckpoint | None:
+        if checkpoint is None:
+            return None
+        return TrainingCheckpoint(Path(checkpoint) / phase, f"{identity}|{phase}", interval=STATE_INTERVAL)
+
     result: dict[str, Any] = {}
     shield = make_shield(env_id) if method in FILTERED else None
     base = FILTERED.get(method, method)
+    training = state("training")
     if base == "RL-ACR":
         prior = make_prior(env_id)
         agent = RLACR(env.observation_space, env.action_space, prior, RLACRConfig(), seed=seed)
         result["focus_pretrain_steps"] = agent.pretrain_steps
-        logs = train(env, agent, episodes, seed, progress, label, shield=shield)
-        result["prior_failures"] = prior.stats.failures  # during training (the evaluation follows)
+        logs = train(env, agent, episodes, seed, progress, label, shield=shield, checkpoint=training)
+        # during training (the evaluation follows); from the episodes' logs, which a resumed run keeps
+        result["prior_failures"] = int(sum(lg.extras["prior_failed_solves"] for lg in logs))
     elif base == "SAC":
         agent = SAC(env.observation_space, env.action_space, seed=seed)
-        logs = train(env, agent, episodes, seed, progress, label, shield=shield)
+        logs = train(env, agent, episodes, seed, progress, label, shield=shield, checkpoint=training)
     elif method == "SAC-pt":
         agent = SAC(env.observation_space, env.action_space, seed=seed)
         sim = make_env(env_id, "estimated")
-        pre = train(sim, agent, pretrain_episodes, seed, progress, label + " (pretraining)")
+        pre = train(sim, agent, pretrain_episodes, seed, progress, label + " (pretraining)",
+                    checkpoint=state("pretraining"))
         result["pretrain_failures"] = int(sum(lg.failed for lg in pre))
         agent.buffer = ReplayBuffer(env.observation_space.shape[0], env.action_space.shape[0],
                                     agent.config.buffer_size)  # the actual plant's data only
         agent.steps, agent.pretrained = 0, True
-        logs = train(env, agent, episodes, seed, progress, label)
+        logs = train(env, agent, episodes, seed, progress, label, checkpoint=training)
     else:
         raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
+    if training is not None:  # where a stopped task restarted; unreadable states it could not use (warned)
+        result.update(resumed_at_episode=training.resumed_at,
+                      discarded_training_states=len(training.discarded))
     result.update(_logs_to_result(logs))
     if shield is not None:  # the method as deployed: the trained policy behind a fresh filter
         filtered = shield(agent)
@@ -517,8 +548,13 @@ def run_acr_study(preset: str | ACRPreset = "quick", out: str | Path | None = No
     # tasks first (the filtered methods solve one or two NLPs every step, RL-ACR one), so that the workers
     # finish together.
     order = ("RL-ACR+PSF", "SAC+PSF", "RL-ACR", "SAC-pt", "SAC", "MPC")
-    tasks = [Task(_key(e, m, s, cfg), run_method, (e, m, s, cfg.episodes, cfg.pretrain_episodes))
-             for e in run_envs for m in order if m in cfg.methods for s in seeds]
+    # a training task keeps its state between episodes under tasks/partial: a stopped run loses minutes
+    def state_dir(key: str) -> str:
+        return str(task_state_dir(out_dir / runfolder.TASKS, key))
+
+    tasks = [Task(key, run_method, (e, m, s, cfg.episodes, cfg.pretrain_episodes, False, state_dir(key)))
+             for e in run_envs for m in order if m in cfg.methods for s in seeds
+             for key in (_key(e, m, s, cfg),)]
     executor = make_executor(scheduler, workers, serial, connect_timeout)  # connects: nothing written yet
     t0 = time.perf_counter()
     try:

@@ -6,7 +6,10 @@ to an executor and stores each result in a :class:`ResultStore` the moment it ar
 * a task already stored is never run again: an interrupted study resumes from what was saved;
 * a worker that dies costs only the tasks it was running: the local pool is rebuilt and those tasks are
   resubmitted (at most ``max_attempts`` times each); Dask reschedules them by itself;
-* the results do not depend on the executor: a task is a pure function of its arguments (its own seeds).
+* the results do not depend on the executor: a task is a pure function of its arguments (its own seeds);
+* a long task may keep its own progress in :func:`task_state_dir` (the RL-ACR study's training runs save
+  their state between episodes there), so that even the task in flight resumes where it stopped; the folder
+  is removed once the task's result is stored.
 
 Executors: :class:`LocalPool` (``concurrent.futures``, spawned processes, the default), :class:`DaskExecutor`
 (``--scheduler tcp://HOST:PORT`` connects to a running cluster; ``--workers N`` starts a ``LocalCluster``) and
@@ -64,6 +67,18 @@ def _call_task(task: Task) -> Any:
 
 #: The name of a stored result: 24 hex digits of the key's SHA-256.
 TASK_FILE = r"[0-9a-f]{24}\.npz"
+#: The folder under a store's root where tasks keep their progress (:func:`task_state_dir`).
+PARTIAL = "partial"
+
+
+def _task_name(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:24]
+
+
+def task_state_dir(root: str | os.PathLike, key: str) -> Path:
+    """Where the task ``key`` of the store at ``root`` may keep its progress until its result is stored (not
+    created here). On a Dask cluster of several machines it is a path on the worker's machine."""
+    return Path(root) / PARTIAL / _task_name(key)
 #: Default seconds to wait for a Dask scheduler to answer (``--connect-timeout``).
 CONNECT_TIMEOUT = 10.0
 
@@ -91,7 +106,7 @@ class ResultStore:
         self.set_aside: list[Path] = []  # corrupt files moved to root/corrupt/ by this store
 
     def _path(self, key: str) -> Path:
-        return self.root / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".npz")
+        return self.root / (_task_name(key) + ".npz")
 
     def __contains__(self, key: str) -> bool:
         return self._path(key).exists()
@@ -327,6 +342,8 @@ def run_tasks(
     if len(set(keys)) != len(keys):
         raise ValueError("task keys must be unique")
     results = store.stored(keys)
+    for key in results:  # progress left behind by a run stopped between storing a result and this cleanup
+        shutil.rmtree(task_state_dir(store.root, key), ignore_errors=True)
     todo = [t for t in tasks if t.key not in results]
     if progress and len(todo) < len(tasks):
         print(f"{desc}: {len(tasks) - len(todo)} of {len(tasks)} already done, resuming")
@@ -335,6 +352,7 @@ def run_tasks(
             for task, result in executor.map_unordered(todo):
                 store.save(task.key, result)
                 results[task.key] = store.load(task.key)
+                shutil.rmtree(task_state_dir(store.root, task.key), ignore_errors=True)
                 bar.update()
     return {k: results[k] for k in keys}
 

@@ -26,7 +26,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from safectrl.studies.executor import TASK_FILE
+from safectrl.studies.executor import PARTIAL, TASK_FILE
 
 CONFIG = "config.json"
 KIND_KEY = "kind"
@@ -183,9 +183,11 @@ def commit(folder: RunFolder) -> Path:
 
 
 def remove_task_files(tasks: Path) -> int:
-    """Remove the result files (and their set-aside corrupt copies) in ``tasks``; nothing else. The count."""
+    """Remove the result files (and their set-aside corrupt copies) in ``tasks`` and the progress of
+    unfinished tasks (``tasks/partial``); nothing else. The count of result files."""
     if not tasks.is_dir():
         return 0
+    shutil.rmtree(tasks / PARTIAL, ignore_errors=True)
     removed = 0
     for f in [*tasks.iterdir(), *((tasks / "corrupt").iterdir() if (tasks / "corrupt").is_dir() else ())]:
         if f.is_file() and (re.fullmatch(TASK_FILE, f.name) or f.name.endswith(".tmp.npz")):
@@ -196,12 +198,14 @@ def remove_task_files(tasks: Path) -> int:
 
 @contextmanager
 def cleanup_on_failure(folder: RunFolder) -> Iterator[None]:
-    """Remove the folder if this run created it and fails (or is interrupted) before its first stored result."""
+    """Remove the folder if this run created it and fails (or is interrupted) before its first stored result
+    or any task's saved progress."""
     try:
         yield
     except BaseException:
         tasks = folder.path / TASKS
-        stored = tasks.is_dir() and any(re.fullmatch(TASK_FILE, f.name) for f in tasks.iterdir())
+        stored = tasks.is_dir() and any(
+            re.fullmatch(TASK_FILE, f.name) or (f.name == PARTIAL and any(f.iterdir())) for f in tasks.iterdir())
         if folder.created and not stored:
             shutil.rmtree(folder.path, ignore_errors=True)
         raise
