@@ -181,6 +181,8 @@ def test_an_acr_study_task_stopped_midway_resumes_from_its_saved_episodes(tmp_pa
         acr_study.run_acr_study(preset, tmp_path / "run", serial=True, progress=False)
     state = task_state_dir(tmp_path / "run" / "tasks", key)
     assert (state / "training").is_dir()  # kept: the folder is not removed with its saved progress
+    table = acr_study._in_progress(preset, {}, [0], tmp_path / "run")  # what the summary shows meanwhile
+    assert table.splitlines()[2].replace(" ", "") == "|CartPole|RL-ACR|0|2of4|0|"
     monkeypatch.setattr(sac_module, "run_episode", run_episode)
     out = acr_study.run_acr_study(preset, tmp_path / "run", serial=True, progress=False)
     got = ResultStore(out / "tasks").stored([key])[key]

@@ -187,6 +187,14 @@ def _logs_to_result(logs: list[EpisodeLog]) -> dict[str, Any]:
 STATE_INTERVAL = 60.0
 
 
+def _training_state(folder: str | Path, env_id: str, method: str, seed: int, episodes: int, pretrain_episodes: int,
+                    phase: str = "training") -> TrainingCheckpoint:
+    """Where a task of :func:`run_method` keeps the state of its training (``phase``: "training", or SAC-pt's
+    "pretraining"), named by all that decides it."""
+    identity = f"{env_id}|{method}|seed={seed}|episodes={episodes}|pt={pretrain_episodes}|{phase}"
+    return TrainingCheckpoint(Path(folder) / phase, identity, interval=STATE_INTERVAL)
+
+
 def run_method(env_id: str, method: str, seed: int, episodes: int, pretrain_episodes: int,
                progress: bool = False, checkpoint: str | None = None) -> dict[str, Any]:
     """Train (or run) one method on one env with one seed; a flat dict of arrays and numbers.
@@ -204,12 +212,11 @@ def run_method(env_id: str, method: str, seed: int, episodes: int, pretrain_epis
         return {"eval_return": ret, "eval_failed": failed, "eval_length": length,
                 "prior_failures": prior.stats.failures, "wall_time": time.perf_counter() - t0}
     label = f"{ENV_LABELS[env_id]} {method} seed {seed}"
-    identity = f"{env_id}|{method}|seed={seed}|episodes={episodes}|pt={pretrain_episodes}"
 
     def state(phase: str) -> TrainingCheckpoint | None:
         if checkpoint is None:
             return None
-        return TrainingCheckpoint(Path(checkpoint) / phase, f"{identity}|{phase}", interval=STATE_INTERVAL)
+        return _training_state(checkpoint, env_id, method, seed, episodes, pretrain_episodes, phase)
 
     result: dict[str, Any] = {}
     shield = make_shield(env_id) if method in FILTERED else None
@@ -420,6 +427,29 @@ def _write_curves(cfg: ACRPreset, results: dict[str, dict[str, Any]], seeds: lis
     plt.close(fig)
 
 
+def _in_progress(cfg: ACRPreset, results: dict[str, dict[str, Any]], seeds: list[int], out_dir: Path) -> str:
+    """A table of the unfinished training tasks that have a saved state in ``out_dir`` (episodes done, failures
+    so far), or "" if there are none. The states are read and verified, not changed."""
+    rows = []
+    for e in cfg.envs:
+        for m in cfg.methods:
+            for s in seeds:
+                key = _key(e, m, s, cfg)
+                folder = task_state_dir(out_dir / runfolder.TASKS, key)
+                if key in results or m not in TRAINED or not (folder / "training").is_dir():
+                    continue
+                loaded = _training_state(folder, e, m, s, cfg.episodes, cfg.pretrain_episodes).load()
+                if loaded is None:
+                    continue
+                logs = loaded[1]["logs"]
+                failures = sum(lg["failed"] for lg in logs[: cfg.failure_window])
+                rows.append([ENV_LABELS[e], m, str(s), f"{len(logs)} of {cfg.episodes}", str(failures)])
+    if not rows:
+        return ""
+    return report.markdown_table(["env", "method", "seed", "training episodes saved",
+                                  f"failures so far (first {min(cfg.episodes, cfg.failure_window)})"], rows)
+
+
 def _write_report(cfg: ACRPreset, results: dict[str, dict[str, Any]], seeds: list[int], out_dir: Path,
                   missing: int) -> str:
     """``episodes.csv``, ``summary.md`` and ``returns.png`` from the finished tasks; the summary's text."""
@@ -439,9 +469,12 @@ def _write_report(cfg: ACRPreset, results: dict[str, dict[str, Any]], seeds: lis
     _write_curves(cfg, results, seeds, out_dir / "returns.png")
     window = min(cfg.episodes, cfg.failure_window)
     n_tasks = len(cfg.envs) * len(cfg.methods) * len(seeds)
+    running = _in_progress(cfg, results, seeds, out_dir) if missing else ""
     status = ("" if not missing else
               f"**Partial: {n_tasks - missing} of {n_tasks} tasks finished.** A cell over fewer seeds than "
-              f"the preset's says so (n=k); the per-seed table marks unfinished tasks '-'.\n\n")
+              f"the preset's says so (n=k); the per-seed table marks unfinished tasks '-'.\n\n"
+              + (f"Unfinished tasks with a saved training state (a rerun resumes them there; not counted in "
+                 f"the tables below):\n\n{running}\n\n" if running else ""))
     text = (f"# RL-ACR study ({cfg.name})\n\nSeeds {seeds}; {cfg.episodes} training episodes per env and method "
             f"on the actual plant (SAC-pt: {cfg.pretrain_episodes} episodes on the estimated model first).\n\n"
             + status
