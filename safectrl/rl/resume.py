@@ -1,4 +1,5 @@
-"""Online training that survives its process: the state of a run at an episode boundary, resumed bit for bit.
+"""Online training that survives its process: the state of a run at an episode boundary, resumed bit for bit
+(docs/decisions.md#training-resume).
 
 :func:`safectrl.rl.sac.train` with a :class:`TrainingCheckpoint` writes, at most every ``interval`` seconds
 and after the last episode, everything the later episodes depend on:
