@@ -342,8 +342,9 @@ def _summaries(cfg: ACRPreset, results: dict[str, dict[str, Any]], seeds: list[i
 
 def _filter_table(cfg: ACRPreset, results: dict[str, dict[str, Any]], seeds: list[int], window: int) -> str:
     """Per env and filtered method: the filter's work over the first ``window`` training episodes, summed over
-    the finished seeds (steps, intervened and certified steps as shares of all steps, fallbacks, rejected
-    plans, soft plans), and the time per filtered decision and per training step."""
+    the finished seeds (steps, intervened and certified steps as shares of all steps, the mean change of each
+    input in its physical units, fallbacks, rejected plans, soft plans), and the time per filtered decision
+    and per training step."""
     rows = []
     for env_id in cfg.envs:
         for method in (m for m in cfg.methods if m in FILTERED):
@@ -360,14 +361,17 @@ def _filter_table(cfg: ACRPreset, results: dict[str, dict[str, Any]], seeds: lis
                 return int(sum(np.sum(r[key][:window]) for r in res))
 
             p = SHIELD_PREFIX
+            du = ", ".join(f"{name} {share(f'{p}mean_abs_du_{name}'):.3g}"
+                           for name in get_task(env_id).model.inputs if f"{p}mean_abs_du_{name}" in res[0])
             rows.append([ENV_LABELS[env_id], method, len(res), int(steps), share(p + "interventions"),
-                         share(p + "certified"), total(p + "fallbacks"), total(p + "rejected_plans"),
+                         share(p + "certified"), du, total(p + "fallbacks"), total(p + "rejected_plans"),
                          total(p + "soft"), 1e3 * share(p + "decision_time"), 1e3 * share("step_time")])
     if not rows:
         return ""
     return report.markdown_table(["env", "method", "seeds", "steps", "interventions (share of steps)",
-                                  "certified (share)", "fallbacks", "rejected plans", "soft plans",
-                                  "ms per filtered decision", "ms per training step"], rows)
+                                  "certified (share)", "mean abs(u - a) per input (its units)", "fallbacks",
+                                  "rejected plans", "soft plans", "ms per filtered decision",
+                                  "ms per training step"], rows)
 
 
 def _write_curves(cfg: ACRPreset, results: dict[str, dict[str, Any]], seeds: list[int], path: Path) -> None:
