@@ -598,6 +598,9 @@ def run_acr_study(preset: str | ACRPreset = "quick", out: str | Path | None = No
         with runfolder.cleanup_on_failure(folder):
             runfolder.commit(folder)
             store = ResultStore(out_dir / runfolder.TASKS)
+            saved = [t.key for t in tasks if t.key not in store and Path(state_dir(t.key)).is_dir()]
+            if progress and saved:
+                print(f"RL-ACR study: {len(saved)} unfinished task(s) continue from their saved training state")
             results = run_tasks(tasks, executor, store, desc="RL-ACR study", progress=progress)
     finally:
         executor.close()
