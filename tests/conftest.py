@@ -9,6 +9,17 @@ import safectrl  # noqa: F401  (registers the environments)
 from safectrl.models import polycstr as pc
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small networks on a shared machine: one thread is faster than contended ones (as in the workers)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def minari_root(tmp_path, monkeypatch):
     root = tmp_path / "minari"

@@ -23,13 +23,8 @@ from safectrl.studies.cli import main
 CARTPOLE = "safectrl/CartPoleContinuous-v0"
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Small networks on a shared machine: one thread is faster than contended ones (as in the workers)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+#: small networks on a shared machine: one torch thread (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class _Bandit(gym.Env):

@@ -23,12 +23,8 @@ CARTPOLE = "safectrl/CartPoleContinuous-v0"
 TIMES = {"step_time", "prior_time", "shield_decision_time", "wall_time"}
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+#: small networks on a shared machine: one torch thread (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class _Stop(Exception):

@@ -30,13 +30,8 @@ from safectrl.safety.filter import ActionBox, SafetyFilter
 from safectrl.safety.picnn import PICNN, PICNNArrays, PICNNConfig
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Small networks on a shared machine: threads only add contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+#: small networks on a shared machine: one torch thread (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def random_picnn(seed: int, obs_dim: int = 3, act_dim: int = 2, hidden=(16, 16), slope: float = 0.0,

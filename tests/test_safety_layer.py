@@ -7,7 +7,6 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-import torch
 
 from safectrl.models import polycstr as pc
 from safectrl.rl.data import Transitions
@@ -16,12 +15,8 @@ from safectrl.studies import safety_layer as sl
 from safectrl.studies.cli import main
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+#: small networks on a shared machine: one torch thread (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def transitions(P: list[list[float]], T: list[list[float]], failed: list[bool]) -> Transitions:
