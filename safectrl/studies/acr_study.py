@@ -589,7 +589,9 @@ def run_acr_study(preset: str | ACRPreset = "quick", out: str | Path | None = No
     def state_dir(key: str) -> str:
         return str(task_state_dir(out_dir / runfolder.TASKS, key))
 
-    tasks = [Task(key, run_method, (e, m, s, cfg.episodes, cfg.pretrain_episodes, False, state_dir(key)))
+    # in-process (--serial) a task shows its training episodes too; worker processes would garble the bars
+    episode_bars = progress and serial and scheduler is None and workers is None
+    tasks = [Task(key, run_method, (e, m, s, cfg.episodes, cfg.pretrain_episodes, episode_bars, state_dir(key)))
              for e in run_envs for m in order if m in cfg.methods for s in seeds
              for key in (_key(e, m, s, cfg),)]
     executor = make_executor(scheduler, workers, serial, connect_timeout)  # connects: nothing written yet
