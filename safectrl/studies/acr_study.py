@@ -187,8 +187,8 @@ def _logs_to_result(logs: list[EpisodeLog]) -> dict[str, Any]:
 STATE_INTERVAL = 60.0
 
 
-def _training_state(folder: str | Path, env_id: str, method: str, seed: int, episodes: int, pretrain_episodes: int,
-                    phase: str = "training") -> TrainingCheckpoint:
+def _training_state(folder: str | Path, env_id: str, method: str, seed: int, episodes: int,
+                    pretrain_episodes: int, phase: str = "training") -> TrainingCheckpoint:
     """Where a task of :func:`run_method` keeps the state of its training (``phase``: "training", or SAC-pt's
     "pretraining"), named by all that decides it."""
     identity = f"{env_id}|{method}|seed={seed}|episodes={episodes}|pt={pretrain_episodes}|{phase}"
@@ -432,8 +432,8 @@ def _write_curves(cfg: ACRPreset, results: dict[str, dict[str, Any]], seeds: lis
 
 
 def _in_progress(cfg: ACRPreset, results: dict[str, dict[str, Any]], seeds: list[int], out_dir: Path) -> str:
-    """A table of the unfinished training tasks that have a saved state in ``out_dir`` (episodes done, failures
-    so far), or "" if there are none. The states are read and verified, not changed."""
+    """A table of the unfinished training tasks that have a saved state in ``out_dir`` (episodes done,
+    failures so far), or "" if there are none. The states are read and verified, not changed."""
     rows = []
     for e in cfg.envs:
         for m in cfg.methods:
@@ -591,7 +591,8 @@ def run_acr_study(preset: str | ACRPreset = "quick", out: str | Path | None = No
 
     # in-process (--serial) a task shows its training episodes too; worker processes would garble the bars
     episode_bars = progress and serial and scheduler is None and workers is None
-    tasks = [Task(key, run_method, (e, m, s, cfg.episodes, cfg.pretrain_episodes, episode_bars, state_dir(key)))
+    tasks = [Task(key, run_method,
+                  (e, m, s, cfg.episodes, cfg.pretrain_episodes, episode_bars, state_dir(key)))
              for e in run_envs for m in order if m in cfg.methods for s in seeds
              for key in (_key(e, m, s, cfg),)]
     executor = make_executor(scheduler, workers, serial, connect_timeout)  # connects: nothing written yet
@@ -602,7 +603,8 @@ def run_acr_study(preset: str | ACRPreset = "quick", out: str | Path | None = No
             store = ResultStore(out_dir / runfolder.TASKS)
             saved = [t.key for t in tasks if t.key not in store and Path(state_dir(t.key)).is_dir()]
             if progress and saved:
-                print(f"RL-ACR study: {len(saved)} unfinished task(s) continue from their saved training state")
+                print(f"RL-ACR study: {len(saved)} unfinished task(s) continue from their saved training "
+                      "state")
             results = run_tasks(tasks, executor, store, desc="RL-ACR study", progress=progress)
     finally:
         executor.close()

@@ -204,8 +204,10 @@ def cleanup_on_failure(folder: RunFolder) -> Iterator[None]:
         yield
     except BaseException:
         tasks = folder.path / TASKS
-        stored = tasks.is_dir() and any(
-            re.fullmatch(TASK_FILE, f.name) or (f.name == PARTIAL and any(f.iterdir())) for f in tasks.iterdir())
+        def kept(f: Path) -> bool:  # a stored result, or a task's saved progress
+            return bool(re.fullmatch(TASK_FILE, f.name)) or (f.name == PARTIAL and any(f.iterdir()))
+
+        stored = tasks.is_dir() and any(kept(f) for f in tasks.iterdir())
         if folder.created and not stored:
             shutil.rmtree(folder.path, ignore_errors=True)
         raise
