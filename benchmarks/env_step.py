@@ -88,6 +88,27 @@ def main() -> None:
 
     env_episode()
     rows.append(("env.step (gym.make, single reactor)", best_of(env_episode, 5) / n, rel_err(ours)))
+    # The interval inside env.step: one compiled call (the env's since 2026-12) against the previous path,
+    # step_batch and then the stage cost, the limits' exceedance and the failure test in NumPy.
+    task, p1 = pc.TASK, pc.MODEL.param_vector(PARAMS)
+    sp = np.array([pc.SCENARIOS["startup"].setpoint])
+    states, inputs = ours[:-1, None, :], actions[:, None, :]
+
+    def pieces():
+        for x, u in zip(states, inputs):
+            xf = pc.MODEL.step_batch(x, u, p1)
+            with np.errstate(all="ignore"):
+                task.stage_cost_numpy(xf, u, sp, PARAMS)
+            task.exceedance(xf, PARAMS)
+            task.failed(xf, PARAMS)
+
+    def fused():
+        for x, u in zip(states, inputs):
+            task.transition(x, u, p1, sp)
+
+    fused(), pieces()
+    rows.append(("  interval, previous: step_batch + NumPy cost, limits", best_of(pieces, 5) / n, float("nan")))
+    rows.append(("  interval, now: Task.transition (one compiled call)", best_of(fused, 5) / n, float("nan")))
     model_calls = {}
     for N in (1, 64, 1024):
         # N reactors at N different points of the episode, each with that point's input

@@ -154,5 +154,11 @@ def test_direct_call_equals_casadi_and_checks_sizes(rng, nominal_params):
     ref = fn(x, u, p)
     np.testing.assert_array_equal(xf, np.asarray(ref[0]).ravel())
     assert err[0] == float(ref[1])
-    with pytest.raises(ValueError, match="input 1 needs 2 numbers, got 3"):
+    with pytest.raises(ValueError, match=r"input 1 needs 2 numbers, got \(3,\)"):
         direct(x, np.ones(3), p)
+    with pytest.raises(ValueError, match=r"input 0 needs 5 numbers, got \(\)"):
+        direct(1.0, u, p)  # one number is not broadcast into the state
+    with pytest.raises(TypeError, match="takes 3 arguments"):
+        direct(x, u)
+    xf_row, _ = direct(x[None, :], u[None, :], p)  # a row works as a vector
+    np.testing.assert_array_equal(xf_row, xf)

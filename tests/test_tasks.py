@@ -106,6 +106,48 @@ def test_task_functions_agree_in_casadi_and_numpy(env_id):
                                    rtol=1e-12)
 
 
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_compiled_transition_equals_the_numpy_pieces(env_id):
+    """The env's one compiled call per interval (Task.transition) against what it replaces: step_batch, then
+    the stage cost, the operating limits' exceedance and the failure test in NumPy, on one plant and on a
+    batch with inputs at both bounds, a state far outside the failure set and one that is not finite (for
+    the reactor also rows whose interval CVODES recomputes)."""
+    task = registry.get_task(env_id)
+    m = task.model
+    rng = np.random.default_rng(3)
+    env = TaskEnv(env_id)
+    env.reset(seed=0)
+    n = 8
+    x = env.state * (1 + 0.05 * rng.standard_normal((n, m.nx))) + 1e-3 * rng.standard_normal((n, m.nx))
+    x[6] = 3.0 * env.state + 10.0  # far away: outside the failure set (a runaway, for the reactor)
+    x[7, 0] = np.nan
+    u = m.u_low + (m.u_high - m.u_low) * rng.random((n, m.nu))
+    u[0], u[1] = m.u_low, m.u_high
+    sp = np.tile(np.asarray(env.scenario.setpoint, dtype=float), (n, 1))
+    p = m.param_vector(task.actual)
+    t0 = np.arange(n) * m.dt
+    for rows in (slice(None), slice(0, 1), slice(6, 7)):
+        before = m.fallbacks
+        x_ref = m.step_batch(x[rows], u[rows], p, t0[rows])
+        redone = m.fallbacks - before
+        with np.errstate(all="ignore"):
+            cost_ref = task.stage_cost_numpy(x_ref, u[rows], sp[rows], task.actual)
+            exceed_ref = task.exceedance(x_ref, task.actual)
+        failed_ref = task.failed(x_ref, task.actual)
+        before = m.fallbacks
+        step = task.transition(x[rows], u[rows], p, sp[rows], t0[rows])
+        assert m.fallbacks - before == redone  # the same intervals recomputed by CVODES
+        np.testing.assert_array_equal(step.x, x_ref)
+        np.testing.assert_allclose(step.stage_cost, cost_ref, rtol=1e-13)  # NumPy's log vs libm's: an ulp
+        np.testing.assert_allclose(step.exceedance, exceed_ref, rtol=1e-13, atol=0)
+        np.testing.assert_array_equal(step.failed, failed_ref)
+        if rows == slice(None):
+            assert failed_ref[6:].all() and not np.isfinite(step.x[7]).all()
+            assert np.isinf(step.exceedance[7])
+            if env_id == "safectrl/PolyCSTR-v0":
+                assert redone >= 2
+
+
 def test_task_definitions_are_checked():
     task = registry.get_task(TANK)
     from dataclasses import replace

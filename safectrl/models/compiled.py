@@ -96,8 +96,10 @@ class DirectCall:
 
     Passing NumPy arrays through CasADi's Python bindings costs ~25 us per argument (conversion to DM);
     for a single reactor that dwarfs the ~6 us of arithmetic. This calls the generated C entry point with
-    preallocated buffers instead. Dense inputs and outputs only; not thread-safe (one instance per thread).
-    Falls back to calling ``fn`` (same results) when no compiled library is available.
+    preallocated buffers instead: each argument is copied into its input buffer (a vector, or an array of
+    one row; matrices are not accepted), whose address the C function was given once. Dense inputs and
+    outputs only; not thread-safe (one instance per thread). Falls back to calling ``fn`` (same results)
+    when no compiled library is available.
     """
 
     def __init__(self, fn: ca.Function) -> None:
@@ -105,6 +107,10 @@ class DirectCall:
             if not fn.sparsity_in(i).is_dense():
                 raise ValueError(f"{fn.name()}: input {i} is sparse; DirectCall needs dense arguments")
         self.fn = fn
+        for i in range(fn.n_in()):
+            if min(fn.size_in(i)) > 1:
+                raise ValueError(f"{fn.name()}: input {i} is a matrix; DirectCall takes vectors")
+        self._in = [np.zeros(fn.nnz_in(i)) for i in range(fn.n_in())]
         self._out = [np.zeros(fn.nnz_out(i)) for i in range(fn.n_out())]
         self._c = None
         lib = _library(fn)
@@ -119,6 +125,9 @@ class DirectCall:
         self._res = (ctypes.c_void_p * sz_res)()
         self._iw = (c_int * max(sz_iw, 1))()
         self._w = np.zeros(max(sz_w, 1))
+        self._w_ptr = self._w.ctypes.data
+        for i, buf in enumerate(self._in):
+            self._arg[i] = buf.ctypes.data
         for i, out in enumerate(self._out):
             self._res[i] = out.ctypes.data
         self._c = dll[fn.name()]
@@ -128,16 +137,19 @@ class DirectCall:
 
     def __call__(self, *args: np.ndarray) -> list[np.ndarray]:
         """Evaluate; returns fresh copies of the outputs, each flattened (column-major for matrices)."""
+        if len(args) != len(self._in):
+            raise TypeError(f"{self.fn.name()} takes {len(self._in)} arguments, got {len(args)}")
         if self._c is None:
             return [np.asarray(o, dtype=float).ravel(order="F") for o in self.fn(*args)]
-        keep = []
-        for i, a in enumerate(args):
-            a = np.ascontiguousarray(a, dtype=float)
-            if a.size != self.fn.nnz_in(i):
-                raise ValueError(f"{self.fn.name()}: input {i} needs {self.fn.nnz_in(i)} numbers, got {a.size}")
-            keep.append(a)
-            self._arg[i] = a.ctypes.data
-        status = self._c(self._arg, self._res, self._iw, self._w.ctypes.data, 0)
+        for i, (buf, a) in enumerate(zip(self._in, args)):
+            try:
+                if np.size(a) != len(buf):  # (else a single number would be broadcast into the buffer)
+                    raise ValueError
+                buf[:] = a  # a (k,) vector, a (1, k) row or, for k == 1, a scalar
+            except (ValueError, TypeError):
+                raise ValueError(f"{self.fn.name()}: input {i} needs {len(buf)} numbers, got "
+                                 f"{np.shape(a)}") from None
+        status = self._c(self._arg, self._res, self._iw, self._w_ptr, 0)
         if status != 0:
             raise RuntimeError(f"{self.fn.name()}: compiled evaluation returned status {status}")
         return [o.copy() for o in self._out]

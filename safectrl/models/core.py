@@ -386,26 +386,43 @@ class ODEModel:
         Returns:
             States at the end of the interval, shape (N, nx). NaN where even CVODES failed.
         """
-        x = np.atleast_2d(np.asarray(x, dtype=float))
-        n = x.shape[0]
-        u = np.broadcast_to(np.asarray(u, dtype=float), (n, self.nu))
-        p = np.broadcast_to(np.asarray(p, dtype=float), (n, self.n_params))
-        t0 = np.broadcast_to(np.asarray(t0, dtype=float), (n,))
-        if n == 1:  # one reactor: call the compiled code directly, skipping CasADi's argument conversion
+        x, u, p, t0 = self.batch_args(x, u, p, t0)
+        if len(x) == 1:  # one reactor: call the compiled code directly, skipping CasADi's argument conversion
             if self._direct is None:
                 self._direct = compiled.DirectCall(self.interval_function())
-            args1 = [x[0], u[0], p[0]] + ([t0[:1]] if self.time_varying else [])
-            xf1, err = self._direct(*args1)
+            xf1, err = self._direct(x[0], u[0], p[0], *((t0,) if self.time_varying else ()))
             xf = xf1[None, :]
         else:
             args = [x.T, u.T, p.T] + ([t0[None, :]] if self.time_varying else [])
-            xf, err = self._batched(n)(*args)
-            xf = np.asarray(xf).T.reshape(n, self.nx)
-        redo = ~(np.asarray(err).ravel() <= self.err_tol)  # NaN counts as too large
-        for k in np.flatnonzero(redo):
-            xf[k] = self._adaptive_step(x[k], u[k], p[k], t0[k])
-        self.fallbacks += int(redo.sum())
+            xf, err = self._batched(len(x))(*args)
+            xf = np.asarray(xf).T.reshape(len(x), self.nx)
+        self.recompute_inaccurate(xf, err, x, u, p, t0)
         return xf
+
+    def batch_args(self, x, u, p, t0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``step_batch``'s arguments as float arrays (N, nx), (N, nu), (N, n_params), (N,)."""
+        x = np.asarray(x, dtype=float)
+        if x.ndim == 1:
+            x = x[None, :]
+        n = x.shape[0]
+        if n == 1:  # the env's case: reshape instead of broadcast_to, a few microseconds a call
+            u = np.asarray(u, dtype=float).reshape(1, self.nu)
+            p = np.asarray(p, dtype=float).reshape(1, self.n_params)
+            return x, u, p, np.asarray(t0, dtype=float).reshape(1)
+        u = np.broadcast_to(np.asarray(u, dtype=float), (n, self.nu))
+        p = np.broadcast_to(np.asarray(p, dtype=float), (n, self.n_params))
+        return x, u, p, np.broadcast_to(np.asarray(t0, dtype=float), (n,))
+
+    def recompute_inaccurate(self, xf: np.ndarray, err: Any, x: np.ndarray, u: np.ndarray, p: np.ndarray,
+                             t0: np.ndarray) -> np.ndarray:
+        """Recompute by CVODES, in place, the rows of ``xf`` whose RODAS4 error estimate ``err`` exceeds
+        :attr:`err_tol` (NaN counts as too large); counted in :attr:`fallbacks`. Returns the rows' mask."""
+        redo = ~(np.asarray(err).ravel() <= self.err_tol)
+        if redo.any():
+            for k in np.flatnonzero(redo):
+                xf[k] = self._adaptive_step(x[k], u[k], p[k], t0[k])
+            self.fallbacks += int(redo.sum())
+        return redo
 
     def step(self, x: np.ndarray, u: np.ndarray, params: Any, t0: float = 0.0) -> np.ndarray:
         """Advance one reactor by one interval; ``params`` is the dataclass or its vector. Shape (nx,)."""
