@@ -114,6 +114,28 @@ def test_the_generic_adversarial_policies_stay_in_their_box():
         psf_study.Uniform(low)
 
 
+def test_the_misled_mpc_carries_the_cart_into_a_rail_with_the_pole_up():
+    """The adversary a learned CartPole policy turned out to be in training (a SAC+PSF seed failing 65 times):
+    competent, drifting to a limit. Unfiltered on the actual plant, the regulariser told that the pole leans
+    drives the cart steadily into the rail, the pole upright until then; the shift is the seed's, and 0
+    at the first step."""
+    from safectrl.models import cartpole as cp
+    from safectrl.rl.env import TaskEnv
+    from safectrl.rl.rollout import run_episode
+
+    env_id = "safectrl/CartPoleContinuous-v0"
+    policy = psf_study.MisledMPC(env_id, cp.TASK.nominal)
+    ep = run_episode(TaskEnv(env_id, plant=cp.TASK.actual), policy, psf_study.TUNING_SEED_OFFSET)
+    x = np.asarray(ep.infos["state"])
+    assert ep.terminations[-1] and ep.length > 150  # failed, but only after a long drift
+    assert np.abs(x[:, 0]).max() > cp.X_FAIL and np.abs(x[:-1, 2]).max() < cp.THETA_FAIL
+    shift = policy.shift.copy()
+    assert np.count_nonzero(shift) == 1 and np.abs(shift).max() == pytest.approx(0.75 * 2 * cp.THETA_FAIL)
+    policy.reset(seed=psf_study.TUNING_SEED_OFFSET)
+    np.testing.assert_array_equal(policy.shift, shift)
+    assert policy.k == 0
+
+
 @pytest.mark.parametrize("argv, message", [
     (["safety", "psf-tightening-study", "--env", "safectrl/Mars-v0"], "unknown task 'safectrl/Mars-v0'"),
     (["safety", "psf-tightening-study", "--scales", "1", "1"], "scales must be distinct"),

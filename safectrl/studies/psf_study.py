@@ -106,6 +106,56 @@ class BangBang:
         return self.u.copy()
 
 
+class MisledMPC:
+    """The task's own MPC (:func:`safectrl.controllers.task_nmpc.nmpc_for`, on the filter's model), reading
+    one limited quantity's observation (a limit with two finite bounds whose name is an observation's)
+    shifted towards a side drawn per episode, the shift growing from 0 to
+    :attr:`SHIFT` of that limit's range over the first half of the episode: a competent controller that
+    carries the plant past a limit and keeps it well behaved on the way (CartPole: the pole balanced, the
+    cart driven into a rail), as a learned policy that balances well but drifts does. Bang-bang and uniform
+    inputs do not do that: they shake the plant instead of carrying it to a limit."""
+
+    SHIFT = 0.75
+
+    def __init__(self, env_id: str, params: Any) -> None:
+        from safectrl.controllers.task_nmpc import nmpc_for
+        from safectrl.models.registry import get_task
+
+        self.task = get_task(env_id)
+        self.mpc = nmpc_for(env_id, params)
+        self.shiftable = self._shiftable(self.task)
+        if not self.shiftable:
+            raise ValueError(f"{self.task.name}: no limited quantity with two finite bounds is observed; a "
+                             "misled MPC needs one")
+        self.shift = np.zeros(len(self.task.observations))  # the full shift, reached at step `ramp`
+        self.ramp = max(1, self.task.episode_steps // 2)
+        self.k = 0
+
+    @staticmethod
+    def _shiftable(task: Any) -> list[tuple[int, Any]]:
+        obs = task.observations
+        return [(obs.index(lim.name), lim) for lim in task.limits
+                if lim.name in obs and math.isfinite(lim.high - lim.low)]
+
+    @classmethod
+    def applies(cls, task: Any) -> bool:
+        """Whether ``task`` observes a limited quantity with two finite bounds (else no misled MPC)."""
+        return bool(cls._shiftable(task))
+
+    def reset(self, seed: int | None = None) -> None:
+        rng = np.random.default_rng(seed)
+        index, limit = self.shiftable[int(rng.integers(len(self.shiftable)))]
+        self.shift[:] = 0.0
+        self.shift[index] = (1.0 if rng.random() < 0.5 else -1.0) * self.SHIFT * (limit.high - limit.low)
+        self.k = 0
+        self.mpc.reset(seed)
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        share = min(1.0, self.k / self.ramp)
+        self.k += 1
+        return self.mpc.act(np.asarray(obs, dtype=float) + share * self.shift)
+
+
 def _box(low: np.ndarray | None, high: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     if (low is None) != (high is None):
         raise ValueError("give both low and high, or neither (the reactor's input box)")
@@ -248,7 +298,7 @@ def run_backoff(config: PSFBackoffConfig = PSFBackoffConfig(), progress: bool = 
 
 #: Multiples of the task's tightening (its :data:`safectrl.safety.psf.DEFAULTS` entry) tried.
 SCALES = (0.5, 1.0, 1.5, 2.0)
-TASK_POLICIES = ("bang-bang", "uniform")
+TASK_POLICIES = ("bang-bang", "uniform", "misled MPC")
 TIGHTENING_KIND = "psf-tightening"
 #: A scale qualifies when every limit's smallest margin over its episodes is at least this share of that
 #: limit's tightening (the reactor's back-off study keeps 0.25 K of 2.5 K in the same spirit).
@@ -263,8 +313,9 @@ def _limited(task: Any, x: np.ndarray, params: Any) -> np.ndarray:
 
 def tightening_episode(env_id: str, tightening: tuple[Any, ...], policy: str, seed: int,
                        steps: int | None, noise: bool, plant: str | None, model: str) -> dict[str, Any]:
-    """One episode of ``policy`` ("bang-bang" or "uniform" over the task's input box) behind the filter with
-    ``tightening``, predicting with ``model`` on ``plant`` (default: the task's actual plant). Per limit: the
+    """One episode of ``policy`` ("bang-bang" or "uniform" over the task's input box, or :class:`MisledMPC`)
+    behind the filter with ``tightening``, predicting with ``model`` on ``plant`` (default: the task's actual
+    plant). Per limit: the
     smallest distance inside it over the episode (negative: outside), how far the applied plans' own
     one-interval predictions went beyond the tightened bound (positive: a soft plan), and at the steps where
     the applied plan's predicted quantity after one interval came within a quarter of the tightening of its
@@ -278,7 +329,10 @@ def tightening_episode(env_id: str, tightening: tuple[Any, ...], policy: str, se
     m = task.model
     c_low, c_high = np.array(bound_tightenings(tightening), dtype=float).T
     p_plant, p_model = task.plant(plant if plant is not None else task.actual), task.plant(model)
-    base = BangBang(m.u_low, m.u_high) if policy == "bang-bang" else Uniform(m.u_low, m.u_high)
+    if policy == "misled MPC":
+        base = MisledMPC(env_id, p_model)
+    else:
+        base = BangBang(m.u_low, m.u_high) if policy == "bang-bang" else Uniform(m.u_low, m.u_high)
     psf = predictive_safety_filter(base, env_id, params=p_model, config=with_config(env_id, tightening=tightening))
     env = TaskEnv(task, plant=p_plant, noise=noise, max_steps=steps)
     with warnings.catch_warnings():
@@ -418,9 +472,10 @@ def run_tightening(config: PSFTighteningConfig = PSFTighteningConfig(),
             runfolder.commit(folder)
             store = ResultStore(out / runfolder.TASKS)
             tasks, keys = [], {}
+            policies = TASK_POLICIES if MisledMPC.applies(task) else TASK_POLICIES[:2]
             for scale in scales:
                 tight = scale_tightening(base, scale)
-                for policy in TASK_POLICIES:
+                for policy in policies:
                     for noise in noises:
                         for k in range(config.episodes):
                             seed = TUNING_SEED_OFFSET + k
