@@ -156,3 +156,70 @@ def observer_for(env_id: str, params: Any = None) -> Observer:
     sc = task.scenario()
     _, u0 = sc.initial(np.random.default_rng(0), p)
     return TaskObserver(task, sc, u_init=u0, params=p)
+
+
+class ParameterEstimatingObserver:
+    """A full-state observer that also estimates some of the model's parameters from what it observes.
+
+    The state is read from the observation (:class:`FullStateObserver`, the inner observer); an
+    :class:`~safectrl.controllers.estimation.ExtendedKalmanFilter` on the model, its parameters named in
+    ``estimated`` carried as random-walk states, predicts each interval with the input applied and is
+    corrected by the observed state, so that the parameters follow the plant's transitions. The observed
+    state, not the filter's, is returned, with the parameter estimates as ``params``: a controller (a
+    safety filter) then predicts with the plant that is, not with the model it was given, from nothing but
+    the observations and its own inputs. Non-finite readings are left out of the update (the inner
+    observer replaces them in the state it returns).
+
+    Args:
+        inner: the observer of the state (a :class:`FullStateObserver` of the task).
+        model: the task's model; ``params`` its parameters (the estimates start from them).
+        estimated: names of the parameters to estimate.
+        measurement_std: 1-sigma of each state's reading (noise-free plants: a small number, so that the
+            filter trusts the readings).
+        initial_share: 1-sigma of the first parameter estimate, as a share of its starting value.
+        walk_share: the random-walk step per interval, as a share of the starting value.
+    """
+
+    def __init__(self, inner: FullStateObserver, model: Any, params: Any, estimated: tuple[str, ...],
+                 measurement_std: tuple[float, ...], initial_share: float = 0.5,
+                 walk_share: float = 1e-3) -> None:
+        from safectrl.controllers.estimation import EKFConfig, ExtendedKalmanFilter
+
+        p = params if isinstance(params, np.ndarray) else model.param_vector(params)
+        unknown = [n for n in estimated if n not in model.param_names]
+        if unknown:
+            raise ValueError(f"{model.name} has no parameters {unknown}; valid: "
+                             f"{', '.join(model.param_names)}")
+        start = np.abs(p[[model.param_names.index(n) for n in estimated]])
+        config = EKFConfig(measured=model.states, measurement_std=tuple(measurement_std),
+                           process_std=tuple(measurement_std), initial_std=tuple(measurement_std),
+                           estimated_params=tuple(estimated),
+                           param_process_std=tuple(walk_share * start),
+                           param_initial_std=tuple(initial_share * start))
+        self.inner = inner
+        self.model = model
+        self.ekf = ExtendedKalmanFilter(model, params, config)
+        self._started = False
+        self._u: np.ndarray | None = None
+        self._t = 0.0
+
+    def reset(self, seed: int | None = None) -> None:
+        """A new episode: the state and the parameters start again from the model's."""
+        self.inner.reset(seed)
+        self._started = False
+
+    def __call__(self, obs: np.ndarray) -> Observed:
+        seen = self.inner(obs)
+        y = np.asarray(obs, dtype=float)[: self.model.nx]
+        if not self._started:
+            self.ekf.reset(seen.x)
+            self._started = True
+        else:
+            self.ekf.predict(self._u, self._t)
+            self.ekf.update(y)  # non-finite readings left out
+        self._t = seen.t0
+        return seen._replace(params=self.ekf.params)
+
+    def applied(self, u: np.ndarray) -> None:
+        self.inner.applied(u)
+        self._u = np.asarray(u, dtype=float).copy()

@@ -71,8 +71,8 @@ import numpy as np
 from safectrl.common import validation
 from safectrl.common.faults import FallbackWarning
 from safectrl.common.protocol import DecisionMaker
-from safectrl.controllers.nmpc import NMPC, NMPCConfig, Observer, StateBound
-from safectrl.controllers.task_nmpc import observer_for
+from safectrl.controllers.nmpc import NMPC, FullStateObserver, NMPCConfig, Observer, StateBound
+from safectrl.controllers.task_nmpc import ParameterEstimatingObserver, observer_for
 from safectrl.models.mathns import CASADI
 from safectrl.models.registry import get_task
 from safectrl.models.task import Task
@@ -127,9 +127,13 @@ class PSFConfig:
     tol: float = 1e-7  # the NLP solver's tolerance
     max_iter: int = 100  # the NLP solver's iterations per attempt
     max_cpu_time: float = 10.0  # s per solve (IPOPT only)
+    # model parameters the filter's observer estimates online from the observed transitions (an EKF with
+    # them as random-walk states: ParameterEstimatingObserver); tasks that observe their full state only
+    estimated_params: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         validation.positive_int("horizon", self.horizon)
+        validation.names("estimated_params", self.estimated_params)
         if self.tightening is not None:
             bound_tightenings(self.tightening)
         validation.positive("limit_penalty", self.limit_penalty)
@@ -157,7 +161,9 @@ class PSFConfig:
 #: 20-ms intervals, 0.01 let a plan end with the cart at 0.5 m/s, not invariant, and the filter dropped the
 #: pole behind bang-bang forces even on its own model. BiGlucose's bounds are tightened separately, 60 mg/dL
 #: above hypoglycaemia and 225 below hyperglycaemia: with 40 on both, no multiple tried held behind
-#: bang-bang (the actual patient's insulin acts 3x slower than the model's).
+#: bang-bang (the actual patient's insulin acts 3x slower than the model's). CartPole's filter estimates the
+#: masses and the pole's length online: with the estimated model alone no tightening held behind a policy
+#: that carries the cart into a rail with the pole up (decisions.md#psf-tightening).
 DEFAULTS: dict[str, PSFConfig] = {
     "safectrl/PolyCSTR-v0": PSFConfig(tightening=(2.5,)),
     "safectrl/Glucose-v0": PSFConfig(tightening=(40.0,), terminal="free", collocation_degree=2,
@@ -167,7 +173,8 @@ DEFAULTS: dict[str, PSFConfig] = {
     "safectrl/KlattEngellCSTR-v0": PSFConfig(tightening=(0.075, 0.075, 7.5, 7.5), collocation_degree=2,
                                              collocation_elements=1, regularisation=1e-4),
     "safectrl/CartPoleContinuous-v0": PSFConfig(horizon=50, tightening=(0.1, 0.01), discretisation="shooting",
-                                                regularisation=1e-4, terminal_tolerance=1e-4),
+                                                regularisation=1e-4, terminal_tolerance=1e-4,
+                                                estimated_params=("masscart", "masspole", "length")),
 }
 
 def _glucose_risk(x, u, sp, p, m):
@@ -482,8 +489,16 @@ def predictive_safety_filter(policy: DecisionMaker, env_id: str, params: Any = N
     task = get_task(env_id)
     p = task.plant(params if params is not None else "nominal")
     cfg = config if config is not None else DEFAULTS.get(env_id, PSFConfig())
-    return PredictiveSafetyFilter(policy, task, p, observer_for(env_id, p), cfg,
-                                  regulariser=SMOOTH_COSTS.get(env_id), strict=strict)
+    observer = observer_for(env_id, p)
+    if cfg.estimated_params:
+        m = task.model
+        if tuple(task.observations[: m.nx]) != m.states or not isinstance(observer, FullStateObserver):
+            raise ValueError(f"{task.name}: estimated_params needs an observation that starts with the full "
+                             f"state {m.states}")
+        std = task.measurement_std if task.measurement_std is not None else tuple(1e-6 * m.x_scale)
+        observer = ParameterEstimatingObserver(observer, m, p, tuple(cfg.estimated_params), tuple(std))
+    return PredictiveSafetyFilter(policy, task, p, observer, cfg, regulariser=SMOOTH_COSTS.get(env_id),
+                                  strict=strict)
 
 
 def with_config(env_id: str, **changes: Any) -> PSFConfig:

@@ -62,7 +62,16 @@ def psf_fingerprint(env_id: str) -> str:
     changed (a new back-off, say) reruns them instead of reading stale results."""
     from safectrl.safety.psf import DEFAULTS, PSFConfig
 
-    return fingerprint(dataclasses.asdict(DEFAULTS.get(env_id, PSFConfig())))[:12]
+    config = dataclasses.asdict(DEFAULTS.get(env_id, PSFConfig()))
+    for name, default in ADDED_PSF_FIELDS.items():  # absent from earlier filters' fingerprints
+        if config.get(name) == default:
+            del config[name]
+    return fingerprint(config)[:12]
+
+
+#: PSFConfig fields added after results were stored under their filters' fingerprints: left out of the
+#: fingerprint while at these values, so a filter that does not use them keeps its fingerprint.
+ADDED_PSF_FIELDS: dict[str, Any] = {"estimated_params": ()}
 
 
 @dataclass(frozen=True)
