@@ -204,15 +204,16 @@ CARTPOLE = "safectrl/CartPoleContinuous-v0"
 
 def test_the_cartpole_filter_learns_the_actual_plant_from_its_transitions():
     """CartPole's filter estimates the cart's and the pole's masses and the pole's length online (its
-    observer's EKF): from the estimated model's 1.0, 0.1, 0.5 to the actual plant's 0.8, 0.3, 0.6 within one
-    short episode of random forces, and predicts with the estimates; a new episode starts from the model."""
+    observer's EKF): from the estimated model's 1.0, 0.1, 0.5 to within 3 % of the actual plant's 0.8, 0.3,
+    0.6 in 30 intervals of random forces, and predicts with the estimates; a new episode starts from the
+    model."""
     from safectrl.models import cartpole as cp
     from safectrl.studies.psf_study import Uniform
 
     psf = predictive_safety_filter(Uniform(cp.MODEL.u_low, cp.MODEL.u_high), CARTPOLE)
     assert psf.config.estimated_params == ("masscart", "masspole", "length")
     run_episode(TaskEnv(CARTPOLE, plant=cp.TASK.actual, max_steps=30), psf, 7)
-    np.testing.assert_allclose(psf.observer.ekf.theta, [0.8, 0.3, 0.6], rtol=1e-3)
+    np.testing.assert_allclose(psf.observer.ekf.theta, [0.8, 0.3, 0.6], rtol=0.03)
     psf.reset(seed=8)
     seen = psf.observer(TaskEnv(CARTPOLE).reset(seed=8)[0])
     np.testing.assert_array_equal(seen.params, cp.MODEL.param_vector(cp.ESTIMATED))

@@ -182,7 +182,7 @@ class ParameterEstimatingObserver:
 
     def __init__(self, inner: FullStateObserver, model: Any, params: Any, estimated: tuple[str, ...],
                  measurement_std: tuple[float, ...], initial_share: float = 0.5,
-                 walk_share: float = 1e-3) -> None:
+                 walk_share: float = 1e-3, bound_factor: float = 4.0) -> None:
         from safectrl.controllers.estimation import EKFConfig, ExtendedKalmanFilter
 
         p = params if isinstance(params, np.ndarray) else model.param_vector(params)
@@ -199,6 +199,7 @@ class ParameterEstimatingObserver:
         self.inner = inner
         self.model = model
         self.ekf = ExtendedKalmanFilter(model, params, config)
+        self.bounds = (start / bound_factor, start * bound_factor)  # the estimates are kept inside
         self._started = False
         self._u: np.ndarray | None = None
         self._t = 0.0
@@ -217,6 +218,7 @@ class ParameterEstimatingObserver:
         else:
             self.ekf.predict(self._u, self._t)
             self.ekf.update(y)  # non-finite readings left out
+            self.ekf.theta = np.clip(self.ekf.theta, *self.bounds)
         self._t = seen.t0
         return seen._replace(params=self.ekf.params)
 

@@ -495,7 +495,7 @@ def predictive_safety_filter(policy: DecisionMaker, env_id: str, params: Any = N
         if tuple(task.observations[: m.nx]) != m.states or not isinstance(observer, FullStateObserver):
             raise ValueError(f"{task.name}: estimated_params needs an observation that starts with the full "
                              f"state {m.states}")
-        std = task.measurement_std if task.measurement_std is not None else tuple(1e-6 * m.x_scale)
+        std = task.measurement_std if task.measurement_std is not None else tuple(1e-3 * m.x_scale)
         observer = ParameterEstimatingObserver(observer, m, p, tuple(cfg.estimated_params), tuple(std))
     return PredictiveSafetyFilter(policy, task, p, observer, cfg, regulariser=SMOOTH_COSTS.get(env_id),
                                   strict=strict)
