@@ -178,6 +178,8 @@ class ParameterEstimatingObserver:
             filter trusts the readings).
         initial_share: 1-sigma of the first parameter estimate, as a share of its starting value.
         walk_share: the random-walk step per interval, as a share of the starting value.
+        bound_factor: the estimates are kept within [start / bound_factor, start * bound_factor] (without
+            bounds, CartPole's diverged from random forces: docs/decisions.md#psf-tightening).
     """
 
     def __init__(self, inner: FullStateObserver, model: Any, params: Any, estimated: tuple[str, ...],

@@ -88,10 +88,13 @@ class Limit:
             return cols[states.index(self.name)]
         return self.output(cols, params, m)
 
+    def excess(self, v: Any, m: MathNamespace = NUMPY) -> Any:
+        """max(0, low - v, v - high): how far a finite ``v`` lies outside [low, high], in namespace ``m``."""
+        return m.fmax(0.0, m.fmax(self.low - v, v - self.high))
+
     def exceedance(self, v: np.ndarray) -> np.ndarray:
         """How far ``v`` lies outside [low, high], >= 0; inf where ``v`` is not finite."""
-        over = np.maximum(0.0, np.maximum(self.low - v, v - self.high))
-        return np.where(np.isfinite(v), over, np.inf)
+        return np.where(np.isfinite(v), self.excess(v), np.inf)
 
 
 class Transition(NamedTuple):
@@ -303,11 +306,11 @@ class Task:
                 mapped = fns[n] = compiled.mapped(compiled.compile_function(fns["transition"]), n)
             out = mapped(x.T, u.T, p.T, sp.T, *((t0[None, :],) if m.time_varying else ()))
             xf, err, cost, exceedance, outside = (np.asarray(o, dtype=float) for o in out)
-            xf, cost, exceedance, outside = xf.T.reshape(n, m.nx), cost.ravel(), exceedance.ravel(), outside.ravel()
+            xf = xf.T.reshape(n, m.nx)
+            cost, exceedance, outside = cost.ravel(), exceedance.ravel(), outside.ravel()
         redo = m.recompute_inaccurate(xf, err, x, u, p, t0)
-        if redo.any():
-            for k in np.flatnonzero(redo):
-                cost[k], exceedance[k], outside[k] = (float(o) for o in fns["outputs"](xf[k], u[k], p[k], sp[k]))
+        for k in np.flatnonzero(redo):
+            cost[k], exceedance[k], outside[k] = (float(o) for o in fns["outputs"](xf[k], u[k], p[k], sp[k]))
         finite = np.isfinite(xf).all(axis=1)
         if not finite.all():  # NumPy's NaN semantics for these rows (C's fmax and if_else drop a NaN)
             for k in np.flatnonzero(~finite):
@@ -337,8 +340,7 @@ class Task:
             def exceedance(limits: Sequence[Limit]) -> ca.SX:
                 total = ca.SX(0.0)  # summed in the order of Task.exceedance, from 0
                 for limit in limits:
-                    v = limit.value(cols, named, self.states, CASADI)
-                    total = total + ca.fmax(0.0, ca.fmax(limit.low - v, v - limit.high))
+                    total = total + limit.excess(limit.value(cols, named, self.states, CASADI), CASADI)
                 return total
 
             cost = self.stage_cost(cols, ca.vertsplit(u), ca.vertsplit(sp), named, CASADI)
