@@ -543,3 +543,22 @@ def test_an_acr_preset_runs_a_part_at_a_time_into_one_folder(tmp_path, monkeypat
         run_acr_study(preset, out, serial=True, progress=False, envs=("PolyCSTR",))
     with pytest.raises(ValueError, match="unknown methods \\['PPO'\\]"):
         run_acr_study(preset, out, serial=True, progress=False, methods=("PPO",))
+
+
+def test_an_acr_preset_runs_some_of_its_seeds(tmp_path, monkeypatch):
+    """``seeds`` runs only those of the preset's seeds; the summary counts the others missing, the next part
+    completes the folder, and a seed outside the preset is refused before anything runs."""
+    from safectrl.rl.env import TaskEnv
+    from safectrl.studies import acr_study
+
+    monkeypatch.setattr(acr_study, "make_env", lambda env_id, plant: TaskEnv(
+        env_id, plant=acr_study.plant_params(env_id, plant), max_steps=6))
+    preset = ACRPreset("tiny", seeds=2, episodes=1, pretrain_episodes=0, envs=(CARTPOLE,), methods=("SAC",))
+    out = run_acr_study(preset, tmp_path / "run", serial=True, progress=False, seeds=(1,))
+    assert "Partial: 1 of 2 tasks finished" in (out / "summary.md").read_text()
+    assert {row.split(",")[2] for row in (out / "episodes.csv").read_text().splitlines()[1:]} == {"1"}
+    run_acr_study(preset, out, serial=True, progress=False, seeds=(0, 1))  # seed 1 read back, seed 0 run
+    assert "Partial" not in (out / "summary.md").read_text()
+    assert {row.split(",")[2] for row in (out / "episodes.csv").read_text().splitlines()[1:]} == {"0", "1"}
+    with pytest.raises(ValueError, match="seeds \\[2\\] are not in the 'tiny' preset; valid seeds: 0 to 1"):
+        run_acr_study(preset, out, serial=True, progress=False, seeds=(2,))

@@ -145,6 +145,11 @@ def test_an_env_outside_the_acr_preset_is_a_usage_error(capsys):
     assert "are not in the 'quick' preset; valid envs: CartPole, CSTR" in _one_line(capsys, "study acr")
 
 
+def test_a_seed_outside_the_acr_preset_is_a_usage_error(capsys):
+    assert main(["study", "acr", "--seeds", "1", "3"]) == 2  # the quick preset has seeds 0, 1, 2
+    assert "seeds [3] are not in the 'quick' preset; valid seeds: 0 to 2" in _one_line(capsys, "study acr")
+
+
 @pytest.mark.parametrize("argv, message", [
     (["data", "--episodes", "0"], "must be a positive integer"),
     (["data", "--scenario", "shutdown"], "invalid choice"),
@@ -154,6 +159,7 @@ def test_an_env_outside_the_acr_preset_is_a_usage_error(capsys):
     (["study", "acr", "--report"], "unrecognized arguments"),  # a subcommand now: `study acr report`
     (["study", "acr", "--envs", "Mars"], "invalid choice: 'Mars'"),
     (["study", "acr", "--methods", "SAC", "PPO"], "invalid choice: 'PPO'"),
+    (["study", "acr", "--seeds", "-1"], "must be >= 0, got -1"),
 ])
 def test_bad_arguments_exit_with_usage_error(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:

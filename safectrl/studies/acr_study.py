@@ -544,6 +544,19 @@ def report_acr_study(preset: str | ACRPreset = "quick", out: str | Path | None =
     return out_dir
 
 
+def _select_seeds(cfg: ACRPreset, seeds: tuple[int, ...] | None) -> list[int]:
+    """The seeds to run: ``seeds``, which must be among the preset's (0 to ``cfg.seeds - 1``), in increasing
+    order; all of the preset's if None or empty."""
+    if not seeds:
+        return list(range(cfg.seeds))
+    given = [validation.integer(f"seeds[{i}]", s, low=0) for i, s in enumerate(seeds)]
+    outside = sorted({s for s in given if s >= cfg.seeds})
+    if outside:
+        raise ValueError(f"seeds {outside} are not in the {cfg.name!r} preset; "
+                         f"valid seeds: 0 to {cfg.seeds - 1}")
+    return sorted(set(given))
+
+
 def _select(cfg: ACRPreset, methods: tuple[str, ...] | None, envs: tuple[str, ...] | None
             ) -> tuple[ACRPreset, tuple[str, ...]]:
     """The preset with ``methods`` instead of its own (any of :data:`METHODS`), and the env ids to run:
@@ -565,16 +578,19 @@ def _select(cfg: ACRPreset, methods: tuple[str, ...] | None, envs: tuple[str, ..
 def run_acr_study(preset: str | ACRPreset = "quick", out: str | Path | None = None,
                   scheduler: str | None = None, workers: int | None = None, serial: bool = False,
                   progress: bool = True, force: bool = False, connect_timeout: float = CONNECT_TIMEOUT,
-                  methods: tuple[str, ...] | None = None, envs: tuple[str, ...] | None = None) -> Path:
+                  methods: tuple[str, ...] | None = None, envs: tuple[str, ...] | None = None,
+                  seeds: tuple[int, ...] | None = None) -> Path:
     """Run the RL-ACR study and write ``config.json``, ``episodes.csv``, ``summary.md``, ``returns.png``.
 
     Rerunning with the same ``out`` resumes: finished (env, method, seed) tasks are read back; ``force``
     discards them and runs everything again. A folder of another study is refused, even with ``force``.
-    ``methods`` runs these methods instead of the preset's, ``envs`` only these of its envs (a long preset
-    a part at a time, into one folder); the summary covers the preset's envs and the methods run, with every
+    ``methods`` runs these methods instead of the preset's, ``envs`` only these of its envs and ``seeds``
+    only these of its seeds (a long preset a part at a time, into one folder, or on several machines into
+    folders merged later); the summary covers the preset's envs and seeds and the methods run, with every
     task not finished yet counted as missing.
     """
     cfg, run_envs = _select(_preset(preset), methods, envs)
+    run_seeds = _select_seeds(cfg, seeds)
     out_dir = Path(out) if out is not None else Path("runs") / f"acr-{cfg.name}"
     seeds = list(range(cfg.seeds))
     recorded = {k: v for k, v in asdict(cfg).items() if k != "methods"}  # see ACRPreset.methods
@@ -593,7 +609,7 @@ def run_acr_study(preset: str | ACRPreset = "quick", out: str | Path | None = No
     episode_bars = progress and serial and scheduler is None and workers is None
     tasks = [Task(key, run_method,
                   (e, m, s, cfg.episodes, cfg.pretrain_episodes, episode_bars, state_dir(key)))
-             for e in run_envs for m in order if m in cfg.methods for s in seeds
+             for e in run_envs for m in order if m in cfg.methods for s in run_seeds
              for key in (_key(e, m, s, cfg),)]
     executor = make_executor(scheduler, workers, serial, connect_timeout)  # connects: nothing written yet
     t0 = time.perf_counter()
@@ -643,10 +659,13 @@ class ACRStudyConfig:
     methods: tuple[str, ...] = field(default=(), metadata={"choices": METHODS, "metavar": "METHOD"})
     # run only these of the preset's envs (default: all; the summary has all, unfinished ones marked)
     envs: tuple[str, ...] = field(default=(), metadata={"choices": tuple(ENV_LABELS.values()), "metavar": "ENV"})
+    # run only these of the preset's seeds (default: all; the summary has all, unfinished ones marked)
+    seeds: tuple[int, ...] = field(default=(), metadata={"min": 0, "metavar": "SEED"})
 
     def __post_init__(self) -> None:
         validation.positive("connect_timeout", self.connect_timeout)
-        _select(_preset(self.preset), self.methods, self.envs)  # a bad name is refused before anything runs
+        # a bad name or seed is refused before anything runs
+        _select_seeds(_select(_preset(self.preset), self.methods, self.envs)[0], self.seeds)
 
 
 def run(config: ACRStudyConfig = ACRStudyConfig()) -> Path:
@@ -654,7 +673,7 @@ def run(config: ACRStudyConfig = ACRStudyConfig()) -> Path:
     return run_acr_study(config.preset, config.out, scheduler=config.scheduler, workers=config.workers,
                          serial=config.serial, progress=config.progress, force=config.force,
                          connect_timeout=config.connect_timeout, methods=config.methods or None,
-                         envs=config.envs or None)
+                         envs=config.envs or None, seeds=config.seeds or None)
 
 
 @dataclass(frozen=True)
