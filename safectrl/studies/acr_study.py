@@ -585,8 +585,7 @@ def run_acr_study(preset: str | ACRPreset = "quick", out: str | Path | None = No
     Rerunning with the same ``out`` resumes: finished (env, method, seed) tasks are read back; ``force``
     discards them and runs everything again. A folder of another study is refused, even with ``force``.
     ``methods`` runs these methods instead of the preset's, ``envs`` only these of its envs and ``seeds``
-    only these of its seeds (a long preset a part at a time, into one folder, or on several machines into
-    folders merged later); the summary covers the preset's envs and seeds and the methods run, with every
+    only these of its seeds (a long preset a part at a time, into one folder); the summary covers the preset's envs and seeds and the methods run, with every
     task not finished yet counted as missing.
     """
     cfg, run_envs = _select(_preset(preset), methods, envs)
