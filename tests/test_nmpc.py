@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 from dataclasses import dataclass, replace
 
 import casadi as ca
@@ -9,7 +10,9 @@ import numpy as np
 import pytest
 
 from safectrl.common.protocol import DecisionMaker
+from safectrl.controllers.acr_mpc import glucose_mpc
 from safectrl.controllers.nmpc import (
+    INVALID_START,
     NMPC,
     FullStateObserver,
     NMPCConfig,
@@ -18,6 +21,7 @@ from safectrl.controllers.nmpc import (
     radau_coefficients,
 )
 from safectrl.controllers.polycstr_nmpc import BACKOFF, NMPC_CONFIG, polycstr_nmpc, with_backoff
+from safectrl.models import glucose
 from safectrl.models import polycstr as pc
 from safectrl.models.core import ODEModel
 from safectrl.rl.env import TaskEnv
@@ -193,6 +197,27 @@ def test_forced_solver_failure_holds_the_input_records_it_and_strict_raises():
     with pytest.raises(NMPCSolveError, match="Maximum_Iterations_Exceeded"):
         strict.solve(ss.x, ss.u, np.array(pc.HIGH_GRADE))
     assert strict.stats.failures == 1
+
+
+def test_a_state_outside_the_models_domain_falls_back_instead_of_hanging_fatrop():
+    """The Glucose regulariser's risk takes log(G): a glucose reading below zero (a misled controller's) makes
+    the NLP NaN at the cold start, where fatrop never returns; the attempt is refused before it runs."""
+    nmpc = glucose_mpc(glucose.ESTIMATED)
+    assert nmpc.config.solver == "fatrop"
+    good = np.array([138.0, 0.0, 7.0])  # G mg/dL, X, I
+    bad = np.array([-12.9, 1.9e-4, 7.0])
+    faulthandler.dump_traceback_later(300, exit=True)  # a hang fails the run with a traceback, not a timeout
+    try:
+        first = nmpc.solve(bad, np.array([0.0]))  # no warm start: the cold attempt only
+        ok = nmpc.solve(good, np.array([0.0]))
+        again = nmpc.solve(bad, ok.u)  # warm attempt (fatrop returns a failure), then the cold retry, refused
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+    assert first.fallback and first.status == INVALID_START and first.iterations == 0
+    assert ok.success
+    assert again.fallback and again.status == INVALID_START and nmpc.stats.records[-1].retried
+    np.testing.assert_allclose(again.u, ok.u_plan[1])  # the backup: the last plan's next move
+    assert nmpc.stats.failures == 2
 
 
 def test_warm_start_needs_fewer_iterations_than_a_cold_start():

@@ -50,7 +50,9 @@ Each call to :meth:`NMPC.solve` only sets the parameters (initial state, previou
 parameters, start time) and warm-starts from the previous solution shifted by one interval (IPOPT: primal
 and dual; fatrop takes no multipliers, so its warm instance starts with a small barrier parameter and
 iterates close to their bounds, and a cold start uses a second instance with its default options). Every
-solve's status is checked and recorded in :attr:`NMPC.stats`.
+solve's status is checked and recorded in :attr:`NMPC.stats`; a cold attempt whose start point gives a NaN or
+an infinite objective, gradient or constraint (a state outside the model's domain) is refused before the
+solver runs (status :data:`INVALID_START`): fatrop, started at one, never returns.
 When a warm-started attempt fails, one more attempt starts from the cold guess (``retry_cold``; counted
 in ``stats.retries``). When the solve still fails, the controller applies the next move of the previous
 plan (shifted), or holds the previous input if there is none, and counts the failure;
@@ -98,6 +100,9 @@ from safectrl.models.mathns import CASADI
 StageCost = Callable[[ca.SX, ca.SX, ca.SX], ca.SX]
 #: IPOPT return statuses accepted as a solution; anything else is a failed solve.
 CONVERGED = frozenset({"Solve_Succeeded", "Solved_To_Acceptable_Level"})
+#: The status of an attempt refused before the solver ran: objective, gradient or constraints not finite at the
+#: start point (IPOPT's name for what it reports then; fatrop would not return).
+INVALID_START = "Invalid_Number_Detected"
 #: Terminal conditions of the horizon's last state: none, or a steady state of the model (see the docstring).
 TERMINAL_SETS = ("free", "equilibrium")
 #: NLP solvers of the NMPC (both in the casadi wheel).
@@ -682,6 +687,14 @@ class NMPC:
             "g": ca.vertcat(*g),
         }
         self._nlp = nlp
+        # The NLP's objective, its gradient and the constraints at a cold start (every state at the current one):
+        # a state outside the model's domain (e.g. the log of a negative glucose reading) is refused before the
+        # solver sees it. fatrop has no time limit and, started at a NaN gradient, never returns (seen: > 40 min
+        # in its linear solver); a warm start is the previous solution, finite, and fatrop returns a failure
+        # when a NaN appears later. 0.15-0.25 ms per check, so only cold attempts are checked.
+        self._start_fn = ca.Function(
+            f"{m.name}_nmpc_start", [nlp["x"], nlp["p"]],
+            [ca.vertcat(nlp["f"], ca.gradient(nlp["f"], nlp["x"]), nlp["g"])]).expand()
         self._solver = ca.nlpsol(f"{m.name}_nmpc", cfg.solver, nlp, self._solver_options(cfg.warm_start))
         # fatrop's options cannot change per call, and the warm start's (small mu, iterates close to their
         # bounds) fail from a cold guess: a second instance with the default ones, built when first needed
@@ -936,7 +949,8 @@ class NMPC:
 
     def _attempt(self, args: dict[str, Any], warm: bool) -> tuple[dict[str, Any], str, int, float]:
         """One solver call: its outputs, return status (IPOPT's names; fatrop's success as
-        ``Solve_Succeeded``, its other return flags as ``fatrop_flag_<n>``), iterations and wall time (s)."""
+        ``Solve_Succeeded``, its other return flags as ``fatrop_flag_<n>``; :data:`INVALID_START` without a
+        call when a cold start point is not finite), iterations and wall time (s)."""
         if warm:
             solver = self._solver
         else:
@@ -945,6 +959,10 @@ class NMPC:
                                               self._solver_options(False))
             solver = self._cold_solver
         t_start = time.perf_counter()
+        if not warm and not np.all(np.isfinite(np.asarray(self._start_fn(args["x0"], args["p"])))):
+            nan = np.full(self._w_lo.size, np.nan)
+            out = {"x": nan, "lam_x": nan, "lam_g": np.full(self._g_lo.size, np.nan), "f": np.nan}
+            return out, INVALID_START, 0, time.perf_counter() - t_start
         try:
             out = solver(**args)
         except RuntimeError as exc:  # fatrop raises where IPOPT returns a status (e.g. a NaN in its KKT system)
