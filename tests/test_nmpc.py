@@ -209,6 +209,7 @@ def test_a_state_outside_the_models_domain_falls_back_instead_of_hanging_fatrop(
     faulthandler.dump_traceback_later(300, exit=True)  # a hang fails the run with a traceback, not a timeout
     try:
         first = nmpc.solve(bad, np.array([0.0]))  # no warm start: the cold attempt only
+        assert nmpc._cold_solver is None  # refused before fatrop's cold instance was even built
         ok = nmpc.solve(good, np.array([0.0]))
         again = nmpc.solve(bad, ok.u)  # warm attempt (fatrop returns a failure), then the cold retry, refused
     finally:

@@ -951,18 +951,20 @@ class NMPC:
         """One solver call: its outputs, return status (IPOPT's names; fatrop's success as
         ``Solve_Succeeded``, its other return flags as ``fatrop_flag_<n>``; :data:`INVALID_START` without a
         call when a cold start point is not finite), iterations and wall time (s)."""
+        t_start = time.perf_counter()
         if warm:
             solver = self._solver
         else:
-            if self._cold_solver is None:
+            if not np.all(np.isfinite(np.asarray(self._start_fn(args["x0"], args["p"])))):
+                nan = np.full(self._w_lo.size, np.nan)
+                out = {"x": nan, "lam_x": nan, "lam_g": np.full(self._g_lo.size, np.nan), "f": np.nan}
+                return out, INVALID_START, 0, time.perf_counter() - t_start
+            if self._cold_solver is None:  # built for the first cold start that passes the check
+                t_build = time.perf_counter()
                 self._cold_solver = ca.nlpsol(f"{self.model.name}_nmpc_cold", self.config.solver, self._nlp,
                                               self._solver_options(False))
+                t_start += time.perf_counter() - t_build  # the build is not part of the solve's time
             solver = self._cold_solver
-        t_start = time.perf_counter()
-        if not warm and not np.all(np.isfinite(np.asarray(self._start_fn(args["x0"], args["p"])))):
-            nan = np.full(self._w_lo.size, np.nan)
-            out = {"x": nan, "lam_x": nan, "lam_g": np.full(self._g_lo.size, np.nan), "f": np.nan}
-            return out, INVALID_START, 0, time.perf_counter() - t_start
         try:
             out = solver(**args)
         except RuntimeError as exc:  # fatrop raises where IPOPT returns a status (e.g. a NaN in its KKT system)
@@ -984,7 +986,7 @@ class NMPC:
 
     def _plan(self, x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         """Planned inputs (N, nu), predicted states (N+1, nx) and largest slack of an NLP solution ``w``."""
-        m, N = self.model, self.config.horizon
+        m = self.model
         u_plan = np.clip(np.asarray(self._plan_fn(w)).T, m.u_low, m.u_high)
         z = w[self._z_idx] * m.x_scale
         soft_scale = np.array(self._soft_scales)
