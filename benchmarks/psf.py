@@ -1,7 +1,9 @@
-"""The predictive safety filter on the reactor: its latency against the NMPC's in the same run, whether it
-stays out of the way behind a safe controller, and whether adversarial policies (always the most heat, corners
-of the input box held for random numbers of intervals, uniformly random inputs) behind it stay below T_max
-over whole episodes on the nominal plant, the mismatched one, and the mismatched one with noisy sensors.
+"""The predictive safety filter on the reactor: its latency against the NMPC's in the same run (behind a safe
+controller, and behind the most heat with and without the one-interval screen that skips probes the filter
+would refuse), whether it stays out of the way behind a safe controller, and whether adversarial policies
+(always the most heat, corners of the input box held for random numbers of intervals, uniformly random
+inputs) behind it stay below T_max over whole episodes on the nominal plant, the mismatched one, and the
+mismatched one with noisy sensors.
 
 Run::
 
@@ -28,7 +30,7 @@ from safectrl.models import polycstr as pc
 from safectrl.models.registry import get_task
 from safectrl.rl.env import TaskEnv
 from safectrl.rl.rollout import run_episode
-from safectrl.safety.psf import predictive_safety_filter
+from safectrl.safety.psf import predictive_safety_filter, with_config
 from safectrl.studies import report
 from safectrl.studies.psf_study import BangBang, MostHeat, Uniform
 
@@ -42,10 +44,10 @@ POLICIES = {"most heat": MostHeat, "bang-bang": BangBang, "random": Uniform,
             "PI nominal": lambda: PIController(NOMINAL_TUNING)}
 
 
-def episode(policy, scenario: str, plant: str, seed: int, steps: int, filtered: bool):
+def episode(policy, scenario: str, plant: str, seed: int, steps: int, filtered: bool, config=None):
     name, noise = PLANTS[plant]
     env = TaskEnv(TASK, scenario=scenario, plant=name, noise=noise, max_steps=steps)
-    decider = predictive_safety_filter(policy, ENV) if filtered else policy
+    decider = predictive_safety_filter(policy, ENV, config=config) if filtered else policy
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FallbackWarning)
         ep = run_episode(env, decider, seed)
@@ -54,6 +56,9 @@ def episode(policy, scenario: str, plant: str, seed: int, steps: int, filtered: 
            "cost": float(-ep.rewards.sum()), "ms": float(np.median(ep.decision_time) * 1e3)}
     if filtered:
         row.update(decider.episode_report())
+        rec = decider.record.arrays()
+        row.update(applied=rec["applied"], screened=float(rec["screened"].mean()),
+                   iterations=float(rec["iterations"].mean()))
     return row
 
 
@@ -63,7 +68,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=TASK.episode_steps, help="intervals per episode")
     parser.add_argument("--markdown", help="also write the tables to this file")
     parser.add_argument("--latency-only", action="store_true",
-                        help="only the first table (PI, PI+PSF and the NMPC on the nominal plant)")
+                        help="only the latency tables (PI, PI+PSF and the NMPC on the nominal plant; the most "
+                             "heat behind the filter with and without the screen)")
     args = parser.parse_args()
     seeds = [5000 + k for k in range(args.seeds)]
     scenarios = list(TASK.scenarios)
@@ -88,6 +94,30 @@ def main() -> None:
     ratio = np.median(lat["PSF"]) / np.median(lat["NMPC"])
     out.append(f"\nLatency: PSF {np.median(lat['PSF']):.1f} ms vs NMPC {np.median(lat['NMPC']):.1f} ms per decision "
                f"(medians over episodes), ratio **{ratio:.2f}** (target <= 1.5).\n")
+
+    # 1b. latency where the filter must intervene: the most heat on the mismatched plant, the one-interval
+    # screen (the default) against probing every refused proposal, same episodes
+    rows, lat_heat = [], {True: [], False: []}
+    span = TASK.model.u_high - TASK.model.u_low
+    for sc, seed in tqdm(jobs, desc="most heat + PSF, screen on and off (mismatched plant)"):
+        on, off = (episode(MostHeat(), sc, "mismatch", seed, args.steps, True, with_config(ENV, screen=flag))
+                   for flag in (True, False))
+        lat_heat[True].append(on["ms"])
+        lat_heat[False].append(off["ms"])
+        rows.append([sc, seed, report.fmt(off["ms"], 3), report.fmt(on["ms"], 3), f"{off['ms'] / on['ms']:.2f}x",
+                     f"{100 * on['screened']:.0f} %", f"{off['iterations']:.1f}", f"{on['iterations']:.1f}",
+                     f"{np.max(np.abs(on['applied'] - off['applied']) / span):.1e}",
+                     f"{on['violations']}, {off['violations']}", f"{100 * (on['cost'] / off['cost'] - 1):+.3f} %"])
+    out.append("## Behind the most heat (mismatched plant): the screen against a probe at every refusal\n")
+    out.append(report.markdown_table(("scenario", "seed", "ms/decision, probe always", "ms/decision, screen",
+                                      "speed-up", "steps screened", "iterations/step, probe always",
+                                      "iterations/step, screen", "max |Δu| / range between the two",
+                                      "above T_max (screen, probe)", "Δ cost"), rows))
+    nmpc_ms = np.median(lat["NMPC"])
+    out.append(f"\nLatency behind the most heat: PSF {np.median(lat_heat[True]):.1f} ms with the screen, "
+               f"{np.median(lat_heat[False]):.1f} ms without (medians over episodes), against the NMPC's "
+               f"{nmpc_ms:.1f} ms above: ratios **{np.median(lat_heat[True]) / nmpc_ms:.1f}** and "
+               f"{np.median(lat_heat[False]) / nmpc_ms:.1f} (target <= 1.5).\n")
 
     # 2. adversarial policies over whole episodes
     rows = []

@@ -317,7 +317,9 @@ def test_the_filters_collocation_agrees_with_the_integrator_along_the_runaway(el
                 gaps.append(abs(sol.x_plan[1, T] - x1[T]))
             return super()._acceptable(sol, seen, strict_slack)
 
-    cfg = replace(DEFAULTS[REACTOR], horizon=12, **({} if elements is None else {"collocation_elements": elements}))
+    # without the screen: the probes pinned to the most heat are the plans that run along the runaway
+    cfg = replace(DEFAULTS[REACTOR], horizon=12, screen=False,
+                  **({} if elements is None else {"collocation_elements": elements}))
     p = TASK.plant("nominal")
     psf = Checked(Constant(U_HIGH), TASK, p, observer_for(REACTOR, p), cfg, regulariser=SMOOTH_COSTS.get(REACTOR))
     env = TaskEnv(TASK, scenario="startup", plant="actual", max_steps=30)
@@ -326,3 +328,25 @@ def test_the_filters_collocation_agrees_with_the_integrator_along_the_runaway(el
         run_episode(env, psf, 11)
     assert len(gaps) > 20
     assert (max(gaps) <= 1.0) == holds, max(gaps)
+
+
+def test_a_proposal_whose_next_state_leaves_the_limits_is_corrected_without_a_probe():
+    """Behind the most heat on the mismatched plant, the proposal stepped once on the integrator leaves the
+    half-tightened limit at most steps: the probe is skipped there (it would be refused), and the filter
+    applies the same inputs as with a probe at every step, with fewer solver iterations. "The same" up to the
+    solver's tolerance: where T sits on its tightened bound the correction's optimum is flat, and the two
+    warm starts (the refused probe's plan, the last plan shifted) end up to 9e-4 of f_I's range apart
+    (measured; 24 of the 30 steps screened, 505 against 1183 iterations)."""
+    cfg = with_config(REACTOR, horizon=8)
+    screen, ep = _episode(Constant(U_HIGH), plant="actual", steps=30, config=cfg)
+    probe, ep_probe = _episode(Constant(U_HIGH), plant="actual", steps=30, config=replace(cfg, screen=False))
+    s, q = screen.record.arrays(), probe.record.arrays()
+    assert s["screened"].sum() >= 10 and not q["screened"].any()
+    assert not np.any(s["screened"] & s["certified"])  # a screened proposal is never applied as it is
+    span = U_HIGH - U_LOW
+    np.testing.assert_allclose(s["applied"] / span, q["applied"] / span, rtol=0, atol=2e-3)
+    np.testing.assert_allclose(ep.rewards.sum(), ep_probe.rewards.sum(), rtol=1e-4)
+    assert s["iterations"].sum() < 0.6 * q["iterations"].sum()
+    assert not np.any(ep.infos["violation"][1:])
+    # a screened step really was one the probe refused: the run with probes refused a plan at every such step
+    assert np.all(q["rejected_plans"][s["screened"]] >= 1) and not np.any(q["certified"][s["screened"]])

@@ -39,7 +39,10 @@ that plan's inputs after the one it planned for now, the last one held; simulate
 the whole horizon with the model's integrator, it must keep every limit within its full tightening and end
 in the terminal set. Then it is a feasible point of the probe's problem without slack, so it certifies
 ``a`` (recorded as ``certified`` and ``reused``) and becomes the plan the backup continues. This is what
-makes the filter cheap behind a safe policy (one simulation, no NLP; ``PSFConfig.reuse_plan``). Otherwise
+makes the filter cheap behind a safe policy (one simulation, no NLP; ``PSFConfig.reuse_plan``). Otherwise,
+if ``a`` stepped once from the estimate on the integrator already leaves a limit's half tightening, no plan
+that starts with ``a`` can pass the check below: the correction is solved at once (recorded as
+``screened``; ``PSFConfig.screen``; behind the most heat this decides nearly every refusal). Otherwise
 a *probe*: the problem with u_0 pinned to ``a``. If it converges
 without slack and its plan passes the integrator check below, the plan *certifies* the proposal and ``a``
 itself is applied (recorded as ``certified``). Otherwise the problem above gives the minimally changed input
@@ -124,6 +127,10 @@ class PSFConfig:
     # last held), simulated over the horizon with the model's integrator within the tightened limits and
     # ending in the terminal set
     reuse_plan: bool = True
+    # before the probe, step the proposal once with the model's integrator: if that state is already outside a
+    # limit's half tightening, the probe's plan would fail its check whatever its continuation, so the probe
+    # is not solved (the correction is, from the last plan shifted)
+    screen: bool = True
     tol: float = 1e-7  # the NLP solver's tolerance
     max_iter: int = 100  # the NLP solver's iterations per attempt
     max_cpu_time: float = 10.0  # s per solve (IPOPT only)
@@ -148,6 +155,7 @@ class PSFConfig:
         validation.positive_int("check_intervals", self.check_intervals)
         validation.positive("intervention_threshold", self.intervention_threshold)
         validation.boolean("reuse_plan", self.reuse_plan)
+        validation.boolean("screen", self.screen)
         validation.solver_limits(self.tol, self.max_iter, self.max_cpu_time)
 
 
@@ -219,6 +227,8 @@ class PSFRecord:
     soft: list[bool] = field(default_factory=list)  # the plan needed slack (limits or terminal set)
     invalid_proposal: list[bool] = field(default_factory=list)  # non-finite proposal replaced
     rejected_plans: list[int] = field(default_factory=list)  # converged plans the integrator check refused
+    # the proposal refused before any solve: its own next state is outside a limit's half tightening
+    screened: list[bool] = field(default_factory=list)
     iterations: list[int] = field(default_factory=list)  # solver iterations
     status: list[str] = field(default_factory=list)  # the solver's status of the applied plan ("reused_plan")
     solve_ms: list[float] = field(default_factory=list)  # ms in the solver
@@ -339,25 +349,29 @@ class PredictiveSafetyFilter:
         rejected, iterations, seconds = 0, 0, 0.0
         # Does the last plan, continued from the proposal, still hold? (No solve; None if not.)
         reused = self._reused_plan(a, seen) if cfg.reuse_plan else None
+        screened = reused is None and cfg.screen and self._refused_at_once(a, seen)
+        sol = probe = None
         if reused is not None:
             sol = probe = reused
-        else:
+        elif not screened:
             # Is there a safe plan that starts with the proposal? (u_0 pinned to a, nothing committed yet.)
             probe = self.nmpc.solve(*args, proposal=a, first_input=a, commit=False)
             iterations, seconds = probe.iterations, probe.solve_time
             if self._acceptable(probe, seen, strict_slack=True):
                 self.nmpc.commit(probe)
                 sol = probe
-            else:  # the minimally changed input, warm-started from the probe's plan where there is one
+            else:
                 rejected += probe.success
-                sol = self.nmpc.solve(*args, proposal=a, warm_from=self.nmpc.pending, commit=False)
-                iterations += sol.iterations
-                seconds += sol.solve_time
-                if self._acceptable(sol, seen, strict_slack=False):
-                    self.nmpc.commit(sol)
-                else:
-                    rejected += sol.success
-                    sol = self.nmpc.backup(seen.x, seen.u_prev, sol.status if not sol.success else "rejected")
+        if sol is None:  # the minimally changed input, warm-started from the probe's plan where there is one
+            sol = self.nmpc.solve(*args, proposal=a, warm_from=self.nmpc.pending if probe is not None else None,
+                                  commit=False)
+            iterations += sol.iterations
+            seconds += sol.solve_time
+            if self._acceptable(sol, seen, strict_slack=False):
+                self.nmpc.commit(sol)
+            else:
+                rejected += sol.success
+                sol = self.nmpc.backup(seen.x, seen.u_prev, sol.status if not sol.success else "rejected")
         if sol.fallback:
             if self.strict:
                 raise PSFError(f"the filter's solve failed (solver status {sol.status}) and it is strict")
@@ -381,6 +395,7 @@ class PredictiveSafetyFilter:
         r.soft.append(soft)
         r.invalid_proposal.append(invalid)
         r.rejected_plans.append(int(rejected))
+        r.screened.append(bool(screened))
         r.iterations.append(int(iterations))
         r.status.append(sol.status)
         r.solve_ms.append(1e3 * seconds)
@@ -407,10 +422,8 @@ class PredictiveSafetyFilter:
                 return None
             xs.append(x)
         xs = np.asarray(xs)
-        for limit, (c_low, c_high) in zip(self.task.limits, self._tight):
-            v = np.asarray(limit.value(xs, self._p_design, self.task.states), dtype=float)
-            if np.any(v < limit.low + c_low) or np.any(v > limit.high - c_high):
-                return None
+        if np.any(self._excess(xs, 1.0) > 0.0):
+            return None
         if cfg.terminal == "equilibrium":
             t_end = seen.t0 + len(u_plan) * m.dt
             args = [xs[-1], u_plan[-1], p] + ([t_end] if m.time_varying else [])
@@ -438,14 +451,29 @@ class PredictiveSafetyFilter:
         xs = np.asarray(xs)
         if not np.all(np.isfinite(xs)):
             return False
-        over = np.zeros(len(xs))
-        for limit, (c_low, c_high) in zip(self.task.limits, self._tight):
-            v = np.asarray(limit.value(xs, self._p_design, self.task.states), dtype=float)
-            over = np.maximum(over, np.maximum(limit.low + c_low / 2 - v, v - (limit.high - c_high / 2)))
+        over = self._excess(xs, 0.5)
         if strict_slack:
             return bool(np.all(over <= 0.0))
         # a soft plan is applied when it does no worse than it predicts
         return bool(np.all(over <= max(0.0, sol.max_slack) + 1e-9))
+
+    def _refused_at_once(self, a: np.ndarray, seen: Any) -> bool:
+        """Whether the proposal's own next state, stepped from the estimate with the model's integrator, is
+        outside a limit's half tightening (or not finite). A probe's plan starts with ``a``, so the check in
+        :meth:`_acceptable` would refuse it whatever its continuation: no probe is needed to know."""
+        m = self.task.model
+        p = seen.params if seen.params is not None else self._p_vector
+        x1 = m.step(np.asarray(seen.x, dtype=float), a, p, seen.t0)
+        return bool(not np.all(np.isfinite(x1)) or self._excess(x1[None], 0.5)[0] > 0.0)
+
+    def _excess(self, xs: np.ndarray, share: float) -> np.ndarray:
+        """Per state of ``xs`` (n, nx), how far it lies outside the limits tightened by ``share`` of their
+        tightening (physical units of each limit, the largest; <= 0 inside all of them)."""
+        over = np.full(len(xs), -np.inf)
+        for limit, (c_low, c_high) in zip(self.task.limits, self._tight):
+            v = np.asarray(limit.value(xs, self._p_design, self.task.states), dtype=float)
+            over = np.maximum(over, np.maximum(limit.low + share * c_low - v, v - (limit.high - share * c_high)))
+        return over
 
     # -- what it did ------------------------------------------------------------------------------------
 

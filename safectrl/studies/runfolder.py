@@ -71,7 +71,9 @@ def psf_fingerprint(env_id: str) -> str:
 
 #: PSFConfig fields added after results were stored under their filters' fingerprints: left out of the
 #: fingerprint while at these values, so a filter that does not use them keeps its fingerprint.
-ADDED_PSF_FIELDS: dict[str, Any] = {"estimated_params": ()}
+#: ``screen`` only skips probes whose plans the filter would refuse: the same decisions, fewer solves (the
+#: correction then starts from the last plan shifted instead of the refused probe's).
+ADDED_PSF_FIELDS: dict[str, Any] = {"estimated_params": (), "screen": True}
 
 
 @dataclass(frozen=True)
