@@ -72,9 +72,11 @@ def test_a_certified_proposal_passes_unchanged():
 def test_the_last_plan_continued_certifies_without_a_solve_and_only_when_it_holds():
     """Behind the nominal PI most steps of a startup are certified by the last plan continued (no NLP), with the
     same inputs as with a probe at every step; every reused plan keeps the tightened limit on the integrator;
-    behind the most-heat policy a continued plan is never accepted near the limit."""
-    reuse, _ = _episode(PIController(NOMINAL_TUNING), steps=30)
-    probe, _ = _episode(PIController(NOMINAL_TUNING), steps=30, config=with_config(REACTOR, reuse_plan=False))
+    behind the most-heat policy a continued plan is never accepted near the limit. (Without the SQP
+    correction, so that every step that is not reused is an NLP's.)"""
+    reuse, _ = _episode(PIController(NOMINAL_TUNING), steps=30, config=with_config(REACTOR, sqp=False))
+    probe, _ = _episode(PIController(NOMINAL_TUNING), steps=30,
+                        config=with_config(REACTOR, reuse_plan=False, sqp=False))
     r, q = reuse.record.arrays(), probe.record.arrays()
     np.testing.assert_array_equal(r["applied"], q["applied"])
     # measured: 73 % of the 30 steps reused (the startup's first ones need solves), 203 vs 402 iterations
@@ -129,7 +131,7 @@ def test_recursively_feasible_along_episodes(policy):
     psf, ep = _episode(pol, steps=30, config=with_config(REACTOR, horizon=12))
     r = psf.record.arrays()
     assert not r["soft"].any()
-    assert all(s in ("Solve_Succeeded", "Solved_To_Acceptable_Level", "rejected", "reused_plan")
+    assert all(s in ("Solve_Succeeded", "Solved_To_Acceptable_Level", "rejected", "reused_plan", "sqp")
                for s in r["status"]), r["status"]
     assert ep.infos["violation"][1:].sum() == 0
 
@@ -149,8 +151,8 @@ def test_adversarial_policies_stay_below_t_max_on_the_mismatched_plant_with_nois
 
 def test_a_failing_solver_applies_the_backup_plan_and_counts_it():
     # IPOPT with one iteration fails every solve (fatrop, counting its initial iterate, converges in two
-    # from a warm start)
-    failing = with_config(REACTOR, max_iter=1, solver="ipopt")
+    # from a warm start); the SQP correction, which would not fail, is off
+    failing = with_config(REACTOR, max_iter=1, solver="ipopt", sqp=False)
     psf, ep = _episode(PIController(NOMINAL_TUNING), steps=6, config=failing)
     r = psf.record.arrays()
     assert r["fallback"].all() and psf.episode_report()["fallbacks"] == 6
@@ -171,7 +173,9 @@ def test_the_backup_continues_the_last_certified_plan():
     u = psf.act(obs)
     plan = psf.nmpc.last_solution.u_plan.copy()
     assert psf.record.certified[-1]
-    # from now on every solver call "fails": the filter must continue the certified plan
+    # from now on every solver call "fails" (and the SQP correction does not converge): the filter must
+    # continue the certified plan
+    psf._sqp.max_iter = 0
     psf.nmpc._attempt = lambda args, warm: ({"x": np.full(psf.nmpc._w_lo.shape, np.nan), "f": np.nan,
                                        "lam_x": np.zeros(psf.nmpc._w_lo.shape),
                                        "lam_g": np.zeros(psf.nmpc._g_lo.shape)}, "Invalid_Number_Detected", 0, 0.0)
@@ -238,10 +242,11 @@ def test_the_cartpole_filter_holds_the_pole_against_a_policy_that_drives_the_car
 
 def test_a_filter_that_estimates_nothing_keeps_its_fingerprint():
     """Stored +PSF results are keyed by their filter's fingerprint: adding ``estimated_params`` changed
-    CartPole's filter only, so only its rows are new tasks (the others: the values before the field)."""
+    CartPole's filter only, so only its rows are new tasks (the others: the values before the field). The
+    reactor's changed with the SQP correction (38746c77ab4d before): its +PSF rows are new tasks."""
     from safectrl.studies.runfolder import psf_fingerprint
 
-    before = {REACTOR: "38746c77ab4d", "safectrl/Glucose-v0": "dfb3acd0ab3a",
+    before = {REACTOR: "f326eb1c15f4", "safectrl/Glucose-v0": "dfb3acd0ab3a",
               "safectrl/BiGlucose-v0": "e988e6ee4240", "safectrl/KlattEngellCSTR-v0": "36f5254a8aaf"}
     assert {env: psf_fingerprint(env) for env in before} == before
     assert psf_fingerprint(CARTPOLE) != "63ecb43e6995"  # the filter without estimation
@@ -318,7 +323,7 @@ def test_the_filters_collocation_agrees_with_the_integrator_along_the_runaway(el
             return super()._acceptable(sol, seen, strict_slack)
 
     # without the screen: the probes pinned to the most heat are the plans that run along the runaway
-    cfg = replace(DEFAULTS[REACTOR], horizon=12, screen=False,
+    cfg = replace(DEFAULTS[REACTOR], horizon=12, screen=False, sqp=False,
                   **({} if elements is None else {"collocation_elements": elements}))
     p = TASK.plant("nominal")
     psf = Checked(Constant(U_HIGH), TASK, p, observer_for(REACTOR, p), cfg, regulariser=SMOOTH_COSTS.get(REACTOR))
@@ -336,8 +341,9 @@ def test_a_proposal_whose_next_state_leaves_the_limits_is_corrected_without_a_pr
     applies the same inputs as with a probe at every step, with fewer solver iterations. "The same" up to the
     solver's tolerance: where T sits on its tightened bound the correction's optimum is flat, and the two
     warm starts (the refused probe's plan, the last plan shifted) end up to 9e-4 of f_I's range apart
-    (measured; 24 of the 30 steps screened, 505 against 1183 iterations)."""
-    cfg = with_config(REACTOR, horizon=8)
+    (measured; 24 of the 30 steps screened, 505 against 1183 iterations). Without the SQP correction, which
+    would decide most of these steps before either."""
+    cfg = with_config(REACTOR, horizon=8, sqp=False)
     screen, ep = _episode(Constant(U_HIGH), plant="actual", steps=30, config=cfg)
     probe, ep_probe = _episode(Constant(U_HIGH), plant="actual", steps=30, config=replace(cfg, screen=False))
     s, q = screen.record.arrays(), probe.record.arrays()
@@ -350,3 +356,97 @@ def test_a_proposal_whose_next_state_leaves_the_limits_is_corrected_without_a_pr
     assert not np.any(ep.infos["violation"][1:])
     # a screened step really was one the probe refused: the run with probes refused a plan at every such step
     assert np.all(q["rejected_plans"][s["screened"]] >= 1) and not np.any(q["certified"][s["screened"]])
+
+
+def _hot_state(margin=4.0, seed=3):
+    """A state of the nominal reactor the most heat has brought within ``margin`` K of T_max."""
+    env = TaskEnv(TASK, scenario="startup", max_steps=200)
+    env.reset(seed=seed)
+    while True:
+        info = env.step(U_HIGH)[-1]
+        if info["state"][4] > pc.T_MAX - margin:
+            return np.asarray(info["state"], dtype=float)
+
+
+def test_the_sqp_correction_is_the_nearest_safe_input_on_a_one_step_problem():
+    """The condensed SQP alone, horizon 1, no terminal set, no move penalty: from the proposal itself (an
+    unsafe start), its fixed point against a brute-force grid of the inputs whose interval, simulated with
+    the model's integrator, ends at or below the tightened limit."""
+    from safectrl.safety.psf_sqp import CondensedSQP
+
+    m, p = TASK.model, TASK.nominal
+    limit = pc.T_MAX - 2.5
+    sqp = CondensedSQP(m, [(TASK.limits[0], -np.inf, limit)], p, TASK.states, horizon=1, du_weight=0.0,
+                       du_start=2, terminal="free", terminal_tolerance=0.01, limit_penalty=100.0,
+                       terminal_penalty=1e3, tol=1e-7)
+    x, a = _hot_state(), U_HIGH.copy()
+    pv = m.param_vector(p)
+    assert m.step(x, a, p)[4] > limit  # the proposal is unsafe
+    res = sqp.solve(x, a[None], a, pv)
+    assert res.success and res.max_slack == 0.0, res
+    assert 2 <= res.iterations <= 6
+    u = res.u_plan[0]
+    rng = U_HIGH - U_LOW
+    grid = np.stack(np.meshgrid(np.linspace(U_LOW[0], U_HIGH[0], 61), np.linspace(U_LOW[1], U_HIGH[1], 61)),
+                    -1).reshape(-1, 2)
+    T1 = m.step_batch(np.tile(x, (len(grid), 1)), grid, pv)[:, 4]
+    dist = np.sum(((grid - a) / rng) ** 2, axis=1)
+    best = dist[T1 <= limit].min()
+    found = np.sum(((u - a) / rng) ** 2)
+    assert m.step(x, u, p)[4] <= limit + 1e-3  # safe on the integrator
+    assert found <= best + 1e-9  # no safe grid point is closer to the proposal
+    assert found >= best - 2 * (1 / 60) * np.sqrt(best) - 1e-3  # and it is not far inside the safe set
+    # the NLP's correction of the same problem: the same input
+    cfg = with_config(REACTOR, horizon=1, terminal="free", regularisation=0.0, du_weight=0.0, check_intervals=1,
+                      tol=1e-9)
+    nlp = predictive_safety_filter(Constant(U_HIGH), REACTOR, config=cfg).nmpc.solve(
+        x, a, np.concatenate([[0.0, 0.0], a]), 0.0, None, proposal=a)
+    np.testing.assert_allclose(u / rng, nlp.u / rng, rtol=0, atol=1e-4)
+
+
+def test_the_sqp_correction_decides_most_steps_behind_the_most_heat_and_keeps_the_limit():
+    """Behind the most heat on the mismatched plant with noise, the SQP correction is applied at most steps
+    (measured: 25 of 30), each such plan keeps T within half the tightening on the integrator, and the
+    episode against the NLP-only filter on the same plant: no interval above T_max in either, the same
+    inputs to within 1 % of their range where the two runs' states still agree (measured 0.6 % over 200 steps
+    without noise), a cost within 1 %, and a fraction of the NLP's iterations."""
+    cfg = with_config(REACTOR, horizon=12)
+    fast, ep = _episode(Constant(U_HIGH), plant="actual", noise=True, steps=30, config=cfg)
+    slow, ep_slow = _episode(Constant(U_HIGH), plant="actual", noise=True, steps=30, config=replace(cfg, sqp=False))
+    f, q = fast.record.arrays(), slow.record.arrays()
+    applied = f["sqp"] == "applied"
+    assert applied.mean() >= 0.6, dict(zip(*np.unique(f["sqp"], return_counts=True)))
+    assert not q["sqp"].astype(bool).any() and not f["fallback"].any()
+    for k in np.flatnonzero(applied):  # the integrator's states of the applied plan, from the estimate
+        assert f["predicted"][k][1:, 4].max() <= pc.T_MAX - 1.25 + 1e-9
+        assert f["status"][k] == "sqp" and f["iterations"][k] == 0  # no NLP solved at that step
+    for e in (ep, ep_slow):
+        assert not np.any(e.infos["violation"][1:])
+        assert np.asarray(e.infos["state"])[1:, 4].max() <= pc.T_MAX
+    span = U_HIGH - U_LOW
+    assert np.max(np.abs(f["applied"][:10] - q["applied"][:10]) / span) <= 0.01
+    np.testing.assert_allclose(ep.rewards.sum(), ep_slow.rewards.sum(), rtol=0.01)
+    assert f["iterations"].sum() < 0.5 * q["iterations"].sum()
+
+
+def test_a_failing_sqp_correction_leaves_the_step_to_the_nlp():
+    """DAQP forced to report infeasibility at every QP: every step is decided as without the SQP, bit for
+    bit, and the record says why."""
+    import types
+
+    cfg = with_config(REACTOR, horizon=8)
+    fast = predictive_safety_filter(Constant(U_HIGH), REACTOR, config=cfg)
+    n = fast._sqp._hessian.shape[0]
+    fast._sqp._daqp = types.SimpleNamespace(solve=lambda *args, **kw: (np.zeros(n), 0.0, -1, {"iterations": 0}))
+    runs = []
+    for psf in (fast, predictive_safety_filter(Constant(U_HIGH), REACTOR, config=replace(cfg, sqp=False))):
+        env = TaskEnv(TASK, scenario="startup", plant="actual", max_steps=20)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FallbackWarning)
+            run_episode(env, psf, 11)
+        runs.append(psf.record.arrays())
+    f, q = runs
+    np.testing.assert_array_equal(f["applied"], q["applied"])
+    tried = f["sqp"] != ""
+    assert set(f["sqp"][tried & ~f["reused"]]) <= {"qp_failed (flag -1)", "no_plan"}
+    assert (f["sqp"] == "qp_failed (flag -1)").sum() >= 10 and not (f["sqp"] == "applied").any()

@@ -39,7 +39,13 @@ that plan's inputs after the one it planned for now, the last one held; simulate
 the whole horizon with the model's integrator, it must keep every limit within its full tightening and end
 in the terminal set. Then it is a feasible point of the probe's problem without slack, so it certifies
 ``a`` (recorded as ``certified`` and ``reused``) and becomes the plan the backup continues. This is what
-makes the filter cheap behind a safe policy (one simulation, no NLP; ``PSFConfig.reuse_plan``). Otherwise,
+makes the filter cheap behind a safe policy (one simulation, no NLP; ``PSFConfig.reuse_plan``). Otherwise
+(``PSFConfig.sqp``, the reactor's default) the *SQP correction*: the same problem, without the collocation's
+regulariser, by sequential quadratic programming on the integrator's linearisation about the last plan shifted
+(:mod:`safectrl.safety.psf_sqp`, DAQP, 2-4 QPs of ~2 ms); its plan is applied when it converges without slack
+and, simulated from the estimate with the model's integrator, keeps every limit within half its tightening and
+ends in the terminal set (if its u_0 is ``a``, ``a`` is certified). Where it does not, the NLP decides as
+without it (``record.sqp`` says what happened). Otherwise,
 if ``a`` stepped once from the estimate on the integrator already leaves a limit's half tightening, no plan
 that starts with ``a`` can pass the check below: the correction is solved at once (recorded as
 ``screened``; ``PSFConfig.screen``; behind the most heat this decides nearly every refusal). Otherwise
@@ -65,6 +71,7 @@ Usage::
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
@@ -79,6 +86,7 @@ from safectrl.controllers.task_nmpc import ParameterEstimatingObserver, observer
 from safectrl.models.mathns import CASADI
 from safectrl.models.registry import get_task
 from safectrl.models.task import Task
+from safectrl.safety.psf_sqp import CondensedSQP
 
 
 def bound_tightenings(tightening: Any) -> tuple[tuple[float, float], ...]:
@@ -131,6 +139,10 @@ class PSFConfig:
     # limit's half tightening, the probe's plan would fail its check whatever its continuation, so the probe
     # is not solved (the correction is, from the last plan shifted)
     screen: bool = True
+    # before the NLP, the correction by SQP on the condensed linearisation of the integrator about the last plan
+    # shifted (safectrl.safety.psf_sqp): applied when it converges and its plan, simulated with the integrator,
+    # passes the same check as an NLP plan and ends in the terminal set; else the NLP as without it
+    sqp: bool = False
     tol: float = 1e-7  # the NLP solver's tolerance
     max_iter: int = 100  # the NLP solver's iterations per attempt
     max_cpu_time: float = 10.0  # s per solve (IPOPT only)
@@ -156,6 +168,7 @@ class PSFConfig:
         validation.positive("intervention_threshold", self.intervention_threshold)
         validation.boolean("reuse_plan", self.reuse_plan)
         validation.boolean("screen", self.screen)
+        validation.boolean("sqp", self.sqp)
         validation.solver_limits(self.tol, self.max_iter, self.max_cpu_time)
 
 
@@ -173,7 +186,7 @@ class PSFConfig:
 #: masses and the pole's length online: with the estimated model alone no tightening held behind a policy
 #: that carries the cart into a rail with the pole up (decisions.md#psf-tightening).
 DEFAULTS: dict[str, PSFConfig] = {
-    "safectrl/PolyCSTR-v0": PSFConfig(tightening=(2.5,)),
+    "safectrl/PolyCSTR-v0": PSFConfig(tightening=(2.5,), sqp=True),
     "safectrl/Glucose-v0": PSFConfig(tightening=(40.0,), terminal="free", collocation_degree=2,
                                      collocation_elements=1, regularisation=1e-3),
     "safectrl/BiGlucose-v0": PSFConfig(tightening=((60.0, 225.0),), terminal="free", collocation_degree=2,
@@ -229,9 +242,12 @@ class PSFRecord:
     rejected_plans: list[int] = field(default_factory=list)  # converged plans the integrator check refused
     # the proposal refused before any solve: its own next state is outside a limit's half tightening
     screened: list[bool] = field(default_factory=list)
+    # the SQP correction's outcome ("": not tried, "applied", else why not: its status or "refused")
+    sqp: list[str] = field(default_factory=list)
+    sqp_iterations: list[int] = field(default_factory=list)  # its QPs
     iterations: list[int] = field(default_factory=list)  # solver iterations
     status: list[str] = field(default_factory=list)  # the solver's status of the applied plan ("reused_plan")
-    solve_ms: list[float] = field(default_factory=list)  # ms in the solver
+    solve_ms: list[float] = field(default_factory=list)  # ms in the solvers (the SQP correction's and the NLP's)
     max_slack: list[float] = field(default_factory=list)  # largest slack of a limit (NaN on fallback)
     terminal_slack: list[float] = field(default_factory=list)  # terminal residual slack (NaN on fallback)
     predicted: list[np.ndarray] = field(default_factory=list)  # (horizon + 1, nx) the plan's states
@@ -306,6 +322,14 @@ class PredictiveSafetyFilter:
         self.observer = observer
         # the NMPC solves; the filter drives the observer itself (it must see the applied input)
         self.nmpc = NMPC(m, params, nmpc_config, stage_cost=stage, n_ref=self._n_sp + m.nu)
+        self._sqp = None
+        if config.sqp:
+            # the QP plans with the full tightening and half the terminal band; the integrator's result is
+            # judged as an NLP plan's (half the tightening) and against the whole band
+            limits = [(lim, b.low, b.high) for lim, b in zip(task.limits, self.bounds)]
+            self._sqp = CondensedSQP(m, limits, params, task.states, config.horizon, config.du_weight, 2,
+                                     config.terminal, 0.5 * config.terminal_tolerance,
+                                     config.limit_penalty, config.terminal_penalty)
         self.record = PSFRecord()
         self._last_applied: np.ndarray | None = None
         self._warned: set[str] = set()
@@ -349,14 +373,21 @@ class PredictiveSafetyFilter:
         rejected, iterations, seconds = 0, 0, 0.0
         # Does the last plan, continued from the proposal, still hold? (No solve; None if not.)
         reused = self._reused_plan(a, seen) if cfg.reuse_plan else None
-        screened = reused is None and cfg.screen and self._refused_at_once(a, seen)
         sol = probe = None
+        sqp_status, sqp_iterations = "", 0
         if reused is not None:
             sol = probe = reused
-        elif not screened:
+        elif self._sqp is not None:
+            sol, sqp_status, sqp_iterations, sqp_seconds = self._sqp_plan(a, seen)
+            seconds += sqp_seconds
+            if sol is not None and np.array_equal(sol.u_plan[0], a):
+                probe = sol  # the proposal itself needs no change: certified
+        # the screen only where the NLP decides (after the SQP correction, if it did not)
+        screened = sol is None and cfg.screen and self._refused_at_once(a, seen)
+        if sol is None and not screened:
             # Is there a safe plan that starts with the proposal? (u_0 pinned to a, nothing committed yet.)
             probe = self.nmpc.solve(*args, proposal=a, first_input=a, commit=False)
-            iterations, seconds = probe.iterations, probe.solve_time
+            iterations, seconds = probe.iterations, seconds + probe.solve_time
             if self._acceptable(probe, seen, strict_slack=True):
                 self.nmpc.commit(probe)
                 sol = probe
@@ -396,6 +427,8 @@ class PredictiveSafetyFilter:
         r.invalid_proposal.append(invalid)
         r.rejected_plans.append(int(rejected))
         r.screened.append(bool(screened))
+        r.sqp.append(sqp_status)
+        r.sqp_iterations.append(int(sqp_iterations))
         r.iterations.append(int(iterations))
         r.status.append(sol.status)
         r.solve_ms.append(1e3 * seconds)
@@ -418,12 +451,11 @@ class PredictiveSafetyFilter:
         x, xs = np.asarray(seen.x, dtype=float), []
         for k, u in enumerate(u_plan):
             x = m.step(x, u, p, seen.t0 + k * m.dt)
-            if not np.all(np.isfinite(x)):
+            # stop at the first state outside (behind the most heat, that is the first or second)
+            if not np.all(np.isfinite(x)) or self._excess(x[None], 1.0)[0] > 0.0:
                 return None
             xs.append(x)
         xs = np.asarray(xs)
-        if np.any(self._excess(xs, 1.0) > 0.0):
-            return None
         if cfg.terminal == "equilibrium":
             t_end = seen.t0 + len(u_plan) * m.dt
             args = [xs[-1], u_plan[-1], p] + ([t_end] if m.time_varying else [])
@@ -431,6 +463,46 @@ class PredictiveSafetyFilter:
             if np.any(np.abs(drift) > cfg.terminal_tolerance):
                 return None
         return self.nmpc.adopt(seen.x, u_plan, np.vstack([seen.x, xs]), status="reused_plan")
+
+    def _sqp_plan(self, a: np.ndarray, seen: Any) -> tuple[Any, str, int, float]:
+        """The SQP correction from the last plan shifted: (the adopted solution or None, what happened, QPs,
+        seconds). Adopted only without slack: it converged, its last QP needed no slack, and its inputs,
+        simulated from the estimate with the model's integrator, keep every limit within half its tightening
+        over the horizon (the check of an NLP plan) and (``equilibrium``) end with a drift within the terminal
+        tolerance. Anything else ("soft", "refused", the SQP's own status) is left to the NLP, which may find
+        a plan without slack where the linearisation did not. A u_0 within 1e-6 of the input range of ``a``
+        is set to ``a`` before the check (the proposal needs no change: certified)."""
+        last = self.nmpc.last_solution
+        if last is None:
+            return None, "no_plan", 0, 0.0
+        start = time.perf_counter()
+        m, cfg = self.task.model, self.config
+        p = seen.params if seen.params is not None else self._p_vector
+        x0 = np.asarray(seen.x, dtype=float)
+        shifted = np.vstack([last.u_plan[1:], last.u_plan[-1:]])
+        states = np.vstack([x0, last.x_plan[2:], last.x_plan[-1:]])
+        res = self._sqp.solve(x0, shifted, a, p, seen.t0, X=states)
+        if not res.success:
+            return None, res.status, res.iterations, time.perf_counter() - start
+        if res.max_slack > cfg.slack_tol or res.terminal_slack > cfg.slack_tol:
+            return None, "soft", res.iterations, time.perf_counter() - start
+        u_plan = res.u_plan
+        if np.all(np.abs(u_plan[0] - a) <= 1e-6 * self._range):
+            u_plan[0] = a
+        x, xs = np.asarray(seen.x, dtype=float), []
+        for k, u in enumerate(u_plan):
+            x = m.step(x, u, p, seen.t0 + k * m.dt)
+            xs.append(x)
+        xs = np.asarray(xs)
+        if not (np.all(np.isfinite(xs)) and np.all(self._excess(xs, 0.5) <= 0.0)):
+            return None, "refused", res.iterations, time.perf_counter() - start
+        if cfg.terminal == "equilibrium":
+            args = [xs[-1], u_plan[-1], p] + ([seen.t0 + len(u_plan) * m.dt] if m.time_varying else [])
+            drift = np.asarray(m.rhs_function()(*args)).ravel() * m.dt / m.x_scale
+            if np.any(np.abs(drift) > cfg.terminal_tolerance):
+                return None, "soft", res.iterations, time.perf_counter() - start
+        sol = self.nmpc.adopt(seen.x, u_plan, np.vstack([seen.x, xs]), status="sqp")
+        return sol, "applied", res.iterations, time.perf_counter() - start
 
     def _acceptable(self, sol: Any, seen: Any, strict_slack: bool) -> bool:
         """Whether a solve's plan may be applied: converged, and (``strict_slack``) without slack, and its

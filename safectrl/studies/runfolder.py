@@ -73,7 +73,7 @@ def psf_fingerprint(env_id: str) -> str:
 #: fingerprint while at these values, so a filter that does not use them keeps its fingerprint.
 #: ``screen`` only skips probes whose plans the filter would refuse: the same decisions, fewer solves (the
 #: correction then starts from the last plan shifted instead of the refused probe's).
-ADDED_PSF_FIELDS: dict[str, Any] = {"estimated_params": (), "screen": True}
+ADDED_PSF_FIELDS: dict[str, Any] = {"estimated_params": (), "screen": True, "sqp": False}
 
 
 @dataclass(frozen=True)
