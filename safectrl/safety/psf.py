@@ -324,11 +324,11 @@ class PredictiveSafetyFilter:
         self.nmpc = NMPC(m, params, nmpc_config, stage_cost=stage, n_ref=self._n_sp + m.nu)
         self._sqp = None
         if config.sqp:
-            # the QP plans with the full tightening and half the terminal band; the integrator's result is
-            # judged as an NLP plan's (half the tightening) and against the whole band
+            # the QP plans with the full tightening; the integrator's result is judged as an NLP plan's (half
+            # the tightening) and against the terminal band
             limits = [(lim, b.low, b.high) for lim, b in zip(task.limits, self.bounds)]
             self._sqp = CondensedSQP(m, limits, params, task.states, config.horizon, config.du_weight, 2,
-                                     config.terminal, 0.5 * config.terminal_tolerance,
+                                     config.terminal, config.terminal_tolerance,
                                      config.limit_penalty, config.terminal_penalty)
         self.record = PSFRecord()
         self._last_applied: np.ndarray | None = None
@@ -486,14 +486,17 @@ class PredictiveSafetyFilter:
             return None, res.status, res.iterations, time.perf_counter() - start
         if res.max_slack > cfg.slack_tol or res.terminal_slack > cfg.slack_tol:
             return None, "soft", res.iterations, time.perf_counter() - start
-        u_plan = res.u_plan
+        u_plan = res.u_plan.copy()
         if np.all(np.abs(u_plan[0] - a) <= 1e-6 * self._range):
             u_plan[0] = a
-        x, xs = np.asarray(seen.x, dtype=float), []
-        for k, u in enumerate(u_plan):
-            x = m.step(x, u, p, seen.t0 + k * m.dt)
-            xs.append(x)
-        xs = np.asarray(xs)
+        if res.states is not None and np.array_equal(u_plan, res.u_plan):
+            xs = res.states  # the integrator's states of these inputs (the same compiled code as model.step)
+        else:
+            x, xs = x0, []
+            for k, u in enumerate(u_plan):
+                x = m.step(x, u, p, seen.t0 + k * m.dt)
+                xs.append(x)
+            xs = np.asarray(xs)
         if not (np.all(np.isfinite(xs)) and np.all(self._excess(xs, 0.5) <= 0.0)):
             return None, "refused", res.iterations, time.perf_counter() - start
         if cfg.terminal == "equilibrium":

@@ -35,8 +35,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import casadi as ca
@@ -54,6 +54,9 @@ _BIG = 1e30
 #: interval that is off by a few err_tol still converges to a plan the check accepts, but above the states' own
 #: scale the fixed RODAS4 steps have left the solution (Jacobian entries of 1e198 were seen on a runaway)
 _LINEARISATION_ERR = 1.0
+#: Share of the terminal band the QP plans for: the linearisation's error must fit into the rest, since the
+#: integrator's plan is judged against the whole band
+_TERMINAL_SHARE = 0.5
 #: Curvature of the slacks (objective units per squared unit), against their L1 weights of 1e2-1e3.
 _SLACK_CURVATURE = 1e-4
 
@@ -69,6 +72,9 @@ class SQPResult:
     seconds: float  # wall time of the whole solve
     max_slack: float = 0.0  # the last QP's largest limit slack, physical units
     terminal_slack: float = 0.0  # the last QP's largest terminal slack, scaled
+    # (N, nx) a converged u_plan simulated from the estimate by the interval function, every interval within
+    # the model's err_tol: what ODEModel.step gives (the same compiled code); else None
+    states: np.ndarray | None = None
 
     @property
     def success(self) -> bool:
@@ -87,7 +93,8 @@ class CondensedSQP:
         states: the model's state names, in order.
         horizon: N intervals.
         du_weight, du_start: the NLP's move penalty and the first input it applies to (u_2 - u_1: 2).
-        terminal: "equilibrium" or "free"; terminal_tolerance its band on |f(x_N, u_{N-1}) dt / x_scale|.
+        terminal: "equilibrium" or "free"; terminal_tolerance its band on |f(x_N, u_{N-1}) dt / x_scale| (the QP
+            plans for :data:`_TERMINAL_SHARE` of it).
         proximal: mu above (per (Δu / range)²).
         tol: convergence of u_0, share of its range; max_iter: QPs per solve.
         fd_step: forward-difference step, share of each state's scale and each input's range.
@@ -132,7 +139,17 @@ class CondensedSQP:
         (1 + nx + nu columns per interval), so that :meth:`_linearise` is one call."""
         m, nx, nu = self.model, self.nx, self.nu
         self._n_dir = 1 + nx + nu
-        self._F = compiled.mapped(compiled.compile_function(m.interval_function()), self.N * self._n_dir)
+        F = compiled.compile_function(m.interval_function())
+        # serial maps: a filter decides for one plant; the threads of a study's workers are its processes
+        self._F = F.map(self.N * self._n_dir)
+        # the plan's inputs chained from the estimate (what the filter's check simulates), in one call
+        x0, U, p, t0 = ca.MX.sym("x0", nx), ca.MX.sym("U", nu, self.N), ca.MX.sym("p", m.n_params), ca.MX.sym("t0")
+        x, xs, errs = x0, [], []
+        for k in range(self.N):
+            x, err = F(*([x, U[:, k], p] + ([t0 + k * m.dt] if m.time_varying else [])))
+            xs.append(x)
+            errs.append(err)
+        self._rollout = ca.Function("psf_rollout", [x0, U, p, t0], [ca.horzcat(*xs), ca.mmax(ca.vertcat(*errs))])
         self._hx = fd_step * np.asarray(m.x_scale, dtype=float)
         self._hu = fd_step * self.range
         dX = np.vstack([np.zeros((1, nx)), np.diag(self._hx), np.zeros((nu, nx))])
@@ -217,8 +234,9 @@ class CondensedSQP:
             r = r.ravel() + Rx @ c[N - 1]
             eye_f = np.eye(nf)
             rows += [np.hstack([G, np.zeros((nf, ns)), -eye_f]), np.hstack([G, np.zeros((nf, ns)), eye_f])]
-            high += [self.terminal_tolerance - r, np.full(nf, _BIG)]
-            low += [np.full(nf, -_BIG), -self.terminal_tolerance - r]
+            band = _TERMINAL_SHARE * self.terminal_tolerance
+            high += [band - r, np.full(nf, _BIG)]
+            low += [np.full(nf, -_BIG), -band - r]
         w = 1.0 / self.range**2
         f = np.concatenate([np.zeros(nz), np.full(ns, self.limit_penalty), np.full(nf, self.terminal_penalty)])
         f[:nu] = 2.0 * w * (U[0] - a)
@@ -253,8 +271,11 @@ class CondensedSQP:
         qp_iterations = 0
         slack = terminal_slack = 0.0
 
+        states = None
+
         def result(status: str, it: int) -> SQPResult:
-            return SQPResult(status, U.copy(), it, qp_iterations, time.perf_counter() - start, slack, terminal_slack)
+            return SQPResult(status, U.copy(), it, qp_iterations, time.perf_counter() - start, slack, terminal_slack,
+                             states)
 
         for it in range(1, self.max_iter + 1):
             if not np.all(np.isfinite(X)):
@@ -271,5 +292,14 @@ class CondensedSQP:
             U = np.clip(U + z, self.u_low, self.u_high)
             X = np.vstack([x0, predicted[:-1]])  # the next linearisation: the states this QP predicts
             if np.max(np.abs(z[0]) / self.range) <= self.tol:
+                sim, sim_err = (np.asarray(v) for v in self._rollout(x0, U.T, p, t0))
+                states = sim.T if float(sim_err.ravel()[0]) <= self.model.err_tol else None
+                if states is not None and self.n_terminal and it < self.max_iter:
+                    # u_0 has settled, the continuation may not have: where the simulated plan does not end
+                    # within the terminal band (the QP plans for half of it), iterate on from its states
+                    drift = np.asarray(self._residual(states[-1], U[-1], p, t0 + self.N * self.model.dt)[0])
+                    if np.max(np.abs(drift)) > self.terminal_tolerance:
+                        X = np.vstack([x0, states[:-1]])
+                        continue
                 return result("converged", it)
         return result("not_converged", self.max_iter)
