@@ -252,11 +252,15 @@ def test_a_filter_that_estimates_nothing_keeps_its_fingerprint():
     assert psf_fingerprint(CARTPOLE) != "63ecb43e6995"  # the filter without estimation
 
 
+@pytest.mark.parametrize("sqp", [False, True])
 @pytest.mark.parametrize("env_id", [e for e in TASKS if e != REACTOR] + ["tests/HeatedTank-v0"])
-def test_every_registered_plant_has_a_filter(env_id):
+def test_every_registered_plant_has_a_filter(env_id, sqp):
+    """Also with the SQP correction, which only the reactor's filter uses by default: it must build and run
+    on every plant (time-varying glucose, limits on outputs, CartPole's estimated parameters)."""
     task = get_task(env_id)
     m = task.model
-    psf = predictive_safety_filter(Uniform(m.u_low, m.u_high), env_id, config=with_config(env_id, horizon=10))
+    psf = predictive_safety_filter(Uniform(m.u_low, m.u_high), env_id,
+                                   config=with_config(env_id, horizon=10, sqp=sqp))
     env = TaskEnv(env_id, plant="actual", max_steps=5)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FallbackWarning)
@@ -265,6 +269,10 @@ def test_every_registered_plant_has_a_filter(env_id):
     assert np.all(ep.actions >= m.u_low - 1e-9) and np.all(ep.actions <= m.u_high + 1e-9)
     rep = psf.episode_report()
     assert set(rep) >= {"interventions", "certified", "fallbacks"} | {f"mean_abs_du_{u}" for u in m.inputs}
+    r = psf.record.arrays()
+    tried = r["sqp"][~r["reused"]]
+    assert (tried != "").all() if sqp else (r["sqp"] == "").all()  # tried wherever no plan was reused
+    assert r["sqp"][0] == ("no_plan" if sqp else "")  # the first step has no plan to linearise about
 
 
 def test_bad_configurations_are_one_clear_error():
