@@ -42,7 +42,7 @@ in the terminal set. Then it is a feasible point of the probe's problem without 
 makes the filter cheap behind a safe policy (one simulation, no NLP; ``PSFConfig.reuse_plan``). Otherwise
 (``PSFConfig.sqp``, the reactor's default) the *SQP correction*: the same problem, without the collocation's
 regulariser, by sequential quadratic programming on the integrator's linearisation about the last plan shifted
-(:mod:`safectrl.safety.psf_sqp`, DAQP, 2-4 QPs of ~2 ms); its plan is applied when it converges without slack
+(:mod:`safectrl.safety.psf_sqp`, DAQP, 1-3 QPs of ~2 ms); its plan is applied when it converges without slack
 and, simulated from the estimate with the model's integrator, keeps every limit within half its tightening and
 ends in the terminal set (if its u_0 is ``a``, ``a`` is certified). Where it does not, the NLP decides as
 without it (``record.sqp`` says what happened). Otherwise,
@@ -223,6 +223,11 @@ SMOOTH_COSTS: dict[str, Callable[..., Any]] = {
 }
 
 
+#: The SQP correction's convergence on the limited outputs: the integrator's outputs along the QP's inputs
+#: within this share of the limit's tightening of the QP's prediction (the reactor: 25 mK)
+_SQP_OUTPUT_TOL = 1e-2
+
+
 class PSFError(RuntimeError):
     """The filter could not give a certified or backup input and is ``strict``."""
 
@@ -329,7 +334,8 @@ class PredictiveSafetyFilter:
             limits = [(lim, b.low, b.high) for lim, b in zip(task.limits, self.bounds)]
             self._sqp = CondensedSQP(m, limits, params, task.states, config.horizon, config.du_weight, 2,
                                      config.terminal, config.terminal_tolerance,
-                                     config.limit_penalty, config.terminal_penalty)
+                                     config.limit_penalty, config.terminal_penalty,
+                                     output_tol=[_SQP_OUTPUT_TOL * max(c) for c in tight])
         self.record = PSFRecord()
         self._last_applied: np.ndarray | None = None
         self._warned: set[str] = set()
@@ -479,7 +485,12 @@ class PredictiveSafetyFilter:
         m, cfg = self.task.model, self.config
         p = seen.params if seen.params is not None else self._p_vector
         x0 = np.asarray(seen.x, dtype=float)
+        # the last plan shifted, but its first input the last applied one: where the filter holds a policy at
+        # a limit the correction changes little from step to step, while the plan's next input was only
+        # one continuation (the move penalty starts after it): half the QPs behind the most heat
         shifted = np.vstack([last.u_plan[1:], last.u_plan[-1:]])
+        if self._last_applied is not None:
+            shifted[0] = self._last_applied
         states = np.vstack([x0, last.x_plan[2:], last.x_plan[-1:]])
         res = self._sqp.solve(x0, shifted, a, p, seen.t0, X=states)
         if not res.success:

@@ -23,7 +23,10 @@ inherited from the last step runs along the runaway once the estimate has moved,
 it (single shooting) overflowed the fixed RODAS4 steps at ~15 % of the steps behind the most heat with noise.
 The next iteration linearises about the states the QP predicts. It stops when u_0 moves by less than ``tol``
 of its range (the proximal term vanishes at the fixed point, so u_0 is then the hard problem's up to that
-tolerance). The first plan is the last accepted one shifted by one interval, the backup.
+tolerance), or when the QP's inputs, simulated with the integrator, give every limited output within
+``output_tol`` of the QP's prediction (the linearisation was exact where the problem is decided). The
+first plan is the last accepted one shifted by one interval (the backup), with the filter's last applied
+input first.
 
 Nothing here decides what is applied: the filter simulates the result with the model's integrator, checks it
 against the limits and the terminal set as it checks an NLP plan, and solves the NLP when this path fails
@@ -97,13 +100,16 @@ class CondensedSQP:
             plans for :data:`_TERMINAL_SHARE` of it).
         proximal: mu above (per (Δu / range)²).
         tol: convergence of u_0, share of its range; max_iter: QPs per solve.
+        output_tol: per limit, physical units: also converged when the QP's inputs, simulated from the
+            estimate, give every limited output within this of what the QP predicted (None: u_0 only).
         fd_step: forward-difference step, share of each state's scale and each input's range.
     """
 
     def __init__(self, model: Any, limits: Sequence[tuple[Any, float, float]], params: Any, states: Sequence[str],
                  horizon: int, du_weight: float, du_start: int, terminal: str, terminal_tolerance: float,
                  limit_penalty: float, terminal_penalty: float,
-                 proximal: float = 1e-4, tol: float = 1e-4, max_iter: int = 6, fd_step: float = 1e-6) -> None:
+                 proximal: float = 1e-4, tol: float = 1e-4, max_iter: int = 6,
+                 output_tol: Sequence[float] | None = None, fd_step: float = 1e-6) -> None:
         import daqp
 
         self._daqp = daqp
@@ -114,6 +120,7 @@ class CondensedSQP:
         self.du_weight, self.du_start = float(du_weight), int(du_start)
         self.terminal, self.terminal_tolerance = terminal, float(terminal_tolerance)
         self.proximal, self.tol, self.max_iter = float(proximal), float(tol), int(max_iter)
+        self.output_tol = None if output_tol is None else np.asarray(output_tol, dtype=float)
         self.n_lim = len(limits)
         self.n_terminal = m.nx if terminal == "equilibrium" else 0
         self.limit_penalty, self.terminal_penalty = float(limit_penalty), float(terminal_penalty)
@@ -291,9 +298,17 @@ class CondensedSQP:
                 return result(f"qp_failed (flag {flag})", it)
             U = np.clip(U + z, self.u_low, self.u_high)
             X = np.vstack([x0, predicted[:-1]])  # the next linearisation: the states this QP predicts
-            if np.max(np.abs(z[0]) / self.range) <= self.tol:
-                sim, sim_err = (np.asarray(v) for v in self._rollout(x0, U.T, p, t0))
-                states = sim.T if float(sim_err.ravel()[0]) <= self.model.err_tol else None
+            sim, sim_err = (np.asarray(v) for v in self._rollout(x0, U.T, p, t0))
+            states = sim.T if float(sim_err.ravel()[0]) <= self.model.err_tol else None
+            # converged: u_0 has stopped moving, or the integrator does with these inputs what the QP
+            # predicted, to output_tol on every limited output (its linearisation was exact where it matters:
+            # the next QP would move u_0 by about that error over the output's sensitivity to u_0)
+            settled = np.max(np.abs(z[0]) / self.range) <= self.tol
+            if not settled and states is not None and self.output_tol is not None:
+                y_sim = np.asarray(self._outputs(states.T)[0])
+                y_qp = np.asarray(self._outputs(predicted.T)[0])
+                settled = bool(np.all(np.abs(y_sim - y_qp) <= self.output_tol[:, None]))
+            if settled:
                 if states is not None and self.n_terminal and it < self.max_iter:
                     # u_0 has settled, the continuation may not have: where the simulated plan does not end
                     # within the terminal band (the QP plans for half of it), iterate on from its states
