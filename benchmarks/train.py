@@ -4,9 +4,11 @@ Run: ``python benchmarks/train.py [--steps 300] [--threads 1 2]``. Uses the star
 if missing, 100 episodes, seed 0) and the default configs (256-256 MLPs, batch 256). Each agent is timed
 beside the previous implementation, built here: IQL's critics as two separate ``nn.Linear`` MLPs run one
 after the other instead of the batched ensemble, and every optimiser as Adam's per-parameter loop instead
-of the fused kernel; the update methods are the package's. Rates are the best of three timed blocks after
-a warm-up, the two implementations' blocks taken in turn, so a busy machine shows as lower rates for both,
-not as a ratio of noise.
+of the fused kernel; the update methods are the package's. Beside both, the default config with
+``precision="bfloat16"`` (the square hidden layers multiply in bfloat16, ``safectrl.rl.networks``), whose
+column is its rate and its ratio to the default's. Rates are the best of three timed blocks after a
+warm-up, the implementations' blocks taken in turn, so a busy machine shows as lower rates for all, not as
+a ratio of noise.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import copy
 import time
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -94,20 +97,22 @@ def main() -> None:
     obs_dim, act_dim = offline.normalisation.net_obs_dim, offline.normalisation.act_dim
     print(f"dataset {ds_id}: {len(t)} transitions, {t.obs.shape[1]} observations, {t.action.shape[1]} actions")
     print(f"torch {torch.__version__}, CPU\n")
-    print(f"{'algo':5} {'threads':>7} {'steps/s':>8} {'previous':>8} {'speed-up':>8} {'batch':>5}  "
-          f"default steps -> minutes  parameters")
+    print(f"{'algo':5} {'threads':>7} {'steps/s':>8} {'previous':>8} {'speed-up':>8} {'bfloat16':>15} "
+          f"{'batch':>5}  default steps -> minutes (bfloat16)  parameters")
     for algo in AGENTS:
         config = AGENTS[algo][1]()
         for threads in args.threads:
             torch.set_num_threads(threads)
             agent = make_agent(algo, obs_dim, act_dim, seed=0)
-            rate, before = steps_per_second([agent, previous(make_agent(algo, obs_dim, act_dim, seed=0))],
-                                            offline, args.steps)
+            mixed = make_agent(algo, obs_dim, act_dim, replace(config, precision="bfloat16"), seed=0)
+            rate, before, rate16 = steps_per_second(
+                [agent, previous(make_agent(algo, obs_dim, act_dim, seed=0)), mixed], offline, args.steps)
             sizes = {name: sum(p.numel() for p in net.parameters()) for name, net in agent.networks().items()}
             params = ", ".join(f"{k} {v:,}" for k, v in sizes.items())
-            minutes = config.steps / rate / 60
+            minutes, minutes16 = config.steps / rate / 60, config.steps / rate16 / 60
             print(f"{algo:5} {threads:7d} {rate:8.0f} {before:8.0f} {rate / before:7.2f}x "
-                  f"{config.batch_size:5d}  {config.steps:>8} -> {minutes:5.1f} min  {params}")
+                  f"{rate16:6.0f} ({rate16 / rate:4.2f}x) {config.batch_size:5d}  {config.steps:>8} -> "
+                  f"{minutes:5.1f} min ({minutes16:4.1f})  {params}")
     print(f"\nhidden layers {AGENTS['iql'][1]().hidden} (ReLU); one IQL step updates V, both Q networks, "
           f"the targets and the actor; one BC step the actor only. previous: two separate critic MLPs and "
           f"Adam's per-parameter loop.")

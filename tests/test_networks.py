@@ -1,11 +1,23 @@
-"""The twin Q ensemble against the two MLPs it replaced: initialisation, values, gradients, layout."""
+"""The twin Q ensemble against the two MLPs it replaced: initialisation, values, gradients, layout; the
+bfloat16 mixed precision of the updates."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from safectrl.rl.networks import TwinQ, seeded_init
+from torch import nn
+
+from safectrl.rl.bc import BCConfig
+from safectrl.rl.iql import IQLConfig
+from safectrl.rl.networks import (
+    DeterministicActor,
+    TanhGaussianActor,
+    TwinQ,
+    ValueNetwork,
+    precision_context,
+    seeded_init,
+)
 
 
 def _reference_q(separate, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
@@ -60,3 +72,61 @@ def test_state_from_separate_refuses_what_is_not_two_mlps(separate_q_mlps):
         TwinQ.state_from_separate({**state, "q2.net.2.weight": torch.zeros(8, 9)})
     with pytest.raises(ValueError, match="not the state of two separate Q networks"):
         TwinQ.state_from_separate({})
+
+
+def _linear_output_dtypes(net: nn.Module, *args: torch.Tensor) -> list[torch.dtype]:
+    """The dtype of every nn.Linear's output, in call order, for one forward pass of ``net``."""
+    dtypes: list[torch.dtype] = []
+    hooks = [m.register_forward_hook(lambda _m, _i, out: dtypes.append(out.dtype))
+             for m in net.modules() if isinstance(m, nn.Linear)]
+    net(*args)
+    for h in hooks:
+        h.remove()
+    return dtypes
+
+
+def test_bfloat16_multiplies_between_hidden_layers_only():
+    """Inside the bfloat16 context the square hidden layers give bfloat16, the layers that read the
+    observation and those that give an output float32; outside it, everything is float32."""
+    torch.manual_seed(0)
+    obs = torch.randn(64, 5)
+    f32, b16 = torch.float32, torch.bfloat16
+    cases = [(DeterministicActor(5, 2, (32, 32, 32)), (obs,), [f32, b16, b16, f32]),
+             (ValueNetwork(5, (32, 32)), (obs,), [f32, b16, f32]),
+             (TanhGaussianActor(5, 2, (32, 32), -5, 2), (obs,), [f32, b16, f32, f32])]
+    for net, args, expected in cases:
+        with precision_context("bfloat16"):
+            assert _linear_output_dtypes(net, *args) == expected, type(net).__name__
+        with precision_context("float32"):
+            assert _linear_output_dtypes(net, *args) == [f32] * len(expected), type(net).__name__
+    with precision_context("bfloat16"):  # a one-hidden-layer network has no square layer: all float32
+        assert _linear_output_dtypes(ValueNetwork(5, (32,)), obs) == [f32, f32]
+
+
+@pytest.mark.parametrize("hidden", [(256, 256), (8, 16, 4)])
+def test_bfloat16_twin_q_is_float32_out_and_close_to_float32(hidden):
+    """The ensemble's outputs and weight gradients stay float32 under bfloat16; its values agree with float32
+    to 2 % of their largest (bfloat16 keeps 8 bits of mantissa, measured 0.25-0.33 %) and differ, so the
+    hidden layers did use it; the gradients in norm to 10 % (measured 0.04-5 % at this random initialisation,
+    largest in the square layers, whose weight gradients are sums over the batch of bfloat16 products)."""
+    torch.manual_seed(0)
+    twin = TwinQ(5, 2, hidden)
+    obs, action, target = torch.randn(128, 5), torch.rand(128, 2), torch.randn(128)
+    q32 = twin(obs, action)
+    grads32 = torch.autograd.grad(((q32 - target) ** 2).mean(), list(twin.parameters()))
+    with precision_context("bfloat16"):
+        q16 = twin(obs, action)
+        loss = ((q16 - target) ** 2).mean()
+    grads16 = torch.autograd.grad(loss, list(twin.parameters()))
+    assert q16.dtype == torch.float32 and all(g.dtype == torch.float32 for g in grads16)
+    scale = q32.abs().max().item()
+    assert 0 < (q16 - q32).abs().max().item() <= 2e-2 * scale
+    for g16, g32 in zip(grads16, grads32):
+        assert (g16 - g32).norm().item() <= 0.1 * g32.norm().item()
+
+
+@pytest.mark.parametrize("config", [BCConfig, IQLConfig])
+def test_precision_is_checked(config):
+    with pytest.raises(ValueError, match="precision must be one of float32, bfloat16; got 'float16'"):
+        config(precision="float16")
+    assert config().precision == "float32"

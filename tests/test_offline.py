@@ -103,17 +103,20 @@ def test_bc_overfits_a_batch_of_64_transitions(offline):
     assert np.all(np.abs(policy.act(obs) - wanted) <= 0.01 * (pc.U_HIGH - pc.U_LOW))
 
 
-def test_iql_picks_the_better_of_two_behaviours_where_bc_averages_them():
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_iql_picks_the_better_of_two_behaviours_where_bc_averages_them(precision):
     """A one-state, one-step bandit: action -0.5 earns -1, +0.5 earns 0. With expectile 0.7, V = -0.3 and
-    the advantage weights exp(3 A) are 2.46 and 0.12, so IQL's action tends to 0.45; BC's to the mean, 0."""
+    the advantage weights exp(3 A) are 2.46 and 0.12, so IQL's action tends to 0.45; BC's to the mean, 0.
+    The same answers when the updates multiply in bfloat16 between the hidden layers."""
     n = 256
     good = torch.arange(n) % 2 == 0
     action = torch.where(good, 0.5, -0.5).unsqueeze(-1)
     state = torch.ones(n, 3)
     batch = Batch(state, action, torch.where(good, 0.0, -1.0), state, torch.ones(n))
     norm = Normalisation(np.zeros(3), np.ones(3), np.array([-1.0]), np.array([1.0]))
-    iql = IQL(3, 1, IQLConfig(hidden=(64, 64), steps=500, critic_lr=1e-3, actor_lr=1e-3), seed=0)
-    bc = BC(3, 1, BCConfig(hidden=(64, 64), steps=500, lr=1e-3), seed=0)
+    iql = IQL(3, 1, IQLConfig(hidden=(64, 64), steps=500, critic_lr=1e-3, actor_lr=1e-3, precision=precision),
+              seed=0)
+    bc = BC(3, 1, BCConfig(hidden=(64, 64), steps=500, lr=1e-3, precision=precision), seed=0)
     for _ in range(500):
         iql.update(batch)
         bc.update(batch)
@@ -350,11 +353,12 @@ def test_dataset_baselines_are_the_median_and_best_episodes_tunings(root, transi
 def test_train_and_evaluate_from_the_command_line(tmp_path, capsys):
     root, ckpt = tmp_path / "minari", tmp_path / "iql-pooled"
     assert main(["train", "--algo", "iql", "--scenario", "pooled", "--steps", "30", "--episodes", "2",
-                 "--root", str(root), "--out", str(ckpt)]) == 0
+                 "--root", str(root), "--out", str(ckpt), "--precision", "bfloat16"]) == 0
     for name in ("model.safetensors", "config.json", "losses.csv", "losses.png"):
         assert (ckpt / name).stat().st_size > 0
     record = read_record(ckpt)
     assert record["scenarios"] == list(pc.SCENARIOS) and record["transitions"] == 3 * 2 * pc.EPISODE_STEPS
+    assert record["hyperparameters"]["precision"] == "bfloat16"
     header = (ckpt / "losses.csv").read_text().splitlines()[0]
     assert header == "step,value_loss,critic_loss,actor_loss,weight_mean"
     capsys.readouterr()
@@ -397,6 +401,7 @@ def test_evaluate_on_tuning_seeds_says_so(tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["train", "--algo", "sac"], "invalid choice"),
     (["train", "--algo", "bc", "--steps", "0"], "must be a positive integer"),
+    (["train", "--algo", "iql", "--precision", "float16"], "invalid choice: 'float16'"),
     (["evaluate"], "--policy"),
 ])
 def test_bad_training_arguments_exit_with_usage_error(argv, message, capsys):

@@ -12,7 +12,14 @@ from dataclasses import dataclass
 import torch
 
 from safectrl.common import validation
-from safectrl.rl.networks import DeterministicActor, cosine_adam, regression_loss, seeded_init
+from safectrl.rl.networks import (
+    DeterministicActor,
+    check_precision,
+    cosine_adam,
+    precision_context,
+    regression_loss,
+    seeded_init,
+)
 from safectrl.rl.offline_data import DEFAULT_OBSERVED, Batch
 
 
@@ -39,9 +46,11 @@ class BCConfig:
     batch_size: int = 256  # transitions per gradient step
     steps: int = 20_000  # gradient steps (~260 passes over a 20 000-transition dataset)
     observed: tuple[str, ...] = DEFAULT_OBSERVED  # observation entries the actor sees (see the docstring)
+    precision: str = "float32"  # of the updates: "float32" or "bfloat16" (mixed, safectrl.rl.networks)
 
     def __post_init__(self) -> None:
         check_observed(self.observed)
+        check_precision(self.precision)
         object.__setattr__(self, "hidden", validation.widths("hidden", self.hidden))
         validation.positive("lr", self.lr)
         validation.positive_int("batch_size", self.batch_size)
@@ -72,7 +81,8 @@ class BC:
 
     def update(self, batch: Batch) -> dict[str, float]:
         """One gradient step on the squared error between the actor's and the dataset's actions."""
-        loss = regression_loss(self.actor, batch.obs, batch.action)
+        with precision_context(self.config.precision):
+            loss = regression_loss(self.actor, batch.obs, batch.action)
         self.actor_optimizer.zero_grad()
         loss.backward()
         self.actor_optimizer.step()

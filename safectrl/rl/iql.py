@@ -35,7 +35,9 @@ from safectrl.rl.networks import (
     TwinQ,
     ValueNetwork,
     adam,
+    check_precision,
     cosine_adam,
+    precision_context,
     regression_loss,
     seeded_init,
 )
@@ -64,9 +66,11 @@ class IQLConfig:
     reward_scale: float | None = None  # multiplies env rewards; None: 1000 / (max - min return) of complete episodes
     failure_penalty: float = 1000.0  # a failure step's scaled reward is clipped at -failure_penalty
     observed: tuple[str, ...] = DEFAULT_OBSERVED  # observation entries every network sees (as BC's, BCConfig)
+    precision: str = "float32"  # of the updates: "float32" or "bfloat16" (mixed, safectrl.rl.networks)
 
     def __post_init__(self) -> None:
         check_observed(self.observed)
+        check_precision(self.precision)
         if not 0.0 < self.expectile < 1.0:
             raise ValueError(f"expectile must be in (0, 1), got {self.expectile}")
         if not 0.0 <= self.discount < 1.0:
@@ -143,10 +147,11 @@ class IQL:
 
     def update_value(self, batch: Batch) -> tuple[float, torch.Tensor]:
         """Expectile regression of V onto the target critics; returns the loss and the advantages."""
-        with torch.no_grad():
-            target_q = self.critic_target.min_q(batch.obs, batch.action)
-        advantage = target_q - self.value(batch.obs)
-        loss = expectile_loss(advantage, self.config.expectile)
+        with precision_context(self.config.precision):
+            with torch.no_grad():
+                target_q = self.critic_target.min_q(batch.obs, batch.action)
+            advantage = target_q - self.value(batch.obs)
+            loss = expectile_loss(advantage, self.config.expectile)
         self.value_optimizer.zero_grad()
         loss.backward()
         self.value_optimizer.step()
@@ -154,10 +159,11 @@ class IQL:
 
     def update_critic(self, batch: Batch) -> float:
         """TD regression of both critics onto ``r + gamma (1 - done) V(s')``, then the Polyak step."""
-        with torch.no_grad():
-            target = batch.reward + self.config.discount * (1.0 - batch.done) * self.value(batch.next_obs)
-        q = self.critic(batch.obs, batch.action)
-        loss = F.mse_loss(q, target.expand_as(q))  # the mean of the two critics' losses
+        with precision_context(self.config.precision):
+            with torch.no_grad():
+                target = batch.reward + self.config.discount * (1.0 - batch.done) * self.value(batch.next_obs)
+            q = self.critic(batch.obs, batch.action)
+            loss = F.mse_loss(q, target.expand_as(q))  # the mean of the two critics' losses
         self.critic_optimizer.zero_grad()
         loss.backward()
         self.critic_optimizer.step()
@@ -169,7 +175,8 @@ class IQL:
     def update_actor(self, batch: Batch, advantage: torch.Tensor) -> tuple[float, float]:
         """Advantage-weighted regression onto the dataset's actions; returns the loss and the mean weight."""
         weight = torch.exp(self.config.beta * advantage).clamp(max=self.config.max_weight)
-        loss = regression_loss(self.actor, batch.obs, batch.action, weight)
+        with precision_context(self.config.precision):
+            loss = regression_loss(self.actor, batch.obs, batch.action, weight)
         self.actor_optimizer.zero_grad()
         loss.backward()
         self.actor_optimizer.step()

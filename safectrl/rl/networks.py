@@ -4,6 +4,12 @@ Every network works in normalised coordinates: observations standardised by the 
 (:mod:`safectrl.rl.offline_data`) or mapped onto [-1, 1] by the observation box (:class:`BoxScaler`),
 actions in [-1, 1]. Hidden layers are ReLU MLPs (256-256 by default: the IQL authors', CORL's and Tian et
 al.'s setting).
+
+Precision (each agent's config, ``precision``): ``"float32"`` everywhere, or ``"bfloat16"``, mixed precision
+for the updates only: inside :func:`precision_context` the layers between two hidden layers multiply in
+bfloat16 (oneDNN accumulates in float32), while every network's first layer (the observation and the
+action) and its output layers stay float32, as do the losses, the gradients' accumulation into the float32
+weights and Adam. Acting is always float32. Why and what it measured: ``docs/decisions.md#training-speed``.
 """
 
 from __future__ import annotations
@@ -18,14 +24,52 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def mlp(sizes: Sequence[int]) -> nn.Sequential:
-    """Linear layers of the given widths with ReLU between them (none after the last)."""
+PRECISIONS = ("float32", "bfloat16")
+
+
+def check_precision(precision: str) -> str:
+    """``precision`` if it is one of :data:`PRECISIONS`, else a ValueError naming them."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    return precision
+
+
+def precision_context(precision: str) -> contextlib.AbstractContextManager:
+    """The context an agent's updates run in: CPU autocast to bfloat16 for ``"bfloat16"``, else nothing."""
+    if check_precision(precision) == "bfloat16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _in_float32(function, *args: torch.Tensor) -> torch.Tensor:
+    """``function(*args)`` in float32, also inside an autocast region (its tensors cast up first)."""
+    if not torch.is_autocast_enabled("cpu"):
+        return function(*args)
+    with torch.autocast("cpu", enabled=False):
+        return function(*(a.float() for a in args))
+
+
+class Float32Linear(nn.Linear):
+    """``nn.Linear`` (the same parameters and state-dict keys) that stays float32 under autocast: the layers
+    that read the observation or give a network's output (module docstring)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _in_float32(super().forward, x)
+
+
+def mlp(sizes: Sequence[int], output: bool = True) -> nn.Sequential:
+    """Linear layers of the given widths with ReLU between them (none after the last).
+
+    The first layer, and the last if ``output`` (False: the last layer feeds further layers, as a trunk's),
+    are :class:`Float32Linear`.
+    """
     if len(sizes) < 2 or min(sizes) < 1:
         raise ValueError(f"an MLP needs at least an input and an output width, all >= 1; got {list(sizes)}")
     layers: list[nn.Module] = []
+    last = len(sizes) - 2
     for k, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(n_in, n_out))
-        if k < len(sizes) - 2:
+        layers.append((Float32Linear if k == 0 or (output and k == last) else nn.Linear)(n_in, n_out))
+        if k < last:
             layers.append(nn.ReLU())
     return nn.Sequential(*layers)
 
@@ -76,9 +120,9 @@ class TanhGaussianActor(nn.Module):
     def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int], log_std_min: float,
                  log_std_max: float) -> None:
         super().__init__()
-        self.trunk = mlp([obs_dim, *hidden])
-        self.mean = nn.Linear(hidden[-1], act_dim)
-        self.log_std = nn.Linear(hidden[-1], act_dim)
+        self.trunk = mlp([obs_dim, *hidden], output=False)
+        self.mean = Float32Linear(hidden[-1], act_dim)
+        self.log_std = Float32Linear(hidden[-1], act_dim)
         self.log_std_min, self.log_std_max = log_std_min, log_std_max
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,6 +149,7 @@ class TwinQ(nn.Module):
     Layer k of both members is one batched matmul, ``h_k = h_{k-1} @ weights[k] + biases[k]`` with
     ``weights[k]`` (2, n_in, n_out) and ``biases[k]`` (2, 1, n_out), ReLU between the layers: the same
     function as two separate ReLU MLPs ``[obs_dim + act_dim, *hidden, 1]``, with half the operator calls.
+    The first and the last layer stay float32 under autocast, as :func:`mlp`'s.
     Member j's layers are initialised as ``nn.Linear`` layers of their sizes, drawn member by member, so a
     seed gives the weights two MLPs built one after the other would have had. :meth:`min_q` is the
     pessimistic estimate (targets, advantages, actor loss).
@@ -139,7 +184,10 @@ class TwinQ(nn.Module):
         h = x.expand(self.members, *x.shape)  # a view: both members read the same input
         last = len(self.weights) - 1
         for k, (weight, bias) in enumerate(zip(self.weights, self.biases)):
-            h = torch.baddbmm(bias, h, weight)
+            if k == 0 or k == last:
+                h = _in_float32(torch.baddbmm, bias, h, weight)
+            else:
+                h = torch.baddbmm(bias, h, weight)
             if k < last:
                 h = torch.relu(h)
         return h.squeeze(-1)

@@ -29,6 +29,7 @@ from safectrl.rl import data
 from safectrl.rl.bc import BCConfig
 from safectrl.rl.checkpoint import save_policy
 from safectrl.rl.iql import IQLConfig, learning_rewards
+from safectrl.rl.networks import PRECISIONS
 from safectrl.rl.offline_data import Normalisation, OfflineData
 from safectrl.rl.env import TaskEnv
 from safectrl.rl.rollout import Episode, run_episode
@@ -280,14 +281,18 @@ class TrainConfig:
     dataset_seed: int = field(default=0, metadata={"min": 0})  # PI dataset seed
     root: str | None = None  # datasets folder (default: $MINARI_DATASETS_PATH or ~/.minari/datasets)
     threads: int = field(default=1, metadata={"min": 1})  # torch CPU threads
+    # arithmetic of the updates: float32, or bfloat16 between the hidden layers (mixed precision)
+    precision: str = field(default="float32", metadata={"choices": PRECISIONS})
 
 
 def run_train(config: TrainConfig) -> Path:
     """Train the policy of ``config``; its checkpoint folder (``config.json`` is the checkpoint's)."""
     torch.set_num_threads(config.threads)
     scenarios = list(pc.SCENARIOS) if config.scenario == "pooled" else [config.scenario]
+    agent_config = AGENTS[config.algo][1](precision=config.precision)
     return train_policy(config.algo, scenarios, steps=config.steps, seed=config.seed, out=config.out,
-                        episodes=config.episodes, dataset_seed=config.dataset_seed, root=config.root)
+                        episodes=config.episodes, dataset_seed=config.dataset_seed, root=config.root,
+                        config=agent_config)
 
 
 @dataclass(frozen=True)
