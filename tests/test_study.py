@@ -37,6 +37,27 @@ def test_psf_rows_need_their_inner_rows_artifacts_and_run_on_the_reactor_only():
     assert set(PRESETS["full"].controllers) == set(CONTROLLERS)
 
 
+@pytest.mark.parametrize("algo", ["bc", "iql"])
+def test_policy_artifacts_keep_their_keys_at_the_default_precision(algo, monkeypatch):
+    """``precision`` was added to the offline configs later: at its default it stays out of the artifact's
+    key (artifacts trained before keep being found), any other value gives another artifact."""
+    import importlib
+    from dataclasses import asdict, replace
+
+    from safectrl.studies import artifacts, study
+
+    module = importlib.import_module(f"safectrl.rl.{algo}")
+    config_type = module.BCConfig if algo == "bc" else module.IQLConfig
+    preset = study.PRESETS["full"]
+    config = study.policy_artifact_config(algo, "startup", preset)
+    assert config["config"] == {k: v for k, v in asdict(config_type()).items() if k != "precision"}
+    mixed = replace(config_type(), precision="bfloat16")
+    monkeypatch.setattr(module, config_type.__name__, lambda: mixed)
+    other = study.policy_artifact_config(algo, "startup", preset)
+    assert other["config"] == asdict(mixed) and other["config"]["precision"] == "bfloat16"
+    assert artifacts.artifact_path(f"{algo}-policy", other) != artifacts.artifact_path(f"{algo}-policy", config)
+
+
 def test_a_tiny_study_reports_filter_statistics_for_the_psf_rows_only(tmp_path, monkeypatch, minari_root):
     """Every new row on the mismatch and mismatch+noise plants, a few intervals each, in this process."""
     from safectrl.studies.study import StudyPreset, run_study

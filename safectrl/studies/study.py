@@ -415,7 +415,10 @@ def policy_artifact_config(algo: str, scenario: str, preset: StudyPreset) -> dic
 
     cfg = {"bc": BCConfig, "iql": IQLConfig}[algo]()
     steps = preset.bc_steps if algo == "bc" else preset.iql_steps
-    return {"algo": algo, "scenario": scenario, "config": asdict(cfg), "steps": steps or cfg.steps,
+    config = asdict(cfg)
+    if config["precision"] == "float32":  # added later: artifacts trained before it keep their keys
+        del config["precision"]
+    return {"algo": algo, "scenario": scenario, "config": config, "steps": steps or cfg.steps,
             "seed": preset.train_seed, "dataset": datasets.dataset_id(scenario, preset.data_episodes, preset.data_seed),
             "safectrl": safectrl.__version__}
 
