@@ -145,7 +145,7 @@ def filter_figure(episode: Episode, trace: dict[str, np.ndarray], task: Task | N
     x = np.asarray(episode.infos["state"], float)
     t = np.arange(len(x)) * hours
     y = np.asarray(limit.value(x, task.nominal, task.states), float)
-    fig, axes = plt.subplots(1 + m.nu, 1, figsize=(9.0, 2.6 * (1 + m.nu) + 0.4), sharex=True)
+    fig, axes = plt.subplots(1 + m.nu, 1, figsize=(10.5, 2.6 * (1 + m.nu) + 0.4), sharex=True)
     ax = axes[0]
     ax.plot(t, y, color="C0", lw=1.8, label="plant")
     unit = f" {limit.unit}".rstrip() if limit.unit else ""
@@ -158,7 +158,8 @@ def filter_figure(episode: Episode, trace: dict[str, np.ndarray], task: Task | N
         tk = (k + np.arange(predicted.shape[1])) * hours
         ax.plot(tk, predicted[k], color=f"C{j + 1}", ls="--", lw=1.2, label=f"predicted at {k * hours:g} h")
     ax.set_ylabel(f"{limit.name} [{limit.unit or '-'}]")
-    ax.legend(loc="best", fontsize=8, ncol=2)
+    # outside the axes: inside, wherever it goes, it hides a predicted horizon or the plant
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, borderaxespad=0.0)
     for i, name in enumerate(m.inputs):
         ax = axes[1 + i]
         ax.step(t[:len(proposal)], np.clip(proposal[:, i], m.u_low[i], m.u_high[i]), where="post", color="C7",
