@@ -15,8 +15,10 @@ from safectrl.rl.networks import (
     TanhGaussianActor,
     TwinQ,
     ValueNetwork,
+    native_bfloat16,
     precision_context,
     seeded_init,
+    warn_if_emulated,
 )
 
 
@@ -130,3 +132,32 @@ def test_precision_is_checked(config):
     with pytest.raises(ValueError, match="precision must be one of float32, bfloat16; got 'float16'"):
         config(precision="float16")
     assert config().precision == "float32"
+
+
+def test_native_bfloat16_reads_the_cpu_flags(tmp_path):
+    x86 = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f {}\n"
+    for text, expected in ((x86.format("avx512_bf16"), True), (x86.format("amx_bf16 amx_tile"), True),
+                           (x86.format("avx512_vnni"), False), ("Features\t: fp asimd bf16 i8mm\n", True),
+                           ("Features\t: fp asimd\n", False)):
+        (tmp_path / "cpuinfo").write_text(text)
+        assert native_bfloat16(tmp_path / "cpuinfo") is expected, text
+    assert native_bfloat16(tmp_path / "missing") is None
+
+
+@pytest.mark.parametrize("native", [False, None])
+def test_bfloat16_without_the_hardware_warns_and_float32_never(native, monkeypatch):
+    import warnings
+
+    import safectrl.rl.networks as networks
+    from safectrl.rl.bc import BC
+    from safectrl.rl.iql import IQL
+
+    monkeypatch.setattr(networks, "native_bfloat16", lambda: native)
+    for agent, config in ((BC, BCConfig), (IQL, IQLConfig)):
+        with pytest.warns(RuntimeWarning, match="precision='bfloat16' asked for, but this CPU .*emulates"):
+            agent(5, 2, config(hidden=(8, 8), precision="bfloat16"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_if_emulated("float32")
+        monkeypatch.setattr(networks, "native_bfloat16", lambda: True)
+        warn_if_emulated("bfloat16")

@@ -103,6 +103,11 @@ def test_bc_overfits_a_batch_of_64_transitions(offline):
     assert np.all(np.abs(policy.act(obs) - wanted) <= 0.01 * (pc.U_HIGH - pc.U_LOW))
 
 
+#: bfloat16 on a CPU without it in hardware warns (safectrl.rl.networks.warn_if_emulated); the results hold.
+EMULATED_BF16_OK = pytest.mark.filterwarnings("ignore:precision='bfloat16' asked for:RuntimeWarning")
+
+
+@EMULATED_BF16_OK
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
 def test_iql_picks_the_better_of_two_behaviours_where_bc_averages_them(precision):
     """A one-state, one-step bandit: action -0.5 earns -1, +0.5 earns 0. With expectile 0.7, V = -0.3 and
@@ -350,6 +355,7 @@ def test_dataset_baselines_are_the_median_and_best_episodes_tunings(root, transi
 # -- command line ------------------------------------------------------------------------------------------
 
 
+@EMULATED_BF16_OK
 def test_train_and_evaluate_from_the_command_line(tmp_path, capsys):
     root, ckpt = tmp_path / "minari", tmp_path / "iql-pooled"
     assert main(["train", "--algo", "iql", "--scenario", "pooled", "--steps", "30", "--episodes", "2",

@@ -15,6 +15,9 @@ weights and Adam. Acting is always float32. Why and what it measured: ``docs/dec
 from __future__ import annotations
 
 import contextlib
+import os
+import warnings
+from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
 import gymnasium as gym
@@ -32,6 +35,34 @@ def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
     return precision
+
+
+#: CPU flags (``/proc/cpuinfo``) of bfloat16 arithmetic in hardware: x86's AVX512_BF16 and AMX, Arm's BF16.
+BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+
+
+def native_bfloat16(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> bool | None:
+    """Whether this CPU multiplies bfloat16 in hardware (one of :data:`BF16_FLAGS` among its flags); None
+    where ``cpuinfo`` cannot be read (not Linux). Without it oneDNN emulates bfloat16, slower than float32."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return None
+    flags = {f for line in text.splitlines() if line.lower().startswith(("flags", "features"))
+             for f in line.split(":", 1)[-1].split()}
+    return any(f in flags for f in BF16_FLAGS)
+
+
+def warn_if_emulated(precision: str) -> None:
+    """A warning when ``precision`` is bfloat16 and the CPU has no bfloat16 hardware (or cannot tell)."""
+    if check_precision(precision) != "bfloat16":
+        return
+    native = native_bfloat16()
+    if native is not True:
+        why = "has none of the flags " + ", ".join(BF16_FLAGS) if native is False else "cannot be asked"
+        warnings.warn(f"precision='bfloat16' asked for, but this CPU {why}: oneDNN emulates bfloat16, slower "
+                      "than float32 (a 256x256 matmul measured 1.3-1.4x slower without AVX512_BF16, 29x on "
+                      "AVX2 alone); use precision='float32' here", RuntimeWarning, stacklevel=3)
 
 
 def precision_context(precision: str) -> contextlib.AbstractContextManager:
