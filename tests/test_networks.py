@@ -15,10 +15,10 @@ from safectrl.rl.networks import (
     TanhGaussianActor,
     TwinQ,
     ValueNetwork,
+    check_precision,
     native_bfloat16,
     precision_context,
     seeded_init,
-    warn_if_emulated,
 )
 
 
@@ -149,15 +149,15 @@ def test_bfloat16_without_the_hardware_warns_and_float32_never(native, monkeypat
     import warnings
 
     import safectrl.rl.networks as networks
-    from safectrl.rl.bc import BC
-    from safectrl.rl.iql import IQL
 
     monkeypatch.setattr(networks, "native_bfloat16", lambda: native)
-    for agent, config in ((BC, BCConfig), (IQL, IQLConfig)):
-        with pytest.warns(RuntimeWarning, match="precision='bfloat16' asked for, but this CPU .*emulates"):
-            agent(5, 2, config(hidden=(8, 8), precision="bfloat16"))
+    for config in (BCConfig, IQLConfig):
+        with pytest.warns(RuntimeWarning, match="precision='bfloat16' asked for, but this CPU .*emulates") as got:
+            config(hidden=(8, 8), precision="bfloat16")
+        assert got[0].filename == __file__  # it points at the line that asked for it
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        warn_if_emulated("float32")
+        BCConfig(precision="float32")
+        assert check_precision("float32") == "float32"
         monkeypatch.setattr(networks, "native_bfloat16", lambda: True)
-        warn_if_emulated("bfloat16")
+        IQLConfig(precision="bfloat16")

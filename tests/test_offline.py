@@ -103,7 +103,7 @@ def test_bc_overfits_a_batch_of_64_transitions(offline):
     assert np.all(np.abs(policy.act(obs) - wanted) <= 0.01 * (pc.U_HIGH - pc.U_LOW))
 
 
-#: bfloat16 on a CPU without it in hardware warns (safectrl.rl.networks.warn_if_emulated); the results hold.
+#: bfloat16 on a CPU without it in hardware warns (safectrl.rl.networks.check_precision); the results hold.
 EMULATED_BF16_OK = pytest.mark.filterwarnings("ignore:precision='bfloat16' asked for:RuntimeWarning")
 
 

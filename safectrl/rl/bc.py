@@ -19,7 +19,6 @@ from safectrl.rl.networks import (
     precision_context,
     regression_loss,
     seeded_init,
-    warn_if_emulated,
 )
 from safectrl.rl.offline_data import DEFAULT_OBSERVED, Batch
 
@@ -72,7 +71,6 @@ class BC:
 
     def __init__(self, obs_dim: int, act_dim: int, config: BCConfig = BCConfig(), seed: int = 0) -> None:
         self.config = config
-        warn_if_emulated(config.precision)
         with seeded_init(seed):
             self.actor = DeterministicActor(obs_dim, act_dim, config.hidden)
         self.actor_optimizer, self.actor_schedule = cosine_adam(self.actor, config.lr, config.steps)

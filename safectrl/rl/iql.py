@@ -40,7 +40,6 @@ from safectrl.rl.networks import (
     precision_context,
     regression_loss,
     seeded_init,
-    warn_if_emulated,
 )
 from safectrl.rl.offline_data import DEFAULT_OBSERVED, Batch
 
@@ -132,7 +131,6 @@ class IQL:
 
     def __init__(self, obs_dim: int, act_dim: int, config: IQLConfig = IQLConfig(), seed: int = 0) -> None:
         self.config = config
-        warn_if_emulated(config.precision)
         with seeded_init(seed):
             self.actor = DeterministicActor(obs_dim, act_dim, config.hidden)
             self.critic = TwinQ(obs_dim, act_dim, config.hidden)

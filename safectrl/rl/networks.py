@@ -30,13 +30,6 @@ from torch import nn
 PRECISIONS = ("float32", "bfloat16")
 
 
-def check_precision(precision: str) -> str:
-    """``precision`` if it is one of :data:`PRECISIONS`, else a ValueError naming them."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
-    return precision
-
-
 #: CPU flags (``/proc/cpuinfo``) of bfloat16 arithmetic in hardware: x86's AVX512_BF16 and AMX, Arm's BF16.
 BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
 
@@ -53,23 +46,25 @@ def native_bfloat16(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> bool | None
     return any(f in flags for f in BF16_FLAGS)
 
 
-def warn_if_emulated(precision: str) -> None:
-    """A warning when ``precision`` is bfloat16 and the CPU has no bfloat16 hardware (or cannot tell)."""
-    if check_precision(precision) != "bfloat16":
-        return
-    native = native_bfloat16()
+def check_precision(precision: str) -> str:
+    """``precision`` if it is one of :data:`PRECISIONS` (else a ValueError naming them), with a warning when it
+    is bfloat16 and the CPU has no bfloat16 hardware, or cannot tell. The agents' configs call it."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    native = native_bfloat16() if precision == "bfloat16" else True
     if native is not True:
         why = "has none of the flags " + ", ".join(BF16_FLAGS) if native is False else "cannot be asked"
         warnings.warn(f"precision='bfloat16' asked for, but this CPU {why}: oneDNN emulates bfloat16, slower "
                       "than float32 (a 256x256 matmul measured 1.3-1.4x slower without AVX512_BF16, 29x on "
-                      "AVX2 alone); use precision='float32' here", RuntimeWarning, stacklevel=3)
+                      "AVX2 alone); use precision='float32' here", RuntimeWarning, stacklevel=4)
+    return precision
 
 
 def precision_context(precision: str) -> contextlib.AbstractContextManager:
     """The context an agent's updates run in: CPU autocast to bfloat16 for ``"bfloat16"``, else nothing."""
-    if check_precision(precision) == "bfloat16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    return torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bfloat16" else contextlib.nullcontext()
 
 
 def _in_float32(function, *args: torch.Tensor) -> torch.Tensor:
