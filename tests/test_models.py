@@ -162,3 +162,99 @@ def test_direct_call_equals_casadi_and_checks_sizes(rng, nominal_params):
         direct(x, u)
     xf_row, _ = direct(x[None, :], u[None, :], p)  # a row works as a vector
     np.testing.assert_array_equal(xf_row, xf)
+
+
+# -- the coarse rung: 4 substeps, retaken in 16 where the error estimate is too large ------------------------
+
+
+def _episode_intervals(scenario, controller, plant, seed):
+    ep = run_episode(TaskEnv(pc.TASK, scenario, plant=plant), controller, seed=seed)
+    return ep.infos["state"][:-1], np.clip(ep.actions, pc.U_LOW, pc.U_HIGH)
+
+
+class _RandomInputs:
+    """An adversary: a uniformly random input every interval (a step change at every interval start)."""
+
+    def __init__(self, seed):
+        self.rng = np.random.default_rng(seed)
+
+    def reset(self, seed=None):
+        pass
+
+    def act(self, obs):
+        return self.rng.uniform(pc.U_LOW, pc.U_HIGH)
+
+
+def test_coarse_rung_is_as_accurate_as_the_fine_interval(nominal_params):
+    """Interval by interval against CVODES at rtol 1e-9 (the model's own reference), on PI episodes of every
+    scenario, on the mismatched plant, and behind random inputs: where the coarse interval is kept its error
+    is within that of the fixed 16 substeps (at most 2x it or 1e-6), and everywhere below 1e-5."""
+    from safectrl.controllers.pi import DatasetPI
+
+    m = pc.MODEL
+    fine, coarse = m._interval_rows()
+    mismatch = pc.mismatched(nominal_params, UA=0.8, dH=1.1)
+    cases = [("startup", PIController(NOMINAL_TUNING), nominal_params, 0),
+             ("grade_up", DatasetPI(), mismatch, 1), ("grade_down", DatasetPI(), nominal_params, 2),
+             ("grade_up", _RandomInputs(3), nominal_params, 3)]
+    kept = total = 0
+    for scenario, controller, plant, seed in cases:
+        X, U = _episode_intervals(scenario, controller, plant, seed)
+        p = np.tile(m.param_vector(plant), (len(X), 1))
+        truth = np.array([np.asarray(m.adaptive_interval_function()(x, u, q, 0.0)).ravel()
+                          for x, u, q in zip(X, U, p)])
+        xf_fine, _ = fine(X, U, p)
+        xf_coarse, err_coarse = coarse(X, U, p)
+        xf, _ = m.simulate_rows(fine, coarse, X, U, p)
+        keep = err_coarse[:, 0] <= m.coarse_tol
+        np.testing.assert_array_equal(xf[keep], xf_coarse[keep])
+        np.testing.assert_array_equal(xf[~keep], xf_fine[~keep])
+        r, r_fine = (np.max(np.abs(a - truth) / np.abs(truth), axis=1) for a in (xf, xf_fine))
+        assert np.all(r <= np.maximum(2 * r_fine, 1e-6)), (scenario, r.max(), r_fine.max())
+        assert r.max() < 1e-5, (scenario, r.max())
+        kept += int(keep.sum())
+        total += len(keep)
+    assert 0.5 * total < kept < total  # both rungs exercised
+
+
+def test_batch_with_both_rungs_equals_single_steps(rng, nominal_params):
+    """70 reactors (two full chunks of 32 and a short one, so split between threads and padded), some of
+    them in a transient that the coarse rung rejects: each row bit for bit its own single step, in the env's
+    transition as in step_batch."""
+    m, task = pc.MODEL, pc.TASK
+    X, U = _episode_intervals("startup", PIController(NOMINAL_TUNING), nominal_params, 4)
+    at = rng.integers(0, len(X), 70)
+    at[:5] = np.arange(5)  # the start-up's first intervals: the coarse estimate is too large there
+    x, u = X[at], U[at]
+    p = m.param_vector(nominal_params)
+    before = m.refined
+    batch = m.step_batch(x, u, p)
+    assert m.refined > before
+    sp = np.tile(pc.SCENARIOS["startup"].setpoint, (len(x), 1))
+    tr = task.transition(x, u, p, sp)
+    for k in range(len(x)):
+        np.testing.assert_array_equal(batch[k], m.step(x[k], u[k], p))
+        one = task.transition(x[k], u[k], p, sp[k])
+        np.testing.assert_array_equal(tr.x[k], one.x[0])
+        assert tr.stage_cost[k] == one.stage_cost[0] and tr.exceedance[k] == one.exceedance[0]
+    np.testing.assert_array_equal(tr.x, batch)
+
+
+def test_rows_without_a_compiler_gives_the_same_numbers(monkeypatch, reactor_points, nominal_params):
+    x, u = reactor_points(40)
+    p = np.tile(pc.MODEL.param_vector(nominal_params), (40, 1))
+    compiled_out = compiled.Rows(pc.MODEL.interval_function())(x, u, p)
+    monkeypatch.setenv("SAFECTRL_NO_COMPILE", "1")
+    monkeypatch.setattr(compiled, "_warned", True)  # its one-time warning is not what this test is about
+    rows = compiled.Rows(pc.MODEL.interval_function())
+    vm_out = rows(x, u, p)
+    assert rows._chunk_callers(1)[0]._c is None  # the virtual machine's map did the work
+    for a, b in zip(compiled_out, vm_out):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_coarse_substeps_must_be_fewer_than_substeps():
+    with pytest.raises(ValueError, match="coarse_substeps must be 0"):
+        ODEModel(name="decay", states=("x",), inputs=("u",), params_type=_DecayParams, rhs=_forced_decay,
+                 dt=0.7, x_scale=[1.0], u_low=[-1.0], u_high=[1.0], substeps=8, coarse_substeps=8,
+                 time_varying=True)

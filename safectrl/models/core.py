@@ -10,7 +10,8 @@ builds, once and cached:
   held (zero-order hold), ``(x0, u, p) -> xf``, by a fixed number of L-stable Rosenbrock (RODAS4) substeps.
   Being a plain SX expression it can be compiled to C, mapped over many reactors, or embedded in an NLP;
 * ``step(x, u, params)`` and ``step_batch(x, u, p)`` — the same function evaluated as compiled C when a C
-  compiler is present (see :mod:`safectrl.models.compiled`), one reactor or N reactors per call.
+  compiler is present (see :mod:`safectrl.models.compiled`), one reactor or N reactors per call; a model
+  with ``coarse_substeps`` first tries fewer substeps and keeps them where the error estimate allows.
 * ``dae(algebraic)`` — the same model with some states made algebraic, ``0 = (their rhs rows)``: a
   :class:`DAEModel`, integrated over one interval by IDAS or by CasADi's collocation integrator.
 
@@ -183,6 +184,14 @@ class ODEModel:
             a model whose plant is *defined* by that discretisation (e.g. Gymnasium's CartPole); its error
             estimate is 0, so CVODES never takes over.
         err_tol: largest accepted RODAS4 error estimate per interval (scaled units) before CVODES takes over.
+        coarse_substeps: if > 0, simulation (:meth:`step`, :meth:`step_batch`, ``Task.transition``) first
+            takes an interval in this many substeps and keeps it when its error estimate is at most
+            ``coarse_tol``; otherwise it retakes the interval in ``substeps`` (counted in :attr:`refined`).
+            :meth:`interval_function`, which NLPs and estimators embed, is always the ``substeps`` one.
+        coarse_tol: largest accepted error estimate of the coarse interval (scaled units).
+
+    ``coarse_substeps`` is read at every call: set it to 0 to simulate with ``substeps`` alone (the
+    benchmarks compare both in one process).
     """
 
     def __init__(
@@ -202,6 +211,8 @@ class ODEModel:
         pivoting: bool = False,
         integrator: str = "rodas4",
         err_tol: float = 1e-4,
+        coarse_substeps: int = 0,
+        coarse_tol: float = 3e-6,
     ) -> None:
         self.name = name
         self.states = tuple(states)
@@ -222,15 +233,23 @@ class ODEModel:
         if self.x_scale.shape != (self.nx,) or np.any(self.x_scale <= 0):
             raise ValueError(f"x_scale must be {self.nx} positive numbers, got {x_scale!r}")
         self._rhs_fn: ca.Function | None = None
-        self._interval_fn: ca.Function | None = None
+        if not 0 <= int(coarse_substeps) < self.substeps or (coarse_substeps and integrator != "rodas4"):
+            raise ValueError(f"coarse_substeps must be 0 (off) or a RODAS4 step count below substeps = "
+                             f"{self.substeps}, got {coarse_substeps!r}")
+        self.coarse_substeps = int(coarse_substeps)
+        #: Largest accepted error estimate of a coarse interval; above it the interval is retaken finely.
+        self.coarse_tol = float(coarse_tol)
+        self._interval_fns: dict[int, ca.Function] = {}
         self._adaptive_fn: ca.Function | None = None
-        self._mapped: dict[int, ca.Function] = {}
-        self._direct: compiled.DirectCall | None = None
+        self._rows: dict[int, compiled.Rows] = {}
         self._dae: dict[tuple[str, ...], DAEModel] = {}
         #: Largest accepted RODAS4 error estimate per interval; above it CVODES recomputes the interval.
         self.err_tol = float(err_tol)
         #: Intervals recomputed by CVODES since construction (visible, never silent).
         self.fallbacks = 0
+        #: Intervals simulated, and of those retaken in ``substeps`` because the coarse one was not accurate.
+        self.intervals = 0
+        self.refined = 0
 
     @property
     def nx(self) -> int:
@@ -294,11 +313,20 @@ class ODEModel:
     # -- one control interval ----------------------------------------------------------------------
 
     def interval_function(self) -> ca.Function:
-        """CasADi Function ``F(x0, u, p(, t0)) -> xf``: one interval ``dt`` with ``u`` held, built once.
+        """CasADi Function ``F(x0, u, p(, t0)) -> (xf, err)``: one interval ``dt`` with ``u`` held, built once.
 
-        An SX graph (fixed RODAS4 substeps), so it can be compiled, mapped, or embedded in an NLP.
+        An SX graph of ``substeps`` fixed RODAS4 steps, so it can be compiled, mapped, or embedded in an
+        NLP; ``err`` is the largest local error estimate over the substeps (scaled units).
         """
-        if self._interval_fn is None:
+        return self._interval(self.substeps)
+
+    def coarse_interval_function(self) -> ca.Function | None:
+        """The same interval in ``coarse_substeps`` RODAS4 steps (None without a coarse rung)."""
+        return self._interval(self.coarse_substeps) if self.coarse_substeps else None
+
+    def _interval(self, substeps: int) -> ca.Function:
+        fn = self._interval_fns.get(substeps)
+        if fn is None:
             rhs = self.rhs_function()
             x0 = ca.SX.sym("x0", self.nx)
             u = ca.SX.sym("u", self.nu)
@@ -319,24 +347,46 @@ class ODEModel:
                 z0 = x0 / s
             fun = ca.Function(f"{self.name}_scaled_rhs", [z, qs], [zdot])
             if self.integrator == "euler":
-                zf, err = euler_interval(fun, z0, q, self.dt, self.substeps), ca.SX(0)
+                zf, err = euler_interval(fun, z0, q, self.dt, substeps), ca.SX(0)
             else:
-                zf, err = rodas4_interval(fun, z0, q, self.dt, self.substeps, self.pivoting)
+                zf, err = rodas4_interval(fun, z0, q, self.dt, substeps, self.pivoting)
             ins, names = [x0, u, p], ["x0", "u", "p"]
             if self.time_varying:
                 ins, names = ins + [t0], names + ["t0"]
-            self._interval_fn = ca.Function(
-                f"{self.name}_interval", ins, [zf[: self.nx] * s, err], names, ["xf", "err"]
+            # The fine interval keeps its historical name (compiled libraries are cached by it).
+            fname = f"{self.name}_interval" if substeps == self.substeps else f"{self.name}_interval{substeps}"
+            fn = self._interval_fns[substeps] = ca.Function(
+                fname, ins, [zf[: self.nx] * s, err], names, ["xf", "err"]
             )
-        return self._interval_fn
-
-    def _batched(self, n: int) -> ca.Function:
-        """The (compiled) interval function mapped over ``n`` reactors, cached per ``n``."""
-        fn = self._mapped.get(n)
-        if fn is None:
-            fn = compiled.mapped(compiled.compile_function(self.interval_function()), n)
-            self._mapped[n] = fn
         return fn
+
+    def simulate_rows(self, fine: compiled.Rows, coarse: compiled.Rows | None, *args: np.ndarray
+                      ) -> list[np.ndarray]:
+        """Evaluate interval Functions whose first two outputs are ``(xf, err)`` on rows of ``args``: the
+        coarse one on every row, then the fine one on the rows whose coarse estimate exceeds
+        :attr:`coarse_tol` (NaN included), their outputs replaced. Returns the outputs, (n, nnz_out) each.
+        CVODES is not involved here (see :meth:`recompute_inaccurate`)."""
+        n = len(args[0])
+        self.intervals += n
+        if coarse is None:
+            return fine(*args)
+        out = coarse(*args)
+        redo = ~(out[1][:, 0] <= self.coarse_tol)
+        if redo.any():
+            rows = np.flatnonzero(redo)
+            self.refined += len(rows)
+            for o, f in zip(out, fine(*(a[rows] for a in args))):
+                o[rows] = f
+        return out
+
+    def _interval_rows(self) -> tuple[compiled.Rows, compiled.Rows | None]:
+        def rows(k: int) -> compiled.Rows:
+            r = self._rows.get(k)
+            if r is None:
+                r = self._rows[k] = compiled.Rows(self._interval(k))
+            return r
+
+        return rows(self.substeps), rows(self.coarse_substeps) if self.coarse_substeps else None
 
     def adaptive_interval_function(self) -> ca.Function:
         """CVODES (BDF, rtol 1e-9) over one interval, same signature as :meth:`interval_function`.
@@ -374,8 +424,11 @@ class ODEModel:
     ) -> np.ndarray:
         """Advance N reactors by one interval in one call.
 
-        Reactors whose RODAS4 error estimate exceeds :attr:`err_tol` are recomputed by CVODES (counted in
-        :attr:`fallbacks`), so the result is accurate also far from the operating region.
+        With a coarse rung (``coarse_substeps``), every interval is first taken coarsely and retaken in
+        ``substeps`` where its error estimate exceeds :attr:`coarse_tol` (counted in :attr:`refined`).
+        Reactors whose ``substeps`` estimate exceeds :attr:`err_tol` are recomputed by CVODES (counted in
+        :attr:`fallbacks`), so the result is accurate also far from the operating region. A reactor's
+        result does not depend on the others in the batch.
 
         Args:
             x: states, shape (N, nx), physical units.
@@ -387,15 +440,8 @@ class ODEModel:
             States at the end of the interval, shape (N, nx). NaN where even CVODES failed.
         """
         x, u, p, t0 = self.batch_args(x, u, p, t0)
-        if len(x) == 1:  # one reactor: call the compiled code directly, skipping CasADi's argument conversion
-            if self._direct is None:
-                self._direct = compiled.DirectCall(self.interval_function())
-            xf1, err = self._direct(x[0], u[0], p[0], *((t0,) if self.time_varying else ()))
-            xf = xf1[None, :]
-        else:
-            args = [x.T, u.T, p.T] + ([t0[None, :]] if self.time_varying else [])
-            xf, err = self._batched(len(x))(*args)
-            xf = np.asarray(xf).T.reshape(len(x), self.nx)
+        args = (x, u, p) + ((t0[:, None],) if self.time_varying else ())
+        xf, err = self.simulate_rows(*self._interval_rows(), *args)
         self.recompute_inaccurate(xf, err, x, u, p, t0)
         return xf
 

@@ -274,7 +274,8 @@ class Task:
                    t0: np.ndarray | float = 0.0) -> Transition:
         """One interval of ``n`` plants and what the env needs of its end: the same numbers as
         :meth:`ODEModel.step_batch` followed by :meth:`stage_cost_numpy`, :meth:`exceedance` and
-        :meth:`failed`, from one compiled function.
+        :meth:`failed`, from one compiled function (and a second, on the rows it retakes, for a model with a
+        coarse rung: :meth:`ODEModel.simulate_rows`).
 
         The stage cost and the limits' outputs are written against a math namespace, so their CasADi form
         is appended to the interval's graph and compiled with it (:meth:`transition_function`): for one
@@ -293,21 +294,10 @@ class Task:
         n = len(x)
         sp = np.asarray(setpoint, dtype=float).reshape(n, len(self.setpoint_names))
         fns = self._transition_functions()
-        if n == 1:
-            direct = fns.get("direct")
-            if direct is None:
-                direct = fns["direct"] = compiled.DirectCall(fns["transition"])
-            xf, err, cost, exceedance, outside = direct(x[0], u[0], p[0], sp[0],
-                                                        *((t0,) if m.time_varying else ()))
-            xf = xf[None, :]
-        else:
-            mapped = fns.get(n)
-            if mapped is None:
-                mapped = fns[n] = compiled.mapped(compiled.compile_function(fns["transition"]), n)
-            out = mapped(x.T, u.T, p.T, sp.T, *((t0[None, :],) if m.time_varying else ()))
-            xf, err, cost, exceedance, outside = (np.asarray(o, dtype=float) for o in out)
-            xf = xf.T.reshape(n, m.nx)
-            cost, exceedance, outside = cost.ravel(), exceedance.ravel(), outside.ravel()
+        args = (x, u, p, sp) + ((t0[:, None],) if m.time_varying else ())
+        coarse = self._coarse_rows() if m.coarse_substeps else None
+        xf, err, cost, exceedance, outside = m.simulate_rows(fns["rows"], coarse, *args)
+        cost, exceedance, outside = cost[:, 0], exceedance[:, 0], outside[:, 0]
         redo = m.recompute_inaccurate(xf, err, x, u, p, t0)
         for k in np.flatnonzero(redo):
             cost[k], exceedance[k], outside[k] = (float(o) for o in fns["outputs"](xf[k], u[k], p[k], sp[k]))
@@ -348,13 +338,27 @@ class Task:
                                   [cost, exceedance(self.limits), exceedance(self.failure)],
                                   ["xf", "u", "p", "sp"], ["stage_cost", "exceedance", "outside"])
             args = [x0, u, p] + ([t0] if m.time_varying else [])
-            xf, err = m.interval_function()(*args)
             names = ["x0", "u", "p", "sp"] + (["t0"] if m.time_varying else [])
-            fns["transition"] = ca.Function(
-                f"{self.name}_transition", [x0, u, p, sp] + args[3:], [xf, err, *outputs(xf, u, p, sp)],
-                names, ["xf", "err", "stage_cost", "exceedance", "outside"])
+
+            def transition(interval: ca.Function, name: str) -> ca.Function:
+                xf, err = interval(*args)
+                return ca.Function(name, [x0, u, p, sp] + args[3:], [xf, err, *outputs(xf, u, p, sp)],
+                                   names, ["xf", "err", "stage_cost", "exceedance", "outside"])
+
+            fns["transition"] = transition(m.interval_function(), f"{self.name}_transition")
+            fns["rows"] = compiled.Rows(fns["transition"])
             fns["outputs"] = outputs
+            fns["build"] = transition
         return fns
+
+    def _coarse_rows(self) -> compiled.Rows:
+        """The transition on the model's coarse interval, same outputs (see ODEModel.simulate_rows)."""
+        fns, k = self._transition_functions(), self.model.coarse_substeps
+        rows = fns.get(("coarse rows", k))
+        if rows is None:
+            rows = fns[("coarse rows", k)] = compiled.Rows(
+                fns["build"](self.model.coarse_interval_function(), f"{self.name}_transition{k}"))
+        return rows
 
 
 # -- pieces many tasks share -------------------------------------------------------------------------------
