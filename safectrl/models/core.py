@@ -312,19 +312,16 @@ class ODEModel:
 
     # -- one control interval ----------------------------------------------------------------------
 
-    def interval_function(self) -> ca.Function:
+    def interval_function(self, substeps: int | None = None) -> ca.Function:
         """CasADi Function ``F(x0, u, p(, t0)) -> (xf, err)``: one interval ``dt`` with ``u`` held, built once.
 
-        An SX graph of ``substeps`` fixed RODAS4 steps, so it can be compiled, mapped, or embedded in an
-        NLP; ``err`` is the largest local error estimate over the substeps (scaled units).
+        An SX graph of ``substeps`` fixed RODAS4 steps (default: the model's), so it can be compiled,
+        mapped, or embedded in an NLP; ``err`` is the largest local error estimate over the substeps
+        (scaled units).
         """
-        return self._interval(self.substeps)
-
-    def coarse_interval_function(self) -> ca.Function | None:
-        """The same interval in ``coarse_substeps`` RODAS4 steps (None without a coarse rung)."""
-        return self._interval(self.coarse_substeps) if self.coarse_substeps else None
-
-    def _interval(self, substeps: int) -> ca.Function:
+        substeps = self.substeps if substeps is None else int(substeps)
+        if substeps < 1:
+            raise ValueError(f"substeps must be >= 1, got {substeps}")
         fn = self._interval_fns.get(substeps)
         if fn is None:
             rhs = self.rhs_function()
@@ -360,6 +357,10 @@ class ODEModel:
             )
         return fn
 
+    def coarse_interval_function(self) -> ca.Function | None:
+        """The same interval in ``coarse_substeps`` RODAS4 steps (None without a coarse rung)."""
+        return self.interval_function(self.coarse_substeps) if self.coarse_substeps else None
+
     def simulate_rows(self, fine: compiled.Rows, coarse: compiled.Rows | None, *args: np.ndarray
                       ) -> list[np.ndarray]:
         """Evaluate interval Functions whose first two outputs are ``(xf, err)`` on rows of ``args``: the
@@ -383,7 +384,7 @@ class ODEModel:
         def rows(k: int) -> compiled.Rows:
             r = self._rows.get(k)
             if r is None:
-                r = self._rows[k] = compiled.Rows(self._interval(k))
+                r = self._rows[k] = compiled.Rows(self.interval_function(k))
             return r
 
         return rows(self.substeps), rows(self.coarse_substeps) if self.coarse_substeps else None
