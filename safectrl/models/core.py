@@ -63,6 +63,8 @@ _RODAS4_C = (
 )  # fmt: skip
 _RODAS4_M = (1.221224509226641, 6.019134481288629, 12.53708332932087, -0.6878860361058950, 1.0, 1.0)
 _RODAS4_STAGES = 6
+_NO_ROWS = np.zeros(0, dtype=np.intp)
+_NO_ROWS.flags.writeable = False
 
 
 def _lower(coeffs: Sequence[float], i: int, j: int) -> float:
@@ -372,9 +374,9 @@ class ODEModel:
         if coarse is None:
             return fine(*args)
         out = coarse(*args)
-        redo = ~(out[1][:, 0] <= self.coarse_tol)
-        if redo.any():
-            rows = np.flatnonzero(redo)
+        err = out[1][:, 0]
+        if not err.max() <= self.coarse_tol:  # some row retaken (a NaN estimate included)
+            rows = np.flatnonzero(~(err <= self.coarse_tol))
             self.refined += len(rows)
             for o, f in zip(out, fine(*(a[rows] for a in args))):
                 o[rows] = f
@@ -463,12 +465,14 @@ class ODEModel:
     def recompute_inaccurate(self, xf: np.ndarray, err: Any, x: np.ndarray, u: np.ndarray, p: np.ndarray,
                              t0: np.ndarray) -> np.ndarray:
         """Recompute by CVODES, in place, the rows of ``xf`` whose RODAS4 error estimate ``err`` exceeds
-        :attr:`err_tol` (NaN counts as too large); counted in :attr:`fallbacks`. Returns the rows' mask."""
-        redo = ~(np.asarray(err).ravel() <= self.err_tol)
-        if redo.any():
-            for k in np.flatnonzero(redo):
-                xf[k] = self._adaptive_step(x[k], u[k], p[k], t0[k])
-            self.fallbacks += int(redo.sum())
+        :attr:`err_tol` (NaN counts as too large); counted in :attr:`fallbacks`. Returns their indices."""
+        err = np.asarray(err).ravel()
+        if err.max() <= self.err_tol:  # every row accurate (a NaN compares False and takes the long way)
+            return _NO_ROWS
+        redo = np.flatnonzero(~(err <= self.err_tol))
+        for k in redo:
+            xf[k] = self._adaptive_step(x[k], u[k], p[k], t0[k])
+        self.fallbacks += len(redo)
         return redo
 
     def step(self, x: np.ndarray, u: np.ndarray, params: Any, t0: float = 0.0) -> np.ndarray:

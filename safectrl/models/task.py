@@ -298,16 +298,16 @@ class Task:
         coarse = self._coarse_rows() if m.coarse_substeps else None
         xf, err, cost, exceedance, outside = m.simulate_rows(fns["rows"], coarse, *args)
         cost, exceedance, outside = cost[:, 0], exceedance[:, 0], outside[:, 0]
-        redo = m.recompute_inaccurate(xf, err, x, u, p, t0)
-        for k in np.flatnonzero(redo):
+        for k in m.recompute_inaccurate(xf, err, x, u, p, t0):
             cost[k], exceedance[k], outside[k] = (float(o) for o in fns["outputs"](xf[k], u[k], p[k], sp[k]))
+        if np.isfinite(xf).all():
+            return Transition(xf, cost, exceedance, outside > 0)
         finite = np.isfinite(xf).all(axis=1)
-        if not finite.all():  # NumPy's NaN semantics for these rows (C's fmax and if_else drop a NaN)
-            for k in np.flatnonzero(~finite):
-                params = m._params_namespace(p[k])
-                with np.errstate(all="ignore"):
-                    cost[k] = self.stage_cost_numpy(xf[k:k + 1], u[k:k + 1], sp[k:k + 1], params)[0]
-                    exceedance[k] = self.exceedance(xf[k:k + 1], params)[0]
+        for k in np.flatnonzero(~finite):  # NumPy's NaN semantics here (C's fmax and if_else drop a NaN)
+            params = m._params_namespace(p[k])
+            with np.errstate(all="ignore"):
+                cost[k] = self.stage_cost_numpy(xf[k:k + 1], u[k:k + 1], sp[k:k + 1], params)[0]
+                exceedance[k] = self.exceedance(xf[k:k + 1], params)[0]
         return Transition(xf, cost, exceedance, (outside > 0) | ~finite)
 
     def transition_function(self) -> ca.Function:

@@ -220,7 +220,8 @@ class _Plants:
         """Advance plants ``i`` one interval with inputs ``u``; returns reward, terminated, truncated, info."""
         sp, at = self._sp(len(i)), self._rows(i)
         # failed states may lie outside the cost's domain (NaN, inf); their reward is replaced below
-        step = self.task.transition(self.x[at], u, self.p, sp, self.steps[at] * self.task.model.dt)
+        m = self.task.model
+        step = self.task.transition(self.x[at], u, self.p, sp, self.steps[at] * m.dt if m.time_varying else 0.0)
         x_next, cost, failure = step.x, step.stage_cost, step.failed
         self.x[at] = x_next
         self.u_prev[at] = u
