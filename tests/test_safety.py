@@ -209,6 +209,35 @@ def test_numpy_snapshot_equals_the_torch_network():
         np.testing.assert_allclose(arrays.value(arrays.gates(x), y), f(net, x, y), rtol=1e-13, atol=1e-13)
 
 
+def test_numpy_gradient_equals_torch_autograd():
+    """The gradient descent's gradient (NumPy, reverse mode by hand) against autograd through
+    PICNN.forward, with and without a leaky slope, one to three hidden layers; and at a kink."""
+    for slope, hidden in ((0.0, (10, 7, 5)), (0.2, (6,)), (0.1, (8, 8))):
+        net = random_picnn(5, obs_dim=4, act_dim=3, hidden=hidden, slope=slope)
+        rng = np.random.default_rng(1)
+        x, y = rng.normal(size=(12, 4)), 2 * rng.normal(size=(12, 3))
+        arrays = PICNNArrays(net)
+        value, grad = arrays.value_and_grad(arrays.gates(x), y)
+        yt = torch.tensor(y, requires_grad=True)
+        ft = net.double()(torch.tensor(x), yt)
+        (gt,) = torch.autograd.grad(ft.sum(), yt)
+        np.testing.assert_allclose(value, ft.detach().numpy(), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(grad, gt.numpy(), rtol=1e-10, atol=1e-12)
+        assert np.abs(grad).max() > 0  # not a vacuous comparison
+    # y = 0 with zero biases on the y- and u-paths puts first-layer pre-activations exactly at 0
+    net = random_picnn(6, obs_dim=2, act_dim=2, hidden=(4,), slope=0.3)
+    with torch.no_grad():
+        for lin in (*net.linear_u, *net.gate_y):
+            lin.weight.zero_()
+            lin.bias.fill_(1.0 if lin in net.gate_y else 0.0)
+    arrays = PICNNArrays(net)
+    x, y = np.ones((1, 2)), np.zeros((1, 2))
+    _, grad = arrays.value_and_grad(arrays.gates(x), y)
+    yt = torch.tensor(y, requires_grad=True)
+    (gt,) = torch.autograd.grad(net.double()(torch.tensor(x), yt).sum(), yt)
+    np.testing.assert_allclose(grad, gt.numpy(), rtol=1e-12, atol=1e-15)
+
+
 @pytest.mark.parametrize("trust", [0.0, 0.5])
 def test_exact_correction_falls_back_to_problem_solve_when_the_fast_path_cannot_be_built(trust, monkeypatch):
     """The compiled re-solve reads cvxpy internals; if they change, the result must stay exact."""

@@ -9,7 +9,8 @@ where f is a :class:`~safectrl.safety.picnn.PICNN` (convex in y) and [lo, hi] th
 physical actions in and out (:class:`~safectrl.safety.filter.SafetyFilter` does).
 
 * :class:`GradientCorrector` — projected gradient descent from y_ref (projected onto the box), batched
-  over states in torch, with an adaptive step: a trial step is taken only if it does not increase the
+  over states, in NumPy on the network's float64 snapshot (the state's gates once, then the action path
+  forward and back per gradient evaluation), with an adaptive step: a trial step is taken only if it does not increase the
   objective; on success the step grows, on failure it shrinks. A state stops when the attempted projected
   move is below ``tol`` in every coordinate, or after ``max_steps`` gradient evaluations. The objective is
   therefore never worse than at the start (the projected policy action).
@@ -154,47 +155,48 @@ class GradientCorrector:
         if not trust >= 0:
             raise ValueError(f"trust must be >= 0, got {trust}")
         self.net = _frozen_float64(net)
+        self.arrays = PICNNArrays(self.net)
         self.trust = float(trust)
         self.config = config
 
-    def _objective(self, x, y, y_ref):
-        y = y.detach().requires_grad_(True)
-        with torch.enable_grad():
-            f = self.net(x, y)
-            obj = f + 0.5 * self.trust * ((y - y_ref) ** 2).sum(1)
-            (grad,) = torch.autograd.grad(obj.sum(), y)
-        return obj.detach(), f.detach(), grad
+    def _objective(self, gates: Gates, y: np.ndarray, y_ref: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        f, grad = self.arrays.value_and_grad(gates, y)
+        d = y - y_ref
+        return f + 0.5 * self.trust * (d * d).sum(1), f, grad + self.trust * d
 
     def correct(self, x: np.ndarray, y_ref: np.ndarray, lo: np.ndarray, hi: np.ndarray,
                 record_path: bool = False) -> Correction:
-        """Correct a batch: ``x`` (N, obs_dim), ``y_ref``, ``lo``, ``hi`` (N, act_dim)."""
+        """Correct a batch: ``x`` (N, obs_dim), ``y_ref``, ``lo``, ``hi`` (N, act_dim).
+
+        In NumPy on the network's float64 snapshot: the state's gates once, then per gradient evaluation
+        the action path forward and back (:meth:`PICNNArrays.value_and_grad`), ~10x fewer operator calls
+        than torch's autograd through the whole network."""
         cfg = self.config
-        arrays = check_problem(x, y_ref, lo, hi, self.net.config.obs_dim, self.net.config.act_dim)
-        X, Yref, Lo, Hi = (torch.as_tensor(a) for a in arrays)
-        y = torch.minimum(torch.maximum(Yref, Lo), Hi)
-        obj, f, g = self._objective(X, y, Yref)
-        eta = torch.full((len(y),), cfg.step, dtype=y.dtype)
-        active = torch.ones(len(y), dtype=torch.bool)
-        evals = torch.ones(len(y), dtype=torch.int64)
-        path = [y.clone()] if record_path else None
+        X, Yref, Lo, Hi = check_problem(x, y_ref, lo, hi, self.net.config.obs_dim, self.net.config.act_dim)
+        gates = self.arrays.gates(X)
+        y = np.minimum(np.maximum(Yref, Lo), Hi)
+        obj, f, g = self._objective(gates, y, Yref)
+        eta = np.full(len(y), cfg.step)
+        active = np.ones(len(y), dtype=bool)
+        evals = np.ones(len(y), dtype=np.int64)
+        path = [y.copy()] if record_path else None
         for _ in range(cfg.max_steps - 1):
-            trial = torch.minimum(torch.maximum(y - eta[:, None] * g, Lo), Hi)
-            active &= (trial - y).abs().amax(1) > cfg.tol
+            trial = np.minimum(np.maximum(y - eta[:, None] * g, Lo), Hi)
+            active &= np.abs(trial - y).max(1) > cfg.tol
             if not active.any():
                 break
-            t_obj, t_f, t_g = self._objective(X, trial, Yref)
+            t_obj, t_f, t_g = self._objective(gates, trial, Yref)
             evals += active
             accept = active & (t_obj <= obj)
-            y = torch.where(accept[:, None], trial, y)
-            obj, f = torch.where(accept, t_obj, obj), torch.where(accept, t_f, f)
-            g = torch.where(accept[:, None], t_g, g)
-            eta = torch.where(accept, eta * cfg.grow, torch.where(active, eta * cfg.shrink, eta))
+            y = np.where(accept[:, None], trial, y)
+            obj, f = np.where(accept, t_obj, obj), np.where(accept, t_f, f)
+            g = np.where(accept[:, None], t_g, g)
+            eta = np.where(accept, eta * cfg.grow, np.where(active, eta * cfg.shrink, eta))
             if path is not None:
-                path.append(y.clone())
-        return Correction(
-            action=y.numpy(), cost=f.numpy(), objective=obj.numpy(), iterations=evals.numpy(),
-            path=None if path is None else torch.stack(path).numpy(),
-        )
+                path.append(y.copy())
+        return Correction(action=y, cost=f, objective=obj, iterations=evals,
+                          path=None if path is None else np.stack(path))
 
 
 class _ProgramData:

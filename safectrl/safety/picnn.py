@@ -227,3 +227,29 @@ class PICNNArrays:
                 pre = pre + (z * gates.gz[i]) @ self.weight_z[i - 1].T
             z = np.maximum(pre, s * pre) if i < k - 1 else pre
         return z[:, 0]
+
+    def value_and_grad(self, gates: Gates, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """f(x, y) (N,) and its gradient in the action (N, act_dim), by reverse mode through the layers.
+
+        The derivative of the (leaky) ReLU is taken as 1 above 0 and ``negative_slope`` at and below 0,
+        torch's convention, so the gradient is the one autograd gives for :meth:`PICNN.forward`."""
+        s = self.config.negative_slope
+        k = len(self.weight_y)
+        z, slopes = None, []
+        for i in range(k):
+            pre = (y * gates.gy[i]) @ self.weight_y[i].T + gates.c[i]
+            if z is not None:
+                pre = pre + (z * gates.gz[i]) @ self.weight_z[i - 1].T
+            if i < k - 1:
+                positive = pre > 0
+                slopes.append(np.where(positive, 1.0, s))
+                z = np.where(positive, pre, s * pre)
+            else:
+                z = pre
+        delta = np.ones((len(y), 1))  # df / d pre of the last layer
+        grad = np.zeros_like(y, dtype=np.float64)
+        for i in range(k - 1, -1, -1):
+            grad += (delta @ self.weight_y[i]) * gates.gy[i]
+            if i > 0:
+                delta = (delta @ self.weight_z[i - 1]) * gates.gz[i] * slopes[i - 1]
+        return z[:, 0], grad
