@@ -186,15 +186,16 @@ class Rows:
     compiled as one C function (a loop in C), called through ctypes chunk by chunk with the rows copied into
     its buffers: no conversion to CasADi's DM (~2 us per reactor for the polymerisation CSTR, as much as the
     arithmetic of a short interval) and one compiled library whatever the batch size. The last chunk is
-    filled up with copies of its first row. With more than one thread (:func:`threads`) and at least
+    filled up with copies of its first row. With more than one thread (``threads``, default :func:`threads`) and at least
     ``2 * CHUNK`` rows, the chunks are split between threads, each with its own buffers (ctypes releases the
     GIL during the C call). Without a compiled library, CasADi's map in its virtual machine (same results).
     """
 
     CHUNK = 32
 
-    def __init__(self, fn: ca.Function) -> None:
+    def __init__(self, fn: ca.Function, threads: int | None = None) -> None:
         self.fn = fn
+        self.threads = threads  # None: threads() at each call
         self._direct: DirectCall | None = None
         self._chunk_fn: ca.Function | None = None
         self._callers: list[DirectCall] = []
@@ -230,7 +231,7 @@ class Rows:
                 o[:] = np.asarray(r, dtype=float).T.reshape(n, -1)
             return outs
         starts = range(0, n, self.CHUNK)
-        nthreads = min(threads(), len(starts) // 2)
+        nthreads = min(self.threads or threads(), len(starts) // 2)
         if nthreads <= 1:
             for lo in starts:
                 caller.rows(args, outs, lo, min(lo + self.CHUNK, n))

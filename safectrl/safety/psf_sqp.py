@@ -142,13 +142,13 @@ class CondensedSQP:
     # -- built once -----------------------------------------------------------------------------------
 
     def _build_sensitivities(self, fd_step: float) -> None:
-        """The interval function compiled and mapped over every interval's forward-difference perturbations
-        (1 + nx + nu columns per interval), so that :meth:`_linearise` is one call."""
+        """The interval function compiled and evaluated on every interval's forward-difference perturbations
+        (1 + nx + nu rows per interval), so that :meth:`_linearise` is one call."""
         m, nx, nu = self.model, self.nx, self.nu
         self._n_dir = 1 + nx + nu
         F = compiled.compile_function(m.interval_function())
-        # serial maps: a filter decides for one plant; the threads of a study's workers are its processes
-        self._F = F.map(self.N * self._n_dir)
+        # serial: a filter decides for one plant; the threads of a study's workers are its processes
+        self._rows = compiled.Rows(m.interval_function(), threads=1)
         # the plan's inputs chained from the estimate (what the filter's check simulates), in one call
         x0, U, p, t0 = ca.MX.sym("x0", nx), ca.MX.sym("U", nu, self.N), ca.MX.sym("p", m.n_params), ca.MX.sym("t0")
         x, xs, errs = x0, [], []
@@ -171,16 +171,16 @@ class CondensedSQP:
         m, N, nx, n_dir = self.model, self.N, self.nx, self._n_dir
         xs = np.repeat(X, n_dir, axis=0) + self._dX
         us = np.repeat(U, n_dir, axis=0) + self._dU
-        args = [xs.T, us.T, np.tile(np.asarray(p, dtype=float)[:, None], (1, N * n_dir))]
+        args = [xs, us, np.broadcast_to(np.asarray(p, dtype=float), (N * n_dir, m.n_params))]
         if m.time_varying:
-            args.append(np.repeat(t0 + m.dt * np.arange(N), n_dir)[None, :])
-        xf, err = self._F(*args)
-        xf = np.asarray(xf).T.reshape(N, n_dir, nx)
+            args.append(np.repeat(t0 + m.dt * np.arange(N), n_dir)[:, None])
+        xf, err = self._rows(*args)
+        xf = xf.reshape(N, n_dir, nx)
         end = xf[:, 0]
         diff = xf[:, 1:] - end[:, None, :]
         A = (diff[:, :nx] / self._hx[None, :, None]).transpose(0, 2, 1)
         B = (diff[:, nx:] / self._hu[None, :, None]).transpose(0, 2, 1)
-        return end, A, B, float(np.max(np.asarray(err).ravel()[::n_dir]))
+        return end, A, B, float(np.max(err[::n_dir, 0]))
 
     def _build_hessian(self) -> np.ndarray:
         """The QP's Hessian in z = vec(U - Ū) (input-major per interval): constant."""
