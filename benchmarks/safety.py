@@ -23,7 +23,7 @@ import torch
 
 from safectrl.models import polycstr as pc
 from safectrl.rl import data
-from safectrl.safety.correction import Correction, ExactCorrector, GradientCorrector, check_problem
+from safectrl.safety.correction import ExactCorrector, GradientCorrector
 from safectrl.studies import datasets
 from safectrl.studies import safety_layer as sl
 
@@ -97,40 +97,21 @@ def compare_with_rebuild(model, box, obs: np.ndarray, raw: np.ndarray, trust: fl
 
 
 class TorchGradientCorrector(GradientCorrector):
-    """The gradient descent as it was before it moved to NumPy: the same algorithm and objective, each
-    gradient by torch's autograd through the whole network (gates included) at float64. The baseline of
-    the "gd ... (previous)" rows."""
-
-    def _torch_objective(self, x, y, y_ref):
-        y = y.detach().requires_grad_(True)
-        with torch.enable_grad():
-            f = self.net(x, y)
-            obj = f + 0.5 * self.trust * ((y - y_ref) ** 2).sum(1)
-            (grad,) = torch.autograd.grad(obj.sum(), y)
-        return obj.detach(), f.detach(), grad
+    """The gradient descent's evaluations as they were before they moved to NumPy: each objective and
+    gradient by torch's autograd through the whole network (gates included) at float64, inside the same
+    descent. The baseline of the "gd (previous ...)" rows."""
 
     def correct(self, x, y_ref, lo, hi, record_path=False):
-        cfg = self.config
-        arrays = check_problem(x, y_ref, lo, hi, self.net.config.obs_dim, self.net.config.act_dim)
-        X, Yref, Lo, Hi = (torch.as_tensor(a) for a in arrays)
-        y = torch.minimum(torch.maximum(Yref, Lo), Hi)
-        obj, f, g = self._torch_objective(X, y, Yref)
-        eta = torch.full((len(y),), cfg.step, dtype=y.dtype)
-        active = torch.ones(len(y), dtype=torch.bool)
-        evals = torch.ones(len(y), dtype=torch.int64)
-        for _ in range(cfg.max_steps - 1):
-            trial = torch.minimum(torch.maximum(y - eta[:, None] * g, Lo), Hi)
-            active &= (trial - y).abs().amax(1) > cfg.tol
-            if not active.any():
-                break
-            t_obj, t_f, t_g = self._torch_objective(X, trial, Yref)
-            evals += active
-            accept = active & (t_obj <= obj)
-            y = torch.where(accept[:, None], trial, y)
-            obj, f = torch.where(accept, t_obj, obj), torch.where(accept, t_f, f)
-            g = torch.where(accept[:, None], t_g, g)
-            eta = torch.where(accept, eta * cfg.grow, torch.where(active, eta * cfg.shrink, eta))
-        return Correction(action=y.numpy(), cost=f.numpy(), objective=obj.numpy(), iterations=evals.numpy())
+        self._x = torch.as_tensor(np.asarray(x, dtype=float))
+        return super().correct(x, y_ref, lo, hi, record_path)
+
+    def _objective(self, gates, y, y_ref):
+        yt = torch.as_tensor(y).requires_grad_(True)
+        with torch.enable_grad():
+            f = self.net(self._x, yt)
+            obj = f + 0.5 * self.trust * ((yt - torch.as_tensor(y_ref)) ** 2).sum(1)
+            (grad,) = torch.autograd.grad(obj.sum(), yt)
+        return obj.detach().numpy(), f.detach().numpy(), grad.numpy()
 
 
 def per_action(fn, n_actions: int, repeats: int = 3) -> float:

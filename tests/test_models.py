@@ -217,19 +217,21 @@ def test_coarse_rung_is_as_accurate_as_the_fine_interval(nominal_params):
     assert 0.5 * total < kept < total  # both rungs exercised
 
 
-def test_batch_with_both_rungs_equals_single_steps(rng, nominal_params):
-    """70 reactors (two full chunks of 32 and a short one, so split between threads and padded), some of
-    them in a transient that the coarse rung rejects: each row bit for bit its own single step, in the env's
-    transition as in step_batch."""
+def test_batch_with_both_rungs_equals_single_steps(rng, nominal_params, monkeypatch):
+    """140 reactors (four full chunks of 32 and a short one, so split between two threads and padded), some
+    of them in a transient that the coarse rung rejects: each row bit for bit its own single step, in the
+    env's transition as in step_batch."""
     m, task = pc.MODEL, pc.TASK
     X, U = _episode_intervals("startup", PIController(NOMINAL_TUNING), nominal_params, 4)
-    at = rng.integers(0, len(X), 70)
+    at = rng.integers(0, len(X), 140)
     at[:5] = np.arange(5)  # the start-up's first intervals: the coarse estimate is too large there
     x, u = X[at], U[at]
     p = m.param_vector(nominal_params)
     before = m.refined
+    monkeypatch.setenv("SAFECTRL_THREADS", "2")
     batch = m.step_batch(x, u, p)
     assert m.refined > before
+    assert m._interval_rows()[1]._pool is not None  # the coarse rung's chunks went through two threads
     sp = np.tile(pc.SCENARIOS["startup"].setpoint, (len(x), 1))
     tr = task.transition(x, u, p, sp)
     for k in range(len(x)):
