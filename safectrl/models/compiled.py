@@ -200,6 +200,7 @@ class Rows:
         self._chunk_fn: ca.Function | None = None
         self._callers: list[DirectCall] = []
         self._pool = None
+        self._pool_size = 0
         self._vm: dict[int, ca.Function] = {}
 
     def _chunk_callers(self, k: int) -> list[DirectCall]:
@@ -236,10 +237,11 @@ class Rows:
             for lo in starts:
                 caller.rows(args, outs, lo, min(lo + self.CHUNK, n))
             return outs
-        if self._pool is None or self._pool._max_workers < nthreads:
+        if self._pool_size < nthreads:
             from concurrent.futures import ThreadPoolExecutor
 
             self._pool = ThreadPoolExecutor(nthreads, thread_name_prefix="safectrl-rows")
+            self._pool_size = nthreads
         callers = self._chunk_callers(nthreads)
         per = -(-len(starts) // nthreads)
 

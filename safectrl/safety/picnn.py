@@ -216,23 +216,9 @@ class PICNNArrays:
                 u = np.maximum(u @ self.state_path[i][0].T + self.state_path[i][1], 0.0)
         return Gates(gz=gz, gy=gy, c=c)
 
-    def value(self, gates: Gates, y: np.ndarray) -> np.ndarray:
-        """f(x, y) (N,) for the states of ``gates`` (N of them) at actions ``y`` (N, act_dim)."""
-        s = self.config.negative_slope
-        z = None
-        k = len(self.weight_y)
-        for i in range(k):
-            pre = (y * gates.gy[i]) @ self.weight_y[i].T + gates.c[i]
-            if z is not None:
-                pre = pre + (z * gates.gz[i]) @ self.weight_z[i - 1].T
-            z = np.maximum(pre, s * pre) if i < k - 1 else pre
-        return z[:, 0]
-
-    def value_and_grad(self, gates: Gates, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """f(x, y) (N,) and its gradient in the action (N, act_dim), by reverse mode through the layers.
-
-        The derivative of the (leaky) ReLU is taken as 1 above 0 and ``negative_slope`` at and below 0,
-        torch's convention, so the gradient is the one autograd gives for :meth:`PICNN.forward`."""
+    def _forward(self, gates: Gates, y: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        """f (N,) and, per hidden layer, the activation's slope at its pre-activation (1 above 0, else
+        ``negative_slope``: torch's convention at 0)."""
         s = self.config.negative_slope
         k = len(self.weight_y)
         z, slopes = None, []
@@ -246,10 +232,20 @@ class PICNNArrays:
                 z = np.where(positive, pre, s * pre)
             else:
                 z = pre
+        return z[:, 0], slopes
+
+    def value(self, gates: Gates, y: np.ndarray) -> np.ndarray:
+        """f(x, y) (N,) for the states of ``gates`` (N of them) at actions ``y`` (N, act_dim)."""
+        return self._forward(gates, y)[0]
+
+    def value_and_grad(self, gates: Gates, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """f(x, y) (N,) and its gradient in the action (N, act_dim), by reverse mode through the layers;
+        the gradient autograd gives for :meth:`PICNN.forward`."""
+        f, slopes = self._forward(gates, y)
         delta = np.ones((len(y), 1))  # df / d pre of the last layer
         grad = np.zeros_like(y, dtype=np.float64)
-        for i in range(k - 1, -1, -1):
+        for i in range(len(self.weight_y) - 1, -1, -1):
             grad += (delta @ self.weight_y[i]) * gates.gy[i]
             if i > 0:
                 delta = (delta @ self.weight_z[i - 1]) * gates.gz[i] * slopes[i - 1]
-        return z[:, 0], grad
+        return f, grad
