@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import itertools
 import os
 import shutil
 import subprocess
@@ -91,6 +92,15 @@ def compile_function(fn: ca.Function) -> ca.Function:
     return fn if lib is None else ca.external(fn.name(), lib)
 
 
+def _split(sizes: list[int]) -> tuple[np.ndarray, list[np.ndarray], list[tuple[int, int]]]:
+    """One zeroed buffer holding ``sizes`` numbers in turn, its consecutive views of those sizes and their
+    bounds."""
+    ends = np.cumsum([0, *sizes]).tolist()
+    buf = np.zeros(max(ends[-1], 1))
+    bounds = list(itertools.pairwise(ends))
+    return buf, [buf[lo:hi] for lo, hi in bounds], bounds
+
+
 class DirectCall:
     """Call a compiled CasADi Function through ctypes, NumPy arrays in and out.
 
@@ -110,8 +120,12 @@ class DirectCall:
         for i in range(fn.n_in()):
             if min(fn.size_in(i)) > 1 and not matrices:
                 raise ValueError(f"{fn.name()}: input {i} is a matrix; DirectCall takes vectors")
-        self._in = [np.zeros(fn.nnz_in(i)) for i in range(fn.n_in())]
-        self._out = [np.zeros(fn.nnz_out(i)) for i in range(fn.n_out())]
+        # one contiguous buffer per direction, the arguments and results as views into it: the outputs
+        # are handed out as views of one copy instead of one copy each
+        self._inbuf, self._in, _ = _split([fn.nnz_in(i) for i in range(fn.n_in())])
+        self._outbuf, self._out, self._out_bounds = _split([fn.nnz_out(i) for i in range(fn.n_out())])
+        self._in_row = self._inbuf[None, :sum(b.size for b in self._in)]
+        self._row_shapes = [(1, b.size) for b in self._in]
         self._c = None
         lib = _library(fn)
         if lib is None:
@@ -162,7 +176,8 @@ class DirectCall:
             return [np.asarray(o, dtype=float).ravel(order="F") for o in self.fn(*args)]
         for i, (buf, a) in enumerate(zip(self._in, args)):
             try:
-                if np.size(a) != len(buf):  # (else a single number would be broadcast into the buffer)
+                # (else a single number would be broadcast into the buffer)
+                if (a.size if type(a) is np.ndarray else np.size(a)) != len(buf):
                     raise ValueError
                 buf[:] = a  # a (k,) vector, a (1, k) row or, for k == 1, a scalar
             except (ValueError, TypeError):
@@ -171,7 +186,24 @@ class DirectCall:
         status = self._c(self._arg, self._res, self._iw, self._w_ptr, 0)
         if status != 0:
             raise RuntimeError(f"{self.fn.name()}: compiled evaluation returned status {status}")
-        return [o.copy() for o in self._out]
+        out = self._outbuf.copy()
+        return [out[lo:hi] for lo, hi in self._out_bounds]
+
+    def row(self, args: tuple[np.ndarray, ...]) -> list[np.ndarray]:
+        """Evaluate on arrays of one row each, (1, k_i) (a broadcast view is fine); returns every output as
+        (1, nnz_out): :class:`Rows`' case of one row, without :meth:`__call__`'s conversions."""
+        if self._c is None:
+            return [o[None, :] for o in self(*(a[0] for a in args))]
+        if [a.shape for a in args] != self._row_shapes:
+            i, a = next((i, a) for i, a in enumerate(args) if a.shape != self._row_shapes[i])
+            raise ValueError(f"{self.fn.name()}: input {i} needs one row of {self._in[i].size} numbers, got "
+                             f"{a.shape}")
+        np.concatenate(args, axis=1, out=self._in_row)
+        status = self._c(self._arg, self._res, self._iw, self._w_ptr, 0)
+        if status != 0:
+            raise RuntimeError(f"{self.fn.name()}: compiled evaluation returned status {status}")
+        out = self._outbuf[None, :].copy()
+        return [out[:, lo:hi] for lo, hi in self._out_bounds]
 
 
 def threads() -> int:
@@ -219,7 +251,7 @@ class Rows:
         if n == 1:
             if self._direct is None:
                 self._direct = DirectCall(self.fn)
-            return [o[None, :] for o in self._direct(*(a[0] for a in args))]
+            return self._direct.row(args)
         caller = self._chunk_callers(1)[0]
         outs = [np.empty((n, self.fn.nnz_out(i))) for i in range(self.fn.n_out())]
         if caller._c is None:  # no compiler: CasADi's map, evaluated in its virtual machine
