@@ -252,12 +252,12 @@ _MEASURED = [STATES.index(s) for s in ("A", "P", "T")]
 
 def measure(x: np.ndarray, params: PolyCSTRParams) -> np.ndarray:
     """What the sensors read: A, P, T, shape (n, 3)."""
-    return x[:, _MEASURED]
+    return x.take(_MEASURED, axis=1)
 
 
 def observe(y, y_prev, u_prev, step, setpoint) -> np.ndarray:
     """Observation :data:`OBSERVATIONS` from the measured A, P, T, the setpoint and the previous input."""
-    return np.column_stack([y, setpoint[:, 0] - y[:, 1], setpoint[:, 1] - y[:, 2], u_prev])
+    return np.concatenate([y, setpoint - y[:, 1:3], u_prev], axis=1)
 
 
 def stage_cost(x, u, setpoint, p, m):

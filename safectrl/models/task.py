@@ -34,7 +34,7 @@ import casadi as ca
 import numpy as np
 
 from safectrl.models import compiled
-from safectrl.models.core import ODEModel
+from safectrl.models.core import ODEModel, all_true
 from safectrl.models.mathns import CASADI, NUMPY, MathNamespace
 
 #: The two plant names every task defines (others are aliases or further variants).
@@ -295,12 +295,13 @@ class Task:
         sp = np.asarray(setpoint, dtype=float).reshape(n, len(self.setpoint_names))
         fns = self._transition_functions()
         args = (x, u, p, sp) + ((t0[:, None],) if m.time_varying else ())
-        coarse = self._coarse_rows() if m.coarse_substeps else None
+        substeps = m.coarse_substeps  # (read at each call: 0 switches the coarse rung off)
+        coarse = (fns.get(("coarse rows", substeps)) or self._coarse_rows()) if substeps else None
         xf, err, cost, exceedance, outside = m.simulate_rows(fns["rows"], coarse, *args)
         cost, exceedance, outside = cost[:, 0], exceedance[:, 0], outside[:, 0]
         for k in m.recompute_inaccurate(xf, err, x, u, p, t0):
             cost[k], exceedance[k], outside[k] = (float(o) for o in fns["outputs"](xf[k], u[k], p[k], sp[k]))
-        if np.isfinite(xf).all():
+        if all_true(np.isfinite(xf)):
             return Transition(xf, cost, exceedance, outside > 0)
         finite = np.isfinite(xf).all(axis=1)
         for k in np.flatnonzero(~finite):  # NumPy's NaN semantics here (C's fmax and if_else drop a NaN)

@@ -20,6 +20,7 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
+from safectrl.models.core import all_true, any_true
 from safectrl.models.registry import get_task
 from safectrl.models.task import Task
 
@@ -208,9 +209,9 @@ class _Plants:
         if a.shape != shape:
             raise ValueError(f"action must have shape {shape} ({', '.join(m.inputs)}), got shape {a.shape}")
         a = a.reshape(-1, m.nu)
-        bad = ~np.isfinite(a)
-        if bad.any():
-            row, col = np.argwhere(bad)[0]
+        finite = np.isfinite(a)
+        if not all_true(finite):
+            row, col = np.argwhere(~finite)[0]
             where = f" in env {row}" if len(shape) == 2 else ""
             raise ValueError(f"action{where} has non-finite {m.inputs[col]} = {a[row, col]}")
         clipped_a = np.minimum(np.maximum(a, m.u_low), m.u_high)
@@ -225,16 +226,17 @@ class _Plants:
         x_next, cost, failure = step.x, step.stage_cost, step.failed
         self.x[at] = x_next
         self.u_prev[at] = u
-        self.steps[at] += 1
-        failing = failure.any()
+        steps = self.steps[at] + 1
+        self.steps[at] = steps
+        failing = any_true(failure)
         ok = i[np.isfinite(x_next).all(axis=1)] if failing else i
         if len(ok):
             self._observe(ok, rngs)  # a non-finite state keeps the last finite observation
         reward = -cost
         if failing:
-            remaining = (self.max_steps - self.steps[at] + 1).astype(float)
+            remaining = (self.max_steps - steps + 1).astype(float)
             reward = np.where(failure, self.task.failure_reward(cost, remaining, sp), reward)
-        truncated = ~failure & (self.steps[at] >= self.max_steps)
+        truncated = ~failure & (steps >= self.max_steps)
         return reward, failure, truncated, self.info(i, clipped, failure, step.exceedance)
 
 
@@ -361,7 +363,7 @@ class TaskEnv(gym.Env):
 def _unbatch(info: dict[str, np.ndarray]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in info.items():
-        out[k] = v[0] if v.ndim > 1 else v[0].item()
+        out[k] = v[0] if v.ndim > 1 else v.item(0)
     return out
 
 
