@@ -120,7 +120,7 @@ def main() -> None:
     with fixed_substeps():
         ep_prev = run_episode(TaskEnv(pc.TASK, "startup"), PIController(NOMINAL_TUNING), seed=0)
     env_episode()
-    paired_rows = [("env.step (gym.make, single reactor)", *paired(env_episode, 5, n),
+    paired_rows = [("env.step (gym.make, single reactor)", *paired(env_episode, 15, n),
                     rel_err(ep_prev.infos["state"]), rel_err(ours))]
     task, p1 = pc.TASK, pc.MODEL.param_vector(PARAMS)
     sp = np.array([pc.SCENARIOS["startup"].setpoint])
@@ -131,7 +131,7 @@ def main() -> None:
             task.transition(x, u, p1, sp)
 
     fused()
-    paired_rows.append(("  its interval: Task.transition", *paired(fused, 5, n), np.nan, np.nan))
+    paired_rows.append(("  its interval: Task.transition", *paired(fused, 15, n), np.nan, np.nan))
     p = pc.MODEL.param_vector(PARAMS)
     for N in (1, 64, 1024):
         # N reactors at N different points of the episode, each with that point's input
