@@ -164,6 +164,25 @@ def test_direct_call_equals_casadi_and_checks_sizes(rng, nominal_params):
     np.testing.assert_array_equal(xf_row, xf)
 
 
+def test_one_row_call_equals_the_batch_and_keeps_its_results(rng, nominal_params):
+    fn = pc.MODEL.interval_function()
+    rows = compiled.Rows(fn)
+    p = pc.MODEL.param_vector(nominal_params)[None, :]
+    xs = pc.steady_state(100.0, 350.0).x * rng.uniform(0.9, 1.1, (2, 5))
+    u = np.array([[1.2, 338.0]])
+    first = rows(xs[:1], u, p)  # Rows' one-row case: DirectCall.row
+    assert [o.shape for o in first] == [(1, 5), (1, 1)]
+    kept = [o.copy() for o in first]
+    rows(xs[1:], u, p)  # a later call must not overwrite the results handed out before
+    for a, b in zip(first, kept):
+        np.testing.assert_array_equal(a, b)
+    batch = rows(np.vstack([xs[:1]] * 40), np.repeat(u, 40, axis=0), np.repeat(p, 40, axis=0))
+    np.testing.assert_array_equal(first[0][0], batch[0][17])
+    np.testing.assert_array_equal(first[0][0], np.asarray(fn(xs[0], u[0], p[0])[0]).ravel())
+    with pytest.raises(ValueError, match=r"input 1 needs one row of 2 numbers, got \(1, 3\)"):
+        compiled.DirectCall(fn).row((xs[:1], np.ones((1, 3)), p))
+
+
 # -- the coarse rung: 4 substeps, retaken in 16 where the error estimate is too large ------------------------
 
 
