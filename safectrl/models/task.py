@@ -295,8 +295,7 @@ class Task:
         sp = np.asarray(setpoint, dtype=float).reshape(n, len(self.setpoint_names))
         fns = self._transition_functions()
         args = (x, u, p, sp) + ((t0[:, None],) if m.time_varying else ())
-        substeps = m.coarse_substeps  # (read at each call: 0 switches the coarse rung off)
-        coarse = (fns.get(("coarse rows", substeps)) or self._coarse_rows()) if substeps else None
+        coarse = self._coarse_rows() if m.coarse_substeps else None
         xf, err, cost, exceedance, outside = m.simulate_rows(fns["rows"], coarse, *args)
         cost, exceedance, outside = cost[:, 0], exceedance[:, 0], outside[:, 0]
         for k in m.recompute_inaccurate(xf, err, x, u, p, t0):
