@@ -211,7 +211,7 @@ def test_coarse_rung_is_as_accurate_as_the_fine_interval(nominal_params):
     from safectrl.controllers.pi import DatasetPI
 
     m = pc.MODEL
-    fine, coarse = m._interval_rows()
+    fine, coarse = compiled.Rows(m.interval_function()), compiled.Rows(m.coarse_interval_function())
     mismatch = pc.mismatched(nominal_params, UA=0.8, dH=1.1)
     cases = [("startup", PIController(NOMINAL_TUNING), nominal_params, 0),
              ("grade_up", DatasetPI(), mismatch, 1), ("grade_down", DatasetPI(), nominal_params, 2),
@@ -222,12 +222,15 @@ def test_coarse_rung_is_as_accurate_as_the_fine_interval(nominal_params):
         p = np.tile(m.param_vector(plant), (len(X), 1))
         truth = np.array([np.asarray(m.adaptive_interval_function()(x, u, q, 0.0)).ravel()
                           for x, u, q in zip(X, U, p)])
-        xf_fine, _ = fine(X, U, p)
+        xf_fine, err_fine = fine(X, U, p)
         xf_coarse, err_coarse = coarse(X, U, p)
-        xf, _ = m.simulate_rows(fine, coarse, X, U, p)
+        xf, _, refined, unsettled = m._interval_rows()(X, U, p)
         keep = err_coarse[:, 0] <= m.coarse_tol
         np.testing.assert_array_equal(xf[keep], xf_coarse[keep])
         np.testing.assert_array_equal(xf[~keep], xf_fine[~keep])
+        np.testing.assert_array_equal(refined[:, 0], (~keep).astype(float))  # the Switch's flag
+        err = np.where(keep, err_coarse[:, 0], err_fine[:, 0])  # the kept rung's: CVODES above err_tol
+        np.testing.assert_array_equal(unsettled[:, 0], (~(err <= m.err_tol)).astype(float))
         r, r_fine = (np.max(np.abs(a - truth) / np.abs(truth), axis=1) for a in (xf, xf_fine))
         assert np.all(r <= np.maximum(2 * r_fine, 1e-6)), (scenario, r.max(), r_fine.max())
         assert r.max() < 1e-5, (scenario, r.max())
@@ -250,7 +253,7 @@ def test_batch_with_both_rungs_equals_single_steps(rng, nominal_params, monkeypa
     monkeypatch.setenv("SAFECTRL_THREADS", "2")
     batch = m.step_batch(x, u, p)
     assert m.refined > before
-    assert m._interval_rows()[1]._pool is not None  # the coarse rung's chunks went through two threads
+    assert m._interval_rows()._pool is not None  # the chunks went through two threads
     sp = np.tile(pc.SCENARIOS["startup"].setpoint, (len(x), 1))
     tr = task.transition(x, u, p, sp)
     for k in range(len(x)):
@@ -261,16 +264,23 @@ def test_batch_with_both_rungs_equals_single_steps(rng, nominal_params, monkeypa
     np.testing.assert_array_equal(tr.x, batch)
 
 
-def test_rows_without_a_compiler_gives_the_same_numbers(monkeypatch, reactor_points, nominal_params):
+@pytest.mark.parametrize("fn", ["interval", "rung"])
+def test_rows_without_a_compiler_gives_the_same_numbers(monkeypatch, reactor_points, nominal_params, fn):
+    """The fixed-step interval, and the two-rung Switch simulation runs (both rungs taken among these rows):
+    CasADi's virtual machine gives the compiled numbers, for a batch and for one row."""
     x, u = reactor_points(40)
     p = np.tile(pc.MODEL.param_vector(nominal_params), (40, 1))
-    compiled_out = compiled.Rows(pc.MODEL.interval_function())(x, u, p)
+    f = pc.MODEL.interval_function() if fn == "interval" else pc.MODEL._interval_rows().fn
+    compiled_out = compiled.Rows(f)(x, u, p)
+    compiled_one = compiled.Rows(f)(x[:1], u[:1], p[:1])
+    if fn == "rung":
+        assert 0 < compiled_out[2].sum() < 40  # some rows kept coarse, some retaken
     monkeypatch.setenv("SAFECTRL_NO_COMPILE", "1")
     monkeypatch.setattr(compiled, "_warned", True)  # its one-time warning is not what this test is about
-    rows = compiled.Rows(pc.MODEL.interval_function())
-    vm_out = rows(x, u, p)
+    rows = compiled.Rows(f)
+    vm_out, vm_one = rows(x, u, p), rows(x[:1], u[:1], p[:1])
     assert rows._chunk_callers(1)[0]._c is None  # the virtual machine's map did the work
-    for a, b in zip(compiled_out, vm_out):
+    for a, b in zip(compiled_out + compiled_one, vm_out + vm_one):
         np.testing.assert_array_equal(a, b)
 
 

@@ -11,7 +11,8 @@ builds, once and cached:
   Being a plain SX expression it can be compiled to C, mapped over many reactors, or embedded in an NLP;
 * ``step(x, u, params)`` and ``step_batch(x, u, p)`` — the same function evaluated as compiled C when a C
   compiler is present (see :mod:`safectrl.models.compiled`), one reactor or N reactors per call; a model
-  with ``coarse_substeps`` first tries fewer substeps and keeps them where the error estimate allows.
+  with ``coarse_substeps`` first tries fewer substeps and keeps them where the error estimate allows (the
+  choice made in the compiled code: ``rung_function``).
 * ``dae(algebraic)`` — the same model with some states made algebraic, ``0 = (their rhs rows)``: a
   :class:`DAEModel`, integrated over one interval by IDAS or by CasADi's collocation integrator.
 
@@ -254,7 +255,7 @@ class ODEModel:
         self.coarse_tol = float(coarse_tol)
         self._interval_fns: dict[int, ca.Function] = {}
         self._adaptive_fn: ca.Function | None = None
-        self._rows: dict[int, compiled.Rows] = {}
+        self._rows: dict[tuple, compiled.Rows] = {}  # by _rung_key
         self._dae: dict[tuple[str, ...], DAEModel] = {}
         #: Largest accepted RODAS4 error estimate per interval; above it CVODES recomputes the interval.
         self.err_tol = float(err_tol)
@@ -374,35 +375,64 @@ class ODEModel:
         """The same interval in ``coarse_substeps`` RODAS4 steps (None without a coarse rung)."""
         return self.interval_function(self.coarse_substeps) if self.coarse_substeps else None
 
-    def simulate_rows(self, fine: compiled.Rows, coarse: compiled.Rows | None, *args: np.ndarray
-                      ) -> list[np.ndarray]:
-        """Evaluate interval Functions whose first two outputs are ``(xf, err)`` on rows of ``args``: the
-        coarse one on every row, then the fine one on the rows whose coarse estimate exceeds
-        :attr:`coarse_tol` (NaN included), their outputs replaced. Returns the outputs, (n, nnz_out) each.
-        CVODES is not involved here (see :meth:`recompute_inaccurate`)."""
-        n = len(args[0])
-        self.intervals += n
+    def rung_function(self, fine: ca.Function, coarse: ca.Function | None, name: str) -> ca.Function:
+        """What simulation evaluates, from interval Functions whose first two outputs are ``(xf, err)``
+        (:meth:`interval_function` or a transition built on it): ``fine``'s inputs and outputs, then two
+        flags per row, ``refined`` and ``unsettled`` (0 or 1).
+
+        With a ``coarse`` rung the interval is taken coarsely and kept where its estimate is at most
+        :attr:`coarse_tol`; elsewhere (a NaN estimate included) ``fine`` retakes it and ``refined`` is 1.
+        The choice is a CasADi Switch, so in the compiled code ``fine`` runs only on the rows that need it:
+        a batch needs no gather and scatter, and one plant one C call. ``unsettled`` is 1 where the kept
+        estimate exceeds :attr:`err_tol` (NaN included) or the end state is not finite: the only rows for
+        which the callers look further (:meth:`recompute_inaccurate`, the non-finite treatment). The
+        tolerances are baked in; callers cache by :meth:`_rung_key`.
+        """
+        ins = [ca.MX.sym(fine.name_in(i), fine.sparsity_in(i)) for i in range(fine.n_in())]
+        refined: ca.MX | float = 0.0
         if coarse is None:
-            return fine(*args)
-        out = coarse(*args)
-        err = out[1][:, 0]
-        if not all_true(err <= self.coarse_tol):  # some row retaken (a NaN estimate included)
-            rows = np.flatnonzero(~(err <= self.coarse_tol))
-            self.refined += len(rows)
-            if len(rows) == n:  # every row (one plant's case): no gather and scatter
-                return fine(*args)
-            for o, f in zip(out, fine(*(a[rows] for a in args))):
-                o[rows] = f
-        return out
+            outs = fine.call(ins)
+        else:
+            first = coarse.call(ins)
+            kept = [ca.MX.sym(f"coarse_{fine.name_out(i)}", o.sparsity()) for i, o in enumerate(first)]
+            keep = ca.Function(f"{name}_keep", ins + kept, kept)
+            retake = ca.Function(f"{name}_retake", ins + kept, fine.call(ins))
+            switch = ca.Function.if_else(f"{name}_switch", keep, retake)
+            accurate = first[1] <= self.coarse_tol
+            outs = switch.call([accurate] + ins + first)
+            refined = 1 - accurate
+        xf, err = outs[0], outs[1]
+        settled = ca.fmin(ca.mmin(ca.fabs(xf) < ca.inf), err <= self.err_tol)  # NaN compares false
+        return ca.Function(name, ins, [*outs, refined, 1 - settled], fine.name_in(),
+                           [*fine.name_out(), "refined", "unsettled"])
 
-    def _interval_rows(self) -> tuple[compiled.Rows, compiled.Rows | None]:
-        def rows(k: int) -> compiled.Rows:
-            r = self._rows.get(k)
-            if r is None:
-                r = self._rows[k] = compiled.Rows(self.interval_function(k))
-            return r
+    def _rung_key(self) -> tuple[int, float, float]:
+        """What a :meth:`rung_function` depends on besides its Functions (read at every call)."""
+        return self.coarse_substeps, self.coarse_tol, self.err_tol
 
-        return rows(self.substeps), rows(self.coarse_substeps) if self.coarse_substeps else None
+    def simulate_rows(self, rows: compiled.Rows, *args: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+        """Evaluate a compiled :meth:`rung_function` on rows of ``args``, counting the intervals and those
+        retaken (:attr:`intervals`, :attr:`refined`). Returns its outputs without the two flags, (n, nnz_out)
+        each, and the indices of the unsettled rows. CVODES is not involved here (see
+        :meth:`recompute_inaccurate`)."""
+        *out, refined, unsettled = rows(*args)
+        self.intervals += len(args[0])
+        if any_true(refined):
+            self.refined += int(np.count_nonzero(refined))
+        if any_true(unsettled):
+            return out, np.flatnonzero(unsettled[:, 0])
+        return out, _NO_ROWS
+
+    def _interval_rows(self) -> compiled.Rows:
+        """The model's interval as simulation takes it (:meth:`rung_function` of the two rungs), compiled."""
+        key = self._rung_key()
+        rows = self._rows.get(key)
+        if rows is None:
+            k = self.coarse_substeps
+            fn = self.rung_function(self.interval_function(), self.coarse_interval_function(),
+                                    f"{self.name}_simulate{k}")
+            rows = self._rows[key] = compiled.Rows(fn)
+        return rows
 
     def adaptive_interval_function(self) -> ca.Function:
         """CVODES (BDF, rtol 1e-9) over one interval, same signature as :meth:`interval_function`.
@@ -457,8 +487,9 @@ class ODEModel:
         """
         x, u, p, t0 = self.batch_args(x, u, p, t0)
         args = (x, u, p) + ((t0[:, None],) if self.time_varying else ())
-        xf, err = self.simulate_rows(*self._interval_rows(), *args)
-        self.recompute_inaccurate(xf, err, x, u, p, t0)
+        (xf, err), unsettled = self.simulate_rows(self._interval_rows(), *args)
+        if len(unsettled):
+            self.recompute_inaccurate(xf, err, x, u, p, t0)
         return xf
 
     def batch_args(self, x, u, p, t0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -274,14 +274,16 @@ class Task:
                    t0: np.ndarray | float = 0.0) -> Transition:
         """One interval of ``n`` plants and what the env needs of its end: the same numbers as
         :meth:`ODEModel.step_batch` followed by :meth:`stage_cost_numpy`, :meth:`exceedance` and
-        :meth:`failed`, from one compiled function (and a second, on the rows it retakes, for a model with a
-        coarse rung: :meth:`ODEModel.simulate_rows`).
+        :meth:`failed`, from one compiled function (for a model with a coarse rung, the transitions on both
+        intervals behind a Switch that runs the fine one only where the coarse estimate is too large:
+        :meth:`ODEModel.rung_function`).
 
         The stage cost and the limits' outputs are written against a math namespace, so their CasADi form
         is appended to the interval's graph and compiled with it (:meth:`transition_function`): for one
         plant this is a single C call instead of some forty NumPy calls on arrays of five numbers, most of
         an env step's time. Rows that CVODES recomputes (see :meth:`ODEModel.recompute_inaccurate`) have
-        their outputs evaluated again at the recomputed states.
+        their outputs evaluated again at the recomputed states; the compiled code flags them, and
+        non-finite ends, so that Python looks at nothing else on the common path.
 
         Args:
             x, u: states (n, nx) and inputs held over the interval (n, nu), physical units.
@@ -293,11 +295,12 @@ class Task:
         x, u, p, t0 = m.batch_args(x, u, p, t0)
         n = len(x)
         sp = np.asarray(setpoint, dtype=float).reshape(n, len(self.setpoint_names))
-        fns = self._transition_functions()
         args = (x, u, p, sp) + ((t0[:, None],) if m.time_varying else ())
-        coarse = self._coarse_rows() if m.coarse_substeps else None
-        xf, err, cost, exceedance, outside = m.simulate_rows(fns["rows"], coarse, *args)
+        (xf, err, cost, exceedance, outside), unsettled = m.simulate_rows(self._transition_rows(), *args)
         cost, exceedance, outside = cost[:, 0], exceedance[:, 0], outside[:, 0]
+        if not len(unsettled):  # every row accurate and finite: the common case
+            return Transition(xf, cost, exceedance, outside > 0)
+        fns = self._transition_functions()
         for k in m.recompute_inaccurate(xf, err, x, u, p, t0):
             cost[k], exceedance[k], outside[k] = (float(o) for o in fns["outputs"](xf[k], u[k], p[k], sp[k]))
         if all_true(np.isfinite(xf)):
@@ -346,18 +349,27 @@ class Task:
                                    names, ["xf", "err", "stage_cost", "exceedance", "outside"])
 
             fns["transition"] = transition(m.interval_function(), f"{self.name}_transition")
-            fns["rows"] = compiled.Rows(fns["transition"])
             fns["outputs"] = outputs
             fns["build"] = transition
+            fns["rung"] = (None, None)
         return fns
 
-    def _coarse_rows(self) -> compiled.Rows:
-        """The transition on the model's coarse interval, same outputs (see ODEModel.simulate_rows)."""
-        fns, k = self._transition_functions(), self.model.coarse_substeps
-        rows = fns.get(("coarse rows", k))
+    def _transition_rows(self) -> compiled.Rows:
+        """The transition as simulation takes it, compiled: :meth:`ODEModel.rung_function` of the
+        transitions on the model's fine and coarse intervals (the same outputs plus its two flags)."""
+        m, fns = self.model, self._compiled
+        key = m._rung_key()
+        if fns.get("rung", (None,))[0] == key:
+            return fns["rung"][1]
+        fns = self._transition_functions()
+        rows = fns.get(key)
         if rows is None:
-            rows = fns[("coarse rows", k)] = compiled.Rows(
-                fns["build"](self.model.coarse_interval_function(), f"{self.name}_transition{k}"))
+            k, coarse = m.coarse_substeps, m.coarse_interval_function()
+            fn = m.rung_function(fns["transition"],
+                                 fns["build"](coarse, f"{self.name}_transition{k}") if coarse else None,
+                                 f"{self.name}_simulate{k}")
+            rows = fns[key] = compiled.Rows(fn)
+        fns["rung"] = (key, rows)
         return rows
 
 
