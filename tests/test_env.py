@@ -140,6 +140,13 @@ def test_out_of_bounds_action_is_clipped_and_reported():
     np.testing.assert_array_equal(obs[5:7], [2.5, 300.0])
     _, _, _, _, info = env.step([1.0, 340.0])
     assert info["clipped"] is False
+    venv = TaskVectorEnv(pc.TASK, num_envs=4)
+    venv.reset(seed=0)
+    # inside, above one bound, on both bounds exactly (not clipped), below the other
+    obs, _, _, _, info = venv.step(np.array([[1.0, 340.0], [1.0, 401.0], [0.0, 300.0], [-1e-12, 340.0]]))
+    np.testing.assert_array_equal(info["clipped"], [False, True, False, True])
+    np.testing.assert_array_equal(obs[:, 5:7],
+                                  [[1.0, 340.0], [1.0, pc.U_HIGH[1]], [0.0, 300.0], [0.0, 340.0]])
 
 
 def test_unknown_scenario_lists_valid_ones():

@@ -247,7 +247,8 @@ def get_scenario(name: str) -> Scenario:
 
 # -- the task ------------------------------------------------------------------------------------------------
 
-_MEASURED = [STATES.index(s) for s in ("A", "P", "T")]
+#: Indices of the measured states, an array (``take`` converts a list on every call).
+_MEASURED = np.array([STATES.index(s) for s in ("A", "P", "T")])
 
 
 def measure(x: np.ndarray, params: PolyCSTRParams) -> np.ndarray:

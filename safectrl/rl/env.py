@@ -113,6 +113,8 @@ class _Plants:
         if self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {max_steps}")
         m = task.model
+        # bounds as (1, nu) rows: NumPy broadcasts arrays of equal ndim about twice as fast
+        self._u_low, self._u_high = m.u_low[None, :], m.u_high[None, :]
         self.setpoint = np.array(self.scenario.setpoint, dtype=float)
         self._sp_rows = np.zeros((0, len(self.setpoint)))
         self.x = np.zeros((n, m.nx))
@@ -180,23 +182,24 @@ class _Plants:
         self.steps[i] = 0
         self._observe(i, rngs, first=True)
 
-    def info(self, i: np.ndarray, clipped: np.ndarray, failure: np.ndarray,
-             cost: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """The info of plants ``i``; ``cost`` their operating limits' exceedance if already known."""
+    def info(self, i: np.ndarray, clipped: np.ndarray, failure: np.ndarray, cost: np.ndarray | None = None,
+             one: bool = False) -> dict[str, Any]:
+        """The info of plants ``i``; ``cost`` their operating limits' exceedance if already known. ``one``:
+        the info of the single plant ``i[0]`` as the single env returns it, plain numbers (its state,
+        setpoint and faults 1-d arrays), built directly rather than from the batch's arrays."""
         at = self._rows(i)
         if cost is None:
             cost = self.task.exceedance(self.x[at], self.plant)
-        out = {
-            "state": self.x[at].copy(),
-            "time": self.steps[at] * self.task.model.dt,
-            "setpoint": self._sp(len(i)).copy(),
-            "cost": cost,
-            "violation": ~(cost <= 0),
-            "failure": failure,
-            "clipped": clipped,
-        }
+        if one:
+            k, c = i[0], float(cost[0])
+            values = (self.x[k].copy(), float(self.steps[k]) * self.task.model.dt, self.setpoint.copy(), c,
+                      not c <= 0, bool(failure[0]), bool(clipped[0]))
+        else:
+            values = (self.x[at].copy(), self.steps[at] * self.task.model.dt, self._sp(len(i)).copy(), cost,
+                      ~(cost <= 0), failure, clipped)
+        out: dict[str, Any] = dict(zip(INFO_KEYS, values))
         if self.faults is not None:
-            out["faults"] = self.fault_codes[at].copy()
+            out["faults"] = self.fault_codes[i[0] if one else at].copy()
         return out
 
     def check_actions(self, actions: Any, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -209,16 +212,22 @@ class _Plants:
         if a.shape != shape:
             raise ValueError(f"action must have shape {shape} ({', '.join(m.inputs)}), got shape {a.shape}")
         a = a.reshape(-1, m.nu)
+        clipped_a = np.maximum(a, self._u_low)
+        np.minimum(clipped_a, self._u_high, out=clipped_a)
+        inside = clipped_a == a  # NaN compares unequal: only finite actions inside the bounds are equal
+        if all_true(inside):
+            return clipped_a, np.zeros(len(a), dtype=bool)
         finite = np.isfinite(a)
         if not all_true(finite):
             row, col = np.argwhere(~finite)[0]
             where = f" in env {row}" if len(shape) == 2 else ""
             raise ValueError(f"action{where} has non-finite {m.inputs[col]} = {a[row, col]}")
-        clipped_a = np.minimum(np.maximum(a, m.u_low), m.u_high)
-        return clipped_a, (clipped_a != a).any(axis=1)
+        return clipped_a, ~inside.all(axis=1)
 
-    def step(self, i: np.ndarray, u: np.ndarray, clipped: np.ndarray, rngs: list[np.random.Generator]):
-        """Advance plants ``i`` one interval with inputs ``u``; returns reward, terminated, truncated, info."""
+    def step(self, i: np.ndarray, u: np.ndarray, clipped: np.ndarray, rngs: list[np.random.Generator],
+             one: bool = False):
+        """Advance plants ``i`` one interval with inputs ``u``; returns reward, terminated, truncated, info
+        (that of :meth:`info` with ``one``)."""
         sp, at = self._sp(len(i)), self._rows(i)
         # failed states may lie outside the cost's domain (NaN, inf); their reward is replaced below
         m = self.task.model
@@ -237,7 +246,7 @@ class _Plants:
             remaining = (self.max_steps - steps + 1).astype(float)
             reward = np.where(failure, self.task.failure_reward(cost, remaining, sp), reward)
         truncated = ~failure & (steps >= self.max_steps)
-        return reward, failure, truncated, self.info(i, clipped, failure, step.exceedance)
+        return reward, failure, truncated, self.info(i, clipped, failure, step.exceedance, one)
 
 
 class TaskEnv(gym.Env):
@@ -330,8 +339,8 @@ class TaskEnv(gym.Env):
             self._core.set_plant(options["plant"])
         self._core.reset(self._all, [self.np_random])
         self._done = False
-        info = self._core.info(self._all, np.zeros(1, bool), np.zeros(1, bool))
-        return self._core.obs[0].copy(), _unbatch(info)
+        info = self._core.info(self._all, np.zeros(1, bool), np.zeros(1, bool), one=True)
+        return self._core.obs[0].copy(), info
 
     def rng_state(self) -> dict[str, Any]:
         """The env's random generators (initial states and noise, faults) as JSON, for a training run to
@@ -355,16 +364,9 @@ class TaskEnv(gym.Env):
         if self._done:
             raise RuntimeError("step() called on a finished episode; call reset() first")
         u, clipped = self._core.check_actions(action, (self.task.model.nu,))
-        reward, term, trunc, info = self._core.step(self._all, u, clipped, [self.np_random])
+        reward, term, trunc, info = self._core.step(self._all, u, clipped, [self.np_random], one=True)
         self._done = bool(term[0] or trunc[0])
-        return self._core.obs[0].copy(), float(reward[0]), bool(term[0]), bool(trunc[0]), _unbatch(info)
-
-
-def _unbatch(info: dict[str, np.ndarray]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in info.items():
-        out[k] = v[0] if v.ndim > 1 else v.item(0)
-    return out
+        return self._core.obs[0].copy(), float(reward[0]), bool(term[0]), bool(trunc[0]), info
 
 
 class TaskVectorEnv(VectorEnv):
