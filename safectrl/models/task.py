@@ -351,17 +351,13 @@ class Task:
             fns["transition"] = transition(m.interval_function(), f"{self.name}_transition")
             fns["outputs"] = outputs
             fns["build"] = transition
-            fns["rung"] = (None, None)
         return fns
 
     def _transition_rows(self) -> compiled.Rows:
         """The transition as simulation takes it, compiled: :meth:`ODEModel.rung_function` of the
         transitions on the model's fine and coarse intervals (the same outputs plus its two flags)."""
-        m, fns = self.model, self._compiled
-        key = m._rung_key()
-        if fns.get("rung", (None,))[0] == key:
-            return fns["rung"][1]
-        fns = self._transition_functions()
+        m, fns = self.model, self._transition_functions()
+        key = ("rung", *m._rung_key())
         rows = fns.get(key)
         if rows is None:
             k, coarse = m.coarse_substeps, m.coarse_interval_function()
@@ -369,7 +365,6 @@ class Task:
                                  fns["build"](coarse, f"{self.name}_transition{k}") if coarse else None,
                                  f"{self.name}_simulate{k}")
             rows = fns[key] = compiled.Rows(fn)
-        fns["rung"] = (key, rows)
         return rows
 
 
