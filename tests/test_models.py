@@ -289,3 +289,33 @@ def test_coarse_substeps_must_be_fewer_than_substeps():
         ODEModel(name="decay", states=("x",), inputs=("u",), params_type=_DecayParams, rhs=_forced_decay,
                  dt=0.7, x_scale=[1.0], u_low=[-1.0], u_high=[1.0], substeps=8, coarse_substeps=8,
                  time_varying=True)
+
+
+def test_time_varying_model_with_a_coarse_rung_takes_each_row_on_its_own_clock():
+    """The Switch passes each row's t0 to the rung it takes: a batch of intervals at different times, some
+    kept coarse and some retaken (the tolerance set between their estimates), equals each rung's own
+    interval function row by row, and both stay close to the closed-form solution."""
+    model = ODEModel(name="decay_rung", states=("x",), inputs=("u",), params_type=_DecayParams,
+                     rhs=_forced_decay, dt=0.7, x_scale=[1.0], u_low=[-1.0], u_high=[1.0], substeps=8,
+                     coarse_substeps=2, time_varying=True)
+    k = 0.5
+    t0 = np.linspace(0.0, 6.0, 9)
+    x0, u = np.full((9, 1), 1.3), np.full((9, 1), 0.8)
+    p = np.array([k])
+    fine, coarse = model.interval_function(), model.interval_function(2)
+    err2 = np.array([float(coarse(x0[i], u[i], p, t0[i])[1]) for i in range(9)])
+    model.coarse_tol = float(np.median(err2))  # about half the rows retaken
+    before = model.refined
+    got = model.step_batch(x0, u, p, t0)
+    keep = err2 <= model.coarse_tol
+    assert 0 < keep.sum() < 9 and model.refined - before == (~keep).sum()
+    for i in range(9):
+        want = (coarse if keep[i] else fine)(x0[i], u[i], p, t0[i])[0]
+        assert got[i, 0] == float(want)
+        np.testing.assert_array_equal(model.step(x0[i], u[i], p, t0[i]), got[i])
+
+    def exact(t, s):
+        part = lambda r: 0.8 * (k * np.sin(r) - np.cos(r)) / (k**2 + 1)  # noqa: E731
+        return part(t) + (1.3 - part(s)) * np.exp(-k * (t - s))
+
+    np.testing.assert_allclose(got[:, 0], exact(t0 + 0.7, t0), rtol=1e-4)
