@@ -4,7 +4,12 @@ Run: ``python benchmarks/acr_step.py [steps]``. For every env, RL-ACR (with its 
 estimated model) trains on the actual plant for ``steps`` steps after the 256 warm-up steps (so every
 measured step includes a SAC update and a focus update). Printed per env: seconds per training step, steps
 per second, the MPC's and the updates' shares, and the ratio to the same agent's step without the MPC
-solve (a zero prior, measured in the same run). One torch thread, as in the study's workers. Tian et al.
+solve (a zero prior, measured in the same run), and the updates' floating-point work: the matrix products of
+one step's SAC and focus updates counted by torch (``MFLOP``, the mean over a critic step with and one
+without the actor's steps), the rate the measured update time makes of them (``GFLOP/s``), and their
+``floor``: the seconds per step the updates alone would take if every product ran at the rate torch gets
+on one 256 x 256 x 256 float32 product timed in this process (``roofline.py``). One torch thread, as in the
+study's workers. Tian et al.
 report 0.0235, 0.0667, 0.0378 and 0.0206 s per step (Glucose, BiGlucose, CSTR, CartPole) on a laptop with
 a GPU.
 """
@@ -21,6 +26,8 @@ import torch
 import safectrl  # noqa: F401
 from safectrl.controllers.acr_mpc import REGULARISERS
 from safectrl.rl.acr import RLACR
+
+from roofline import counted_flops, matmul_gflops
 
 PAPER = {"safectrl/Glucose-v0": 0.0235, "safectrl/BiGlucose-v0": 0.0667, "safectrl/KlattEngellCSTR-v0": 0.0378,
          "safectrl/CartPoleContinuous-v0": 0.0206}
@@ -58,8 +65,11 @@ class ZeroPrior:
         return self.a.copy()
 
 
-def time_steps(env: gym.Env, agent: RLACR, steps: int) -> tuple[float, float, float]:
-    """(s per step, s per update, s per prior action) over ``steps`` steps once learning has started."""
+def time_steps(env: gym.Env, agent: RLACR, steps: int) -> tuple[float, float, float, float]:
+    """(s per step, s per update, s per prior action) over ``steps`` steps once learning has started, and
+    the matrix-product FLOPs per step of the updates, counted over ``policy_frequency`` further steps (not
+    timed), so that the actor's steps, taken every ``policy_frequency``-th critic step, count by their
+    share."""
     obs, _ = env.reset(seed=0)
     agent.begin_episode(0)
     t_update, measured, t_start, prior_start = 0.0, 0, 0.0, 0.0
@@ -79,21 +89,39 @@ def time_steps(env: gym.Env, agent: RLACR, steps: int) -> tuple[float, float, fl
             obs, _ = env.reset()
             agent.begin_episode(k)
     elapsed = time.perf_counter() - t_start
-    return elapsed / measured, t_update / measured, (agent.prior.seconds - prior_start) / measured
+    flops, counted = 0, agent.sac.config.policy_frequency
+    for _ in range(counted):
+        a = agent.explore(obs)
+        next_obs, r, term, trunc, _ = env.step(a)
+        flops += counted_flops(lambda: agent.observe(obs, a, r, next_obs, term))  # noqa: B023 (called here)
+        obs = next_obs
+        if term or trunc:
+            obs, _ = env.reset()
+            agent.begin_episode(total)
+    prior = (agent.prior.seconds - prior_start) / measured
+    return elapsed / measured, t_update / measured, prior, flops / counted
 
 
 def main() -> None:
     steps = int(sys.argv[1]) if len(sys.argv) > 1 else 300
     torch.set_num_threads(1)
-    print(f"{'env':32s} {'s/step':>8s} {'steps/s':>8s} {'MPC':>6s} {'updates':>8s} {'vs no MPC':>9s} {'paper s/step':>12s}")
+    rate = matmul_gflops()
+    print(f"{'env':32s} {'s/step':>8s} {'steps/s':>8s} {'MPC':>6s} {'updates':>8s} {'vs no MPC':>9s} "
+          f"{'paper s/step':>12s} {'MFLOP':>6s} {'GFLOP/s':>7s} {'floor':>7s}")
+    floors = []
     for env_id, build in REGULARISERS.items():
         env = gym.make(env_id).unwrapped
         prior = TimedPrior(build())
-        full, update, mpc = time_steps(env, RLACR(env.observation_space, env.action_space, prior, seed=0), steps)
-        bare, _, _ = time_steps(env, RLACR(env.observation_space, env.action_space,
-                                           TimedPrior(ZeroPrior(env.action_space.shape[0])), seed=0), steps)
+        agent = RLACR(env.observation_space, env.action_space, prior, seed=0)
+        full, update, mpc, flops = time_steps(env, agent, steps)
+        free = TimedPrior(ZeroPrior(env.action_space.shape[0]))
+        bare, _, _, _ = time_steps(env, RLACR(env.observation_space, env.action_space, free, seed=0), steps)
+        floors.append(flops / (rate * 1e9))
         print(f"{env_id:32s} {full:8.4f} {1 / full:8.1f} {mpc / full:6.0%} {update / full:8.0%} "
-              f"{full / bare:8.1f}x {PAPER[env_id]:12.4f}")
+              f"{full / bare:8.1f}x {PAPER[env_id]:12.4f} {flops / 1e6:6.0f} {flops / update / 1e9:7.1f} "
+              f"{floors[-1]:7.4f}")
+    print(f"\none float32 product of two 256 x 256 matrices here: {rate:.1f} GFLOP/s; the updates' floor, "
+          f"mean over the tasks: {np.mean(floors):.4f} s per step")
 
 
 if __name__ == "__main__":

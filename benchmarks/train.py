@@ -8,7 +8,10 @@ of the fused kernel; the update methods are the package's. Beside both, the defa
 ``precision="bfloat16"`` (the square hidden layers multiply in bfloat16, ``safectrl.rl.networks``), whose
 column is its rate and its ratio to the default's. Rates are the best of three timed blocks after a
 warm-up, the implementations' blocks taken in turn, so a busy machine shows as lower rates for all, not as
-a ratio of noise.
+a ratio of noise. Then the default's floating-point work: the matrix products of one update counted by
+torch (``MFLOP``), the rate that makes at the measured steps/s (``GFLOP/s``), and the ``ceiling``: the
+steps/s this machine would reach if every product ran at the rate torch gets on one 256 x 256 x 256
+float32 product timed here with the same threads (``roofline.py``; that rate is printed per thread count).
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from safectrl.rl.networks import mlp, seeded_init
 from safectrl.rl.offline_data import Normalisation, OfflineData
 from safectrl.rl.training import AGENTS, make_agent
 from safectrl.studies import datasets
+
+from roofline import counted_flops, matmul_gflops
 
 
 class SeparateTwinQ(nn.Module):
@@ -98,11 +103,16 @@ def main() -> None:
     print(f"dataset {ds_id}: {len(t)} transitions, {t.obs.shape[1]} observations, {t.action.shape[1]} actions")
     print(f"torch {torch.__version__}, CPU\n")
     print(f"{'algo':5} {'threads':>7} {'steps/s':>8} {'previous':>8} {'speed-up':>8} {'bfloat16':>15} "
-          f"{'batch':>5}  default steps -> minutes (bfloat16)  parameters")
+          f"{'MFLOP':>6} {'GFLOP/s':>7} {'ceiling':>7} {'batch':>5}  default steps -> minutes (bfloat16)  "
+          f"parameters")
+    generator = torch.Generator().manual_seed(1)
+    product_rate = {}
     for algo in AGENTS:
         config = AGENTS[algo][1]()
         for threads in args.threads:
             torch.set_num_threads(threads)
+            if threads not in product_rate:
+                product_rate[threads] = matmul_gflops()
             agent = make_agent(algo, obs_dim, act_dim, seed=0)
             mixed = make_agent(algo, obs_dim, act_dim, replace(config, precision="bfloat16"), seed=0)
             rate, before, rate16 = steps_per_second(
@@ -110,12 +120,18 @@ def main() -> None:
             sizes = {name: sum(p.numel() for p in net.parameters()) for name, net in agent.networks().items()}
             params = ", ".join(f"{k} {v:,}" for k, v in sizes.items())
             minutes, minutes16 = config.steps / rate / 60, config.steps / rate16 / 60
+            batch = offline.sample(config.batch_size, generator)
+            flops = counted_flops(lambda: agent.update(batch))  # noqa: B023 (called here)
+            ceiling = product_rate[threads] * 1e9 / flops
             print(f"{algo:5} {threads:7d} {rate:8.0f} {before:8.0f} {rate / before:7.2f}x "
-                  f"{rate16:6.0f} ({rate16 / rate:4.2f}x) {config.batch_size:5d}  {config.steps:>8} -> "
+                  f"{rate16:6.0f} ({rate16 / rate:4.2f}x) {flops / 1e6:6.0f} {rate * flops / 1e9:7.1f} "
+                  f"{ceiling:7.0f} {config.batch_size:5d}  {config.steps:>8} -> "
                   f"{minutes:5.1f} min ({minutes16:4.1f})  {params}")
     print(f"\nhidden layers {AGENTS['iql'][1]().hidden} (ReLU); one IQL step updates V, both Q networks, "
           f"the targets and the actor; one BC step the actor only. previous: two separate critic MLPs and "
           f"Adam's per-parameter loop.")
+    rates = ", ".join(f"{n} thread{'s' * (n > 1)} {r:.1f} GFLOP/s" for n, r in product_rate.items())
+    print(f"one float32 product of two 256 x 256 matrices here: {rates}")
 
 
 if __name__ == "__main__":
