@@ -82,7 +82,7 @@ def test_the_last_plan_continued_certifies_without_a_solve_and_only_when_it_hold
     # measured: 73 % of the 30 steps reused (the startup's first ones need solves), 203 vs 402 iterations
     assert r["certified"].all() and r["reused"].mean() >= 0.5 and not q["reused"].any()
     assert r["iterations"].sum() < 0.7 * q["iterations"].sum()
-    m, limit = TASK.model, TASK.limits[0]
+    limit = TASK.limits[0]
     for k in np.flatnonzero(r["reused"]):
         plan = r["predicted"][k]  # the integrator's states of the continued plan, from the estimate
         assert np.all(limit.value(plan[1:], TASK.nominal, TASK.states) <= limit.high - 1.5)

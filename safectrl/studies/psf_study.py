@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from safectrl.common import validation
 from safectrl.common.faults import FallbackWarning

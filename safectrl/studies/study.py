@@ -49,7 +49,6 @@ import safectrl
 from safectrl.common import validation
 from safectrl.common.protocol import DecisionMaker
 from safectrl.controllers.pi import NOMINAL_TUNING, PIController, PITuning
-from safectrl.models import polycstr as pc
 from safectrl.models import registry
 from safectrl.models.registry import get_task
 from safectrl.models.task import Task as PlantTask
