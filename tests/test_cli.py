@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -37,6 +38,15 @@ def test_study_quick_writes_its_outputs_and_resumes(tmp_path, capsys, monkeypatc
     assert "nan" not in summary and (out / "psf_mismatch.png").stat().st_size > 0
     episodes = (out / "episodes.csv").read_text().splitlines()
     assert len(episodes) == 1 + len(quick.controllers) * len(quick.scenarios) * len(quick.variants) * quick.eval_seeds
+    fallbacks: dict[tuple[str, str], int] = {}
+    for r in csv.DictReader(episodes):
+        key = (r["variant"], r["controller"])
+        fallbacks[key] = fallbacks.get(key, 0) + int(r["fallbacks"])
+    # every row reports its fallbacks: lost readings make the PI loops, the policies and the PICNN filters
+    # fall back; the NMPC and the PSF estimate through them (no failed solve)
+    assert all(fallbacks[("faults", c)] > 0 for c in quick.controllers if "NMPC" not in c and "PSF" not in c)
+    assert all(fallbacks[("nominal", c)] == 0 for c in ("PI nominal", "PI dataset", "BC", "IQL")), fallbacks
+    assert "| fallbacks / episode |" in summary.split("## Sensor faults")[1].split("\n## ")[0]
     for kind in ("bc-policy", "iql-policy", "cost-model"):
         assert len(list((tmp_path / "artifacts").glob(f"{kind}-*/artifact.json"))) == 3
     capsys.readouterr()

@@ -156,13 +156,14 @@ def test_nmpc_with_5_percent_nan_readings_finishes_with_finite_inputs_and_estima
     nmpc = polycstr_nmpc()
     obs, _ = env.reset(seed=2)
     nmpc.reset(seed=2)
-    injected, steps = 0, 0
+    injected, steps, lossy = 0, 0, []
     with pytest.warns(FallbackWarning, match="invalid reading .* left out of the filter update") as caught:
         while True:
             u = nmpc.act(obs)
             assert np.all(np.isfinite(u)) and np.all(u >= pc.U_LOW) and np.all(u <= pc.U_HIGH)
             obs, _, term, trunc, info = env.step(u)
             injected += int(np.sum(info["faults"] == FAULT_NAN))
+            lossy.append(bool(np.any(info["faults"] == FAULT_NAN)))
             steps += 1
             if term or trunc:
                 break
@@ -174,6 +175,9 @@ def test_nmpc_with_5_percent_nan_readings_finishes_with_finite_inputs_and_estima
     assert nmpc.observer.rejected_measurements == injected - last
     assert nmpc.stats.rejected_measurements == injected - last
     assert nmpc.stats.episode().rejected_measurements == injected - last
+    assert sum(lossy[:-1]) >= 1  # intervals acted on with a reading left out
+    # they are not fallbacks (the solve ran on the prediction), and no solve failed
+    assert nmpc.episode_report() == {"fallbacks": 0}
 
 
 def test_after_a_nan_reading_the_next_clean_one_updates_the_estimate():
@@ -288,13 +292,15 @@ def test_pi_holds_integral_and_output_of_the_loop_that_lost_its_reading():
         held = pi.act(lost)
     assert held[0] == u[0] and pi.integral[0] == integral[0]  # the P loop holds
     assert held[1] != u[1] and pi.integral[1] != integral[1]  # the T loop goes on
-    assert pi.held == 1
+    assert pi.held == 1 and pi.episode_report() == {"fallbacks": 1}
     both = obs.copy()
     both[_E_P] = both[_E_T] = np.nan
     np.testing.assert_array_equal(pi.act(both), held)
-    assert pi.held == 3
+    assert pi.held == 3 and pi.episode_report() == {"fallbacks": 2}  # loops held; intervals
+    pi.act(obs)
+    assert pi.episode_report() == {"fallbacks": 2}
     pi.reset()
-    assert pi.held == 0
+    assert pi.held == 0 and pi.episode_report() == {"fallbacks": 0}
 
 
 def test_pi_on_faulty_readings_finishes_the_episode():
@@ -322,8 +328,8 @@ def test_offline_policy_holds_its_last_action_on_a_non_finite_observation():
     batch = policy.act(np.array([[1.0, 1.0, 1.0], [np.nan, 0.0, 0.0]]))
     np.testing.assert_allclose(batch[0], a, rtol=1e-5)  # float32 in a batch of two
     np.testing.assert_array_equal(batch[1], a)  # the held one
-    assert policy.held == 3
+    assert policy.held == 3 and policy.episode_report() == {"fallbacks": 3}
     policy.reset()
-    assert policy.held == 0
+    assert policy.held == 0 and policy.episode_report() == {"fallbacks": 0}
     with pytest.raises(ValueError, match="observation is not finite"):
         OfflinePolicy(actor, norm, strict=True).act(np.array([np.nan, 0.0, 0.0]))

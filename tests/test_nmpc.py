@@ -168,6 +168,11 @@ def test_soft_bound_keeps_an_infeasible_start_solvable_and_a_hard_one_falls_back
     # IPOPT names the infeasibility; fatrop only fails (its return flag is 0 or 1)
     assert ("Infeasible" if hard.config.solver == "ipopt" else "fatrop_failed") in hard.stats.records[-1].status
     assert hard.stats.records[-1].retried and hard.stats.retries == 1  # the cold retry failed too
+    assert hard.episode_report() == {}  # no episode started
+    hard.reset()
+    assert hard.episode_report() == {"fallbacks": 0}
+    hard.solve(np.array([10.0]), np.array([good.u[0]]), np.array([0.6]))
+    assert hard.episode_report() == {"fallbacks": 1} and hard.stats.fallbacks == 2  # this episode's; all
 
 
 def test_a_failed_warm_start_is_retried_from_the_cold_guess():

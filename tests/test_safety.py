@@ -607,6 +607,9 @@ def test_filter_answers_a_nan_observation_and_a_failed_correction_with_a_safe_in
     filt.corrector.correct = fail
     np.testing.assert_array_equal(filt.act(np.zeros(3)), good)
     assert filt.record.fallback == [True, False, True]
+    assert filt.episode_report() == {"fallbacks": 2}  # the study's column
+    filt.reset()
+    assert filt.episode_report() == {"fallbacks": 0}
     filt.strict = True
     with pytest.raises(CorrectionError, match="status infeasible"):
         filt.act(np.zeros(3))

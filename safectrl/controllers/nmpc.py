@@ -1023,6 +1023,15 @@ class NMPC:
         if self.observer is not None:
             self.observer.reset(seed)
 
+    def episode_report(self) -> dict[str, int]:
+        """The episode's fallbacks as a study column: ``fallbacks``, the solves of the current episode whose
+        input did not come from that solve (the previous plan shifted or the previous input held); none
+        before the first :meth:`reset`. A reading the observer leaves out is not one: the solve runs on the
+        predicted state (``stats.episode().rejected_measurements`` counts those)."""
+        if not self.stats.starts:
+            return {}
+        return {"fallbacks": self.stats.episode().fallbacks}
+
     def act(self, obs: np.ndarray) -> np.ndarray:
         """Input for the next interval from an observation, through the observer."""
         if self.observer is None:

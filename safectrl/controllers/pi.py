@@ -147,6 +147,13 @@ class PIController:
         self._u: np.ndarray | None = None  # the last output, (f_I kg/h, T_c K)
         #: Loop-intervals held on a non-finite error since the last reset.
         self.held = 0
+        #: Intervals since the last reset on which at least one loop held (``held`` counts loops).
+        self.held_intervals = 0
+
+    def episode_report(self) -> dict[str, int]:
+        """The episode's fallbacks as a study column: ``fallbacks``, the intervals since the last reset on
+        which a loop held its integral and output (:attr:`held_intervals`)."""
+        return {"fallbacks": int(self.held_intervals)}
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         """Inputs (f_I kg/h, T_c K) for the next interval from an observation laid out as OBSERVATIONS."""
@@ -161,6 +168,7 @@ class PIController:
         lost = ~np.isfinite(e)
         if lost.any():
             self.held += int(lost.sum())
+            self.held_intervals += 1
             if not self._warned:
                 bad = ", ".join(f"{n} = {v}" for n, v, gone in zip(("e_P", "e_T"), e, lost) if gone)
                 warnings.warn(f"PIController: non-finite setpoint error {bad}: the loop holds its integral "
@@ -199,3 +207,7 @@ class DatasetPI:
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         return self._pi.act(obs)
+
+    def episode_report(self) -> dict[str, int]:
+        """This episode's PI's :meth:`PIController.episode_report`."""
+        return self._pi.episode_report()

@@ -44,6 +44,11 @@ class OfflinePolicy:
         #: Observations answered with the held action since the last reset.
         self.held = 0
 
+    def episode_report(self) -> dict[str, int]:
+        """The episode's fallbacks as a study column: ``fallbacks``, the observations answered with the held
+        action since the last reset (:attr:`held`)."""
+        return {"fallbacks": int(self.held)}
+
     @property
     def algo(self) -> str:
         return str(self.info.get("algo", "unknown"))

@@ -165,6 +165,11 @@ class SafetyFilter:
         self.record = FilterRecord()
         self._last_safe = None
 
+    def episode_report(self) -> dict[str, int]:
+        """The episode's fallbacks as a study column: ``fallbacks``, the steps since the last reset answered
+        with the safe fallback input (:attr:`FilterRecord.fallbacks`)."""
+        return {"fallbacks": self.record.fallbacks}
+
     def _safe_input(self, raw: np.ndarray) -> np.ndarray:
         """The fallback: the last input returned, else the proposal clipped to the bounds, else the middle."""
         if self._last_safe is not None:

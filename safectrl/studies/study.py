@@ -22,10 +22,14 @@ Plant variants: ``nominal`` (plant = model), ``mismatch`` (UA -20 %, dH +10 % in
 controller is designed or trained on the nominal model and data; only the oracle NMPC is given the variant's
 true plant.
 
-A decision-maker with a callable ``episode_report()`` (the safety filters) has its report's entries added to
-the episode's metrics after the episode (extra ``episodes.csv`` columns, a filter table per variant); one
-whose ``record`` has ``proposal``, ``applied`` and ``predicted`` (the predictive safety filter) has these
-stored with the episode, the plans reduced to the first operating limit's output (the reactor: T).
+A decision-maker with a callable ``episode_report()`` has its report's entries added to the episode's
+metrics after the episode (extra ``episodes.csv`` columns): every built-in one reports ``fallbacks``, the
+intervals it answered with its fallback instead of its decision (a held action or PI output, a safe input,
+a shifted plan after a failed solve; a reading an estimator leaves out is not one, the NMPC and the
+predictive safety filter decide on the prediction), shown per controller in the faults table; the
+predictive safety filters' intervention statistics make a filter table per variant. One whose ``record``
+has ``proposal``, ``applied`` and ``predicted`` (the predictive safety filter) has these stored with the
+episode, the plans reduced to the first operating limit's output (the reactor: T).
 
 Output folder: ``config.json``, ``episodes.csv`` (one row per episode), ``summary.md`` (tables per variant),
 figures (trajectories per variant, cost and offset distributions, violations, ``psf_mismatch.png``: a +PSF row
@@ -548,7 +552,7 @@ def _episode_task(controller: str, scenario: str, variant: str, seed: int, seed_
 
 
 def _filter_statistics(controller: str, policy: Any, metrics: Mapping[str, Any]) -> dict[str, float | int]:
-    """The entries of ``policy.episode_report()`` if it has one (the safety filters), else none."""
+    """The entries of ``policy.episode_report()`` if it has one (every built-in decision-maker), else none."""
     report_fn = getattr(policy, "episode_report", None)
     if not callable(report_fn):
         return {}
@@ -719,13 +723,15 @@ def psf_figure_row(results: StudyResults) -> tuple[str, str] | None:
     return None
 
 
-FAULT_HEADERS = ("scenario", "controller", "episodes finished", "failures", "cost without faults",
-                 "cost with faults", "cost ratio (per seed)")
+FAULT_HEADERS = ("scenario", "controller", "episodes finished", "failures", "fallbacks / episode",
+                 "cost without faults", "cost with faults", "cost ratio (per seed)")
 
 
 def fault_rows(results: StudyResults) -> list[list[Any]]:
-    """Per scenario and controller: episodes run to the end (or to a failure of the plant), and the cost of
-    the ``faults`` variant against the ``nominal`` one on the same seeds; empty without both variants."""
+    """Per scenario and controller: episodes run to the end (or to a failure of the plant), the intervals
+    answered with the controller's fallback (its ``episode_report()``'s ``fallbacks``; "-" for a controller
+    that reports none), and the cost of the ``faults`` variant against the ``nominal`` one on the same
+    seeds; empty without both variants."""
     if not {"faults", "nominal"} <= set(results.preset.variants):
         return []
     rows = []
@@ -734,8 +740,11 @@ def fault_rows(results: StudyResults) -> list[list[Any]]:
             clean = results.metrics[("nominal", scenario, controller)]
             faulty = results.metrics[("faults", scenario, controller)]
             finished = sum(m.length == results.preset.max_steps or m.failure for m in faulty)
+            held = [m.get("fallbacks") for m in faulty]
+            fallbacks = "-" if any(h is None for h in held) else report.mean_std(held)
             rows.append([scenario, controller, f"{finished}/{len(faulty)}", int(sum(m.failure for m in faulty)),
-                         report.mean_std([m.cost for m in clean]), report.mean_std([m.cost for m in faulty]),
+                         fallbacks, report.mean_std([m.cost for m in clean]),
+                         report.mean_std([m.cost for m in faulty]),
                          report.mean_std([f.cost / c.cost for f, c in zip(faulty, clean)])])
     return rows
 
@@ -794,8 +803,11 @@ def write_outputs(results: StudyResults, out_dir: Path, reference: str) -> str:
     faults = fault_rows(results)
     if faults:
         parts.append(f"## Sensor faults\n\n{results.preset.variant_table['faults'].description}: does every "
-                     "controller finish every episode, and what do the lost readings cost against the "
-                     "fault-free nominal plant (same seeds)?\n")
+                     "controller finish every episode, on how many intervals did it answer with its "
+                     "fallback instead of its decision (a held action or PI output, a safe input, a shifted "
+                     "plan; the NMPC and the PSF decide on their estimator's prediction of a lost reading), "
+                     "and what do the lost readings cost against the fault-free nominal plant (same "
+                     "seeds)?\n")
         parts.append(report.markdown_table(FAULT_HEADERS, faults) + "\n")
     headline = headline_rows(results)
     if headline:
