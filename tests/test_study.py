@@ -161,3 +161,86 @@ def test_a_new_filter_configuration_reruns_only_the_filtered_rows(monkeypatch):
     assert changed and all("+PSF@psf-" in k for k in changed)  # every +PSF episode gets a new key
     assert len(changed) == sum("+PSF" in k for k in before)
     assert {k for k in before if "+PSF" not in k} <= after  # the other rows' stored episodes still count
+
+
+class _Warning(Constant):
+    """Warns a FallbackWarning on every call (as a decision-maker would once) and a RuntimeWarning once."""
+
+    def __init__(self) -> None:
+        super().__init__(pc.U_LOW)
+        self.calls = 0
+
+    def act(self, obs):
+        import warnings
+
+        from safectrl.common.faults import FallbackWarning
+
+        self.calls += 1
+        warnings.warn(f"Mine: call {self.calls} fell back", FallbackWarning, stacklevel=2)
+        if self.calls == 1:
+            warnings.warn("numerical trouble", RuntimeWarning, stacklevel=2)
+        return super().act(obs)
+
+
+def test_an_episode_records_its_fallback_warnings_and_passes_the_others_on():
+    import warnings
+
+    from safectrl.common.faults import FallbackWarning
+    from safectrl.rl.env import TaskEnv
+    from safectrl.studies.study import _run_recording_fallbacks
+
+    env = TaskEnv(pc.TASK, scenario="grade_up", max_steps=3)
+    with warnings.catch_warnings(record=True) as outside:
+        warnings.simplefilter("always")
+        ep, messages = _run_recording_fallbacks(env, _Warning(), seed=5)
+    assert len(ep.rewards) == 3 and messages == [f"Mine: call {k} fell back" for k in (1, 2, 3)]
+    assert [(w.category, str(w.message)) for w in outside] == [(RuntimeWarning, "numerical trouble")]
+    assert not any(issubclass(w.category, FallbackWarning) for w in outside)
+
+
+def test_the_fallback_summary_counts_episodes_per_variant_row_and_kind():
+    from safectrl.studies.study import fallback_summary
+
+    assert fallback_summary({}) is None
+    assert fallback_summary({("faults", "PI nominal"): [[], []]}) is None
+    text = fallback_summary({
+        ("faults", "PI nominal"): [["PIController: e_P = nan: held"], [], ["PIController: e_T = nan: held"]],
+        ("faults", "NMPC oracle"): [["PolyCSTRObserver: T = nan: left out", "NMPC: T replaced", "NMPC: again"],
+                                    ["NMPC: P replaced"]],
+        ("nominal", "PI nominal"): [[], []],
+    })
+    head, *lines = text.splitlines()
+    assert head.startswith("4 of 7 episodes fell back or left readings out")
+    assert lines == ["  faults / PI nominal: 2 of 3 episodes; the first: PIController: e_P = nan: held",
+                     "  faults / NMPC oracle: 1 of 2 episodes; the first: PolyCSTRObserver: T = nan: left out",
+                     "  faults / NMPC oracle: 2 of 2 episodes; the first: NMPC: T replaced"]
+    several = fallback_summary({("faults", "BC"): [["OfflinePolicy: observation [1.0  nan\n 2.0]; held"]]})
+    assert several.splitlines()[1] == "  faults / BC: 1 of 1 episodes; the first: OfflinePolicy: observation " \
+        "[1.0 nan 2.0]; held"
+
+
+def test_a_study_gives_one_fallback_warning_for_its_episodes_and_again_on_resume(tmp_path, monkeypatch):
+    import warnings
+
+    from safectrl.common.faults import FallbackWarning
+    from safectrl.studies.study import StudyPreset, run_study
+
+    monkeypatch.setenv("SAFECTRL_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
+    preset = StudyPreset("tiny", eval_seeds=2, data_episodes=2, variants=("nominal", "faults"),
+                         controllers=("PI nominal",), scenarios=("grade_up",), max_steps=30)
+    given = []
+    for _ in range(2):  # the second run reads every episode back from the run folder
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = run_study(preset, tmp_path / "run", serial=True, progress=False)
+        given.append([str(w.message) for w in caught if issubclass(w.category, FallbackWarning)])
+    assert given[0] == given[1] and len(given[0]) == 1
+    with open(out / "episodes.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    held = [int(r["fallbacks"]) for r in rows if r["variant"] == "faults"]
+    assert [int(r["fallbacks"]) for r in rows if r["variant"] == "nominal"] == [0, 0]
+    head, *lines = given[0][0].splitlines()
+    warned = sum(1 for n in held if n)
+    assert warned >= 1 and head.startswith(f"{warned} of 4 episodes fell back")
+    assert len(lines) == 1 and lines[0].startswith(
+        f"  faults / PI nominal: {warned} of 2 episodes; the first: PIController: non-finite setpoint error")

@@ -31,6 +31,11 @@ predictive safety filters' intervention statistics make a filter table per varia
 has ``proposal``, ``applied`` and ``predicted`` (the predictive safety filter) has these stored with the
 episode, the plans reduced to the first operating limit's output (the reactor: T).
 
+A decision-maker warns once (:class:`~safectrl.common.faults.FallbackWarning`) when it first falls back or
+leaves a reading out. Each episode records its warnings instead of printing them in its worker, and the
+study gives one FallbackWarning after the episodes that lists, per variant and row, in how many episodes
+each kind was raised and the first message (:func:`fallback_summary`); any other warning passes through.
+
 Output folder: ``config.json``, ``episodes.csv`` (one row per episode), ``summary.md`` (tables per variant),
 figures (trajectories per variant, cost and offset distributions, violations, ``psf_mismatch.png``: a +PSF row
 on the mismatched plant) and ``tasks/`` (the stored per-episode results that make a run resumable).
@@ -42,6 +47,7 @@ import csv
 import functools
 import importlib
 import time
+import warnings
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -51,6 +57,7 @@ import numpy as np
 
 import safectrl
 from safectrl.common import validation
+from safectrl.common.faults import FallbackWarning
 from safectrl.common.protocol import DecisionMaker
 from safectrl.controllers.pi import NOMINAL_TUNING, PIController, PITuning
 from safectrl.models import registry
@@ -536,7 +543,7 @@ def _episode_task(controller: str, scenario: str, variant: str, seed: int, seed_
     policy = controller_spec(controller, preset).build(BuildContext(scenario, var, seed, seed_index, preset))
     env = TaskEnv(preset.task, scenario=scenario, plant=var.plant, noise=var.noise, max_steps=preset.max_steps,
                   faults=var.faults)
-    ep = run_episode(env, policy, seed)
+    ep, fallback_warnings = _run_recording_fallbacks(env, policy, seed)
     metrics = episode_metrics(ep, preset.task).as_dict()
     metrics.update(_filter_statistics(controller, policy, metrics))
     return {
@@ -546,9 +553,59 @@ def _episode_task(controller: str, scenario: str, variant: str, seed: int, seed_
         "terminations": ep.terminations,
         "truncations": ep.truncations,
         "decision_time": ep.decision_time,
+        FALLBACK_WARNINGS: fallback_warnings,
         **{f"info_{k}": np.asarray(ep.infos[k]) for k in ("state", "setpoint", "violation", "failure")},
         **_filter_trace(policy, preset.task),
     }
+
+
+#: The record entry of the FallbackWarning messages an episode raised (a list of strings, in order).
+FALLBACK_WARNINGS = "fallback_warnings"
+
+
+def _run_recording_fallbacks(env: TaskEnv, policy: Any, seed: int) -> tuple[Episode, list[str]]:
+    """The episode, and the messages of the FallbackWarnings raised during it, every one of them (a
+    decision-maker warns once per object, and one object runs one episode). Other warnings are given again
+    as they were raised, to the filters outside."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", FallbackWarning)
+        ep = run_episode(env, policy, seed)
+    messages = []
+    for w in caught:
+        if issubclass(w.category, FallbackWarning):
+            messages.append(str(w.message))
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+    return ep, messages
+
+
+def fallback_summary(warned: Mapping[tuple[str, str], Sequence[Sequence[str]]]) -> str | None:
+    """One message for the FallbackWarnings of a study's episodes; ``None`` if there were none.
+
+    ``warned``: (variant, row) -> per episode, the messages it raised. Per variant and row (in the mapping's
+    order), each kind of warning (the decision-maker that raised it: the text before the first colon) gets
+    one line with the episodes that raised it out of the row's episodes, and the first of its messages with
+    its whitespace collapsed.
+    """
+    lines, episodes, raised = [], 0, 0
+    for (variant, row), per_episode in warned.items():
+        episodes += len(per_episode)
+        raised += sum(1 for messages in per_episode if messages)
+        kinds: dict[str, list[str]] = {}
+        for messages in per_episode:
+            first: dict[str, str] = {}
+            for message in messages:
+                first.setdefault(message.split(":", 1)[0], message)
+            for kind, message in first.items():
+                kinds.setdefault(kind, []).append(message)
+        for kind, messages in kinds.items():
+            first_message = " ".join(messages[0].split())  # one line (a NumPy array prints on several)
+            lines.append(f"  {variant} / {row}: {len(messages)} of {len(per_episode)} episodes; the first: "
+                         f"{first_message}")
+    if not lines:
+        return None
+    return (f"{raised} of {episodes} episodes fell back or left readings out (their fallbacks are counted in "
+            "episodes.csv and in summary.md's faults table):\n" + "\n".join(lines))
 
 
 def _filter_statistics(controller: str, policy: Any, metrics: Mapping[str, Any]) -> dict[str, float | int]:
@@ -644,13 +701,18 @@ def run_episodes(preset: StudyPreset, executor: Executor, store: ResultStore, pr
     metrics: dict[tuple[str, str, str], list[EpisodeMetrics]] = defaultdict(list)
     episodes: dict[tuple[str, str, str], list[Episode]] = defaultdict(list)
     traces: dict[tuple[str, str, str], list[dict[str, np.ndarray]]] = defaultdict(list)
+    warned: dict[tuple[str, str], list[list[str]]] = defaultdict(list)
     for key in (t.key for t in tasks):
         variant, scenario, controller, seed = index[key]
+        warned[(variant, controller)].append(list(records[key].get(FALLBACK_WARNINGS, ())))  # older runs: none
         metrics[(variant, scenario, controller)].append(EpisodeMetrics(**records[key]["metrics"]))
         episodes[(variant, scenario, controller)].append(_episode_from_record(records[key], seed))
         trace = {k[len(FILTER_TRACE):]: v for k, v in records[key].items() if k.startswith(FILTER_TRACE)}
         if trace:
             traces[(variant, scenario, controller)].append(trace)
+    message = fallback_summary(warned)
+    if message is not None:
+        warnings.warn(message, FallbackWarning, stacklevel=2)
     return StudyResults(preset, seeds, dict(metrics), dict(episodes), dict(traces))
 
 
