@@ -17,7 +17,7 @@ later). One torch thread.
 
 from __future__ import annotations
 
-import sys
+import argparse
 import time
 
 import gymnasium as gym
@@ -77,4 +77,9 @@ def main(seeds: int = 3) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 3)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("seeds", nargs="?", type=int, default=3, help="seeds per size (default 3)")
+    seeds = parser.parse_args().seeds
+    if seeds < 1:
+        parser.error(f"seeds must be >= 1, got {seeds}")
+    main(seeds)

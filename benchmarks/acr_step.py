@@ -16,7 +16,7 @@ a GPU.
 
 from __future__ import annotations
 
-import sys
+import argparse
 import time
 
 import gymnasium as gym
@@ -103,7 +103,12 @@ def time_steps(env: gym.Env, agent: RLACR, steps: int) -> tuple[float, float, fl
 
 
 def main() -> None:
-    steps = int(sys.argv[1]) if len(sys.argv) > 1 else 300
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("steps", nargs="?", type=int, default=300,
+                        help="measured training steps per env, after the 256 warm-up steps (default 300)")
+    steps = parser.parse_args().steps
+    if steps < 1:
+        parser.error(f"steps must be >= 1, got {steps}")
     torch.set_num_threads(1)
     rate = matmul_gflops()
     print(f"{'env':32s} {'s/step':>8s} {'steps/s':>8s} {'MPC':>6s} {'updates':>8s} {'vs no MPC':>9s} "
