@@ -21,11 +21,13 @@ def test_data_command_prints_summary(tmp_path, capsys):
 
 def test_study_quick_writes_its_outputs_and_resumes(tmp_path, capsys, monkeypatch, minari_root):
     """The README's first command, as CI runs it: datasets, training and every controller from scratch."""
+    from safectrl.common.faults import FallbackWarning
     from safectrl.studies.study import PRESETS
 
     monkeypatch.setenv("SAFECTRL_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
     out = tmp_path / "run"
-    assert main(["study", "--preset", "quick", "--out", str(out)]) == 0
+    with pytest.warns(FallbackWarning) as given:  # the workers' warnings, once, after the episodes
+        assert main(["study", "--preset", "quick", "--out", str(out)]) == 0
     for name in ("config.json", "episodes.csv", "summary.md", "trajectories_nominal.png",
                  "trajectories_mismatch.png", "distributions.png"):
         assert (out / name).stat().st_size > 0
@@ -47,10 +49,17 @@ def test_study_quick_writes_its_outputs_and_resumes(tmp_path, capsys, monkeypatc
     assert all(fallbacks[("faults", c)] > 0 for c in quick.controllers if "NMPC" not in c and "PSF" not in c)
     assert all(fallbacks[("nominal", c)] == 0 for c in ("PI nominal", "PI dataset", "BC", "IQL")), fallbacks
     assert "| fallbacks / episode |" in summary.split("## Sensor faults")[1].split("\n## ")[0]
+    assert len(given) == 1
+    head, *lines = str(given[0].message).splitlines()
+    faulty = len(quick.controllers) * len(quick.scenarios) * quick.eval_seeds
+    assert head.startswith(f"{faulty} of {len(episodes) - 1} episodes fell back or left readings out")
+    assert {line.split(":")[0].strip() for line in lines} == {f"faults / {c}" for c in quick.controllers}
     for kind in ("bc-policy", "iql-policy", "cost-model"):
         assert len(list((tmp_path / "artifacts").glob(f"{kind}-*/artifact.json"))) == 3
     capsys.readouterr()
-    assert main(["study", "--preset", "quick", "--out", str(out), "--serial"]) == 0
+    with pytest.warns(FallbackWarning) as again:  # from the stored episodes
+        assert main(["study", "--preset", "quick", "--out", str(out), "--serial"]) == 0
+    assert [str(w.message) for w in again] == [str(given[0].message)]
     assert "already done, resuming" in capsys.readouterr().out
     assert (out / "summary.md").read_text() == summary
 

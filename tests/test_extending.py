@@ -9,6 +9,7 @@ import json
 import pytest
 
 import safectrl
+from safectrl.common.faults import FallbackWarning
 from safectrl.controllers.task_nmpc import nmpc_for, task_nmpc
 from safectrl.models.registry import get_task
 from safectrl.rl.env import TaskEnv
@@ -71,8 +72,9 @@ def test_the_command_line_runs_the_study_on_a_plant_of_another_package(tmp_path,
 
     monkeypatch.setenv("SAFECTRL_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
     out = tmp_path / "cli"
-    assert main(["study", "--env", f"{TANK}=heated_tank:TASK", "--controller", "P=custom_controller:tank_p",
-                 "--serial", "--out", str(out)]) == 0
+    with pytest.warns(FallbackWarning, match=r"episodes fell back or left readings out"):  # faults variant
+        assert main(["study", "--env", f"{TANK}=heated_tank:TASK", "--controller", "P=custom_controller:tank_p",
+                     "--serial", "--out", str(out)]) == 0
     rows = list(csv.DictReader(open(out / "episodes.csv")))
     assert {r["controller"] for r in rows} == {"NMPC oracle", "NMPC mismatched", "P"}
     assert {r["variant"] for r in rows} == {"nominal", "mismatch", "faults"}  # the quick preset's variants
